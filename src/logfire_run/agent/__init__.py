@@ -1,0 +1,1 @@
+"""The agent: launcher, configuration, the distributed-tracing policy, SDK setup and exporters."""

@@ -1,0 +1,264 @@
+"""The agent's entry into a process: resolve the config, register import hooks, set the SDK up lazily.
+
+`start()` is what `sitecustomize` (launcher) and `logfire_run.pth` (env-only) call at interpreter start.
+It is stdlib-only and cheap: a few dictionary lookups, the instrumentor cache and one finder on
+`sys.meta_path`. The OpenTelemetry SDK is imported by `ensure_sdk()`, the first time something needs
+it: an instrumented library is imported, the app imports `opentelemetry.trace` or
+`opentelemetry.propagate` itself, or the app calls the public API.
+
+Nothing here raises into the app: every failure is reported once on stderr and the app runs on.
+"""
+
+from __future__ import annotations
+
+import _thread
+import os
+import sys
+
+from logfire_run.agent import config as config_module
+from logfire_run.agent import importhooks, report
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from types import ModuleType
+    from typing import Any, NoReturn
+
+    from logfire_run.agent.config import Config
+    from logfire_run.agent.sdk import Agent
+
+#: The folder the launcher puts first on PYTHONPATH; child interpreters find `sitecustomize` there.
+SITECUSTOMIZE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "sitecustomize")
+
+_lock = _thread.RLock()
+_started_via: str | None = None
+_config: Config | None = None
+_agent: Agent | None = None
+_sdk_state = "off"  # off -> starting -> on | failed | disabled
+_deferred: list[Callable[[], object]] = []
+
+
+def start(via: str) -> None:
+    """Start the agent in this process, once; `via` says who asked (for `--debug`)."""
+    global _started_via
+    with _lock:
+        if _started_via is not None:
+            return
+        _started_via = via
+    try:
+        _start()
+    except Exception as error:
+        report.problem(
+            "bootstrap",
+            f"the agent could not start ({type(error).__name__}: {error}); the app runs without it",
+        )
+
+
+def _start() -> None:
+    config = get_config()
+    report.debug(f"agent started via {_started_via} in {sys.executable}")
+    if not config.inherit:
+        _stop_inheritance()
+    if _sdk_disabled():
+        report.debug("OTEL_SDK_DISABLED is true: no tracing in this process")
+        return
+    from logfire_run.instrumentors import loader
+
+    for instrumentor in loader.register_hooks(config):
+        for module_name in instrumentor.modules:
+            if importhooks.already_imported(module_name):
+                # Imported before the agent started: instrumented when the SDK comes up, not now.
+                defer(_run_hooks_later(module_name, sys.modules[module_name]))
+    # The app's own use of OpenTelemetry needs our provider and propagator in place.
+    importhooks.register("opentelemetry.trace", _on_opentelemetry_import)
+    importhooks.register("opentelemetry.propagate", _on_opentelemetry_import)
+
+
+def _run_hooks_later(module_name: str, module: ModuleType) -> Callable[[], None]:
+    def run() -> None:
+        importhooks.run_hooks(module_name, module)
+
+    return run
+
+
+def _on_opentelemetry_import(module: ModuleType) -> None:
+    if module.__name__ == "opentelemetry.propagate" and _agent is not None:
+        # The SDK came up while this module was half-imported; the policy goes in now.
+        _agent.install_propagator()
+    else:
+        ensure_sdk()
+
+
+def get_config() -> Config:
+    """The process's one config object, resolved from the environment on first use."""
+    global _config
+    with _lock:
+        if _config is None:
+            config, errors = config_module.resolve(os.environ)
+            report.debug_enabled = config.debug
+            for error in errors:
+                report.problem(f"config:{error}", f"{error}; using the default")
+            _config = config
+        return _config
+
+
+def started() -> bool:
+    return _started_via is not None
+
+
+def sdk_ready() -> bool:
+    return _sdk_state == "on"
+
+
+def sdk_starting() -> bool:
+    return _sdk_state == "starting"
+
+
+def defer(action: Callable[[], object]) -> None:
+    """Run `action` once the SDK is up (now, if it is)."""
+    if _sdk_state == "on":
+        action()
+    else:
+        _deferred.append(action)
+
+
+def ensure_sdk() -> bool:
+    """Set the OpenTelemetry SDK up if it is not yet; False when tracing is off or setup failed.
+
+    Also False, with nothing changed, while an OpenTelemetry module is half-imported (the app imported
+    `opentelemetry.sdk.trace`, which imported `opentelemetry.trace`, whose hook called us): setting up
+    then would read half-initialized modules. The next trigger tries again.
+    """
+    global _sdk_state, _agent
+    if _sdk_state == "on":
+        return True
+    with _lock:
+        if _sdk_state != "off":
+            # "starting" means our own imports during setup fired a hook: the SDK is not ready yet.
+            return _sdk_state == "on"
+        if _sdk_disabled():
+            _sdk_state = "disabled"
+            return False
+        if importhooks.initializing("opentelemetry", but="opentelemetry.propagate"):
+            return False
+        _sdk_state = "starting"
+        try:
+            from logfire_run.agent.sdk import Agent
+
+            agent = Agent(get_config())
+            agent.install()
+            _agent = agent
+            _sdk_state = "on"
+        except Exception as error:
+            _sdk_state = "failed"
+            report.problem(
+                "sdk", f"OpenTelemetry could not be set up ({type(error).__name__}: {error}); no spans"
+            )
+            return False
+    _install_sigterm_flush()
+    _install_fork_exit_flush()
+    _run_deferred()
+    return True
+
+
+def sdk_may_start() -> bool:
+    """True while a later `ensure_sdk()` may still succeed."""
+    return _sdk_state in ("off", "starting")
+
+
+def _run_deferred() -> None:
+    while _deferred:
+        action = _deferred.pop(0)
+        try:
+            action()
+        except Exception as error:
+            report.problem(
+                f"deferred:{action}", f"deferred instrumentation failed ({error}); the app runs on"
+            )
+
+
+def agent() -> Agent | None:
+    return _agent
+
+
+def configure(**settings: Any) -> None:
+    """Update the config (and the running SDK); start the agent in this process if it is not running."""
+    config = get_config()
+    changed, errors = config_module.update(config, settings, "configure()")
+    for error in errors:
+        report.problem(f"configure:{error}", f"{error}; the setting is left as it was")
+    report.debug_enabled = config.debug
+    start("configure()")
+    if _agent is not None:
+        _agent.reconfigure(changed)
+    else:
+        ensure_sdk()
+
+
+def _sdk_disabled() -> bool:
+    return os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true"
+
+
+def _stop_inheritance() -> None:
+    """LOGFIRE_RUN_INHERIT=0: this process is traced, the processes it starts are not."""
+    os.environ.pop("LOGFIRE_RUN", None)
+    entries = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+    kept = [entry for entry in entries if entry and os.path.abspath(entry) != SITECUSTOMIZE_DIR]
+    if kept:
+        os.environ["PYTHONPATH"] = os.pathsep.join(kept)
+    else:
+        os.environ.pop("PYTHONPATH", None)
+
+
+# Flushing at exit. The provider flushes at interpreter exit through atexit; SIGTERM's default action
+# skips atexit, so when the app leaves SIGTERM at its default the agent flushes first, then dies by
+# the same signal, so the exit status the parent sees is unchanged.
+
+
+def _install_sigterm_flush() -> None:
+    try:
+        import signal
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal.signal() works only there; atexit still covers normal exits
+        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, _flush_on_sigterm)
+    except Exception as error:
+        report.debug(f"no SIGTERM flush: {error}")
+
+
+# Forked children (multiprocessing fork and forkserver workers, Celery's prefork children, gunicorn
+# workers) leave through os._exit(), which skips atexit: in a forked child, os._exit flushes first.
+
+FORK_EXIT_FLUSH_MILLIS = 5000
+_real_exit = os._exit
+
+
+def _install_fork_exit_flush() -> None:
+    if hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=_patch_exit_in_child)
+
+
+def _patch_exit_in_child() -> None:
+    os._exit = _flushing_exit
+
+
+def _flushing_exit(status: int) -> NoReturn:
+    try:
+        if _agent is not None:
+            _agent.force_flush(FORK_EXIT_FLUSH_MILLIS)
+    except BaseException:
+        pass
+    _real_exit(status)
+
+
+def _flush_on_sigterm(signum: int, frame: object) -> None:
+    import signal
+
+    try:
+        if _agent is not None:
+            _agent.shutdown()
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)

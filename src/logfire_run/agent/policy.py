@@ -1,0 +1,184 @@
+"""`DistributedTracingPolicy`: the one gate on inbound trace context.
+
+It is a `TextMapPropagator` that wraps the configured global propagator. Injection passes straight
+through; every `extract` made through the raw OpenTelemetry API (what server instrumentations call) is
+third-party and is decided by the mode:
+
+=========  ==================================================================================
+None       extracted; the first extraction that finds trace context or baggage warns, once per process
+True       extracted, silently
+False      refused: the caller's base context comes back untouched (no parent, no inbound baggage)
+"link"     refused as with False; the root span started in the returned context links to the inbound one
+=========  ==================================================================================
+
+First-party extraction (`attach_context()`, Celery task headers) goes through `extract_first_party` or
+runs inside `first_party()`, and always extracts. The policy never nests: installing it again, or
+setting a new global propagator, only swaps what it wraps.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import os
+import threading
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from opentelemetry import baggage, trace
+from opentelemetry.context import Context, create_key, get_value, set_value
+from opentelemetry.propagators.textmap import (
+    CarrierT,
+    Getter,
+    Setter,
+    TextMapPropagator,
+    default_getter,
+    default_setter,
+)
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+from opentelemetry.trace import SpanContext
+
+from logfire_run.agent import report
+from logfire_run.agent.settings import parse_distributed_tracing
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from logfire_run.agent.settings import DistributedTracing
+
+WARNING_TEXT = (
+    "logfire-run accepted trace context from an inbound request, so this service's spans join a trace "
+    "started elsewhere. distributed_tracing is not set: set it to True (LOGFIRE_DISTRIBUTED_TRACING=true) "
+    "to accept inbound context without this warning, or to False (LOGFIRE_DISTRIBUTED_TRACING=false) to "
+    "refuse it, which is what a service reachable from the public internet should do."
+)
+
+#: Context key under which a refused inbound span context waits for the root span to link to it.
+REFUSED_PARENT_KEY = create_key("logfire_run.refused_parent")
+
+_first_party: contextvars.ContextVar[bool] = contextvars.ContextVar("logfire_run_first_party", default=False)
+
+
+@contextmanager
+def first_party() -> Iterator[None]:
+    """Extractions made inside this block are trusted: the policy lets them through without a warning."""
+    token = _first_party.set(True)
+    try:
+        yield
+    finally:
+        _first_party.reset(token)
+
+
+class DistributedTracingPolicy(TextMapPropagator):
+    """Wraps the global propagator and decides what third-party extraction may bring in."""
+
+    def __init__(self, inner: TextMapPropagator, mode: DistributedTracing = None) -> None:
+        self._inner = inner
+        self._mode: DistributedTracing = mode
+        self._warned = False
+        self._lock = threading.Lock()
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=self._reset_after_fork)
+
+    @property
+    def inner(self) -> TextMapPropagator:
+        return self._inner
+
+    @inner.setter
+    def inner(self, propagator: TextMapPropagator) -> None:
+        while isinstance(propagator, DistributedTracingPolicy):
+            propagator = propagator.inner
+        self._inner = propagator
+
+    @property
+    def mode(self) -> DistributedTracing:
+        return self._mode
+
+    @mode.setter
+    def mode(self, value: DistributedTracing) -> None:
+        if isinstance(value, str):
+            value = parse_distributed_tracing(value)
+        self._mode = value
+
+    def _reset_after_fork(self) -> None:
+        self._warned = False
+        self._lock = threading.Lock()
+
+    # TextMapPropagator
+
+    def extract(
+        self,
+        carrier: CarrierT,
+        context: Context | None = None,
+        getter: Getter[CarrierT] = default_getter,
+    ) -> Context:
+        mode = self._mode
+        if mode is True or _first_party.get():
+            return self._inner.extract(carrier, context, getter)
+        if mode is None:
+            extracted = self._inner.extract(carrier, context, getter)
+            if not self._warned and _brings_context(extracted, context):
+                self._warn()
+            return extracted
+        base = context if context is not None else Context()
+        if mode == "link":
+            inbound = trace.get_current_span(
+                self._inner.extract(carrier, Context(), getter)
+            ).get_span_context()
+            if inbound.is_valid:
+                return set_value(REFUSED_PARENT_KEY, inbound, base)
+        return base
+
+    def extract_first_party(
+        self,
+        carrier: CarrierT,
+        context: Context | None = None,
+        getter: Getter[CarrierT] = default_getter,
+    ) -> Context:
+        return self._inner.extract(carrier, context, getter)
+
+    def inject(
+        self,
+        carrier: CarrierT,
+        context: Context | None = None,
+        setter: Setter[CarrierT] = default_setter,
+    ) -> None:
+        self._inner.inject(carrier, context, setter)
+
+    @property
+    def fields(self) -> set[str]:
+        return self._inner.fields
+
+    def _warn(self) -> None:
+        with self._lock:
+            if self._warned:
+                return
+            self._warned = True
+        try:
+            warnings.warn(WARNING_TEXT, RuntimeWarning, stacklevel=3)
+        except Exception:
+            # `-W error` turns the warning into an exception; a request must not fail because of it.
+            report.problem("policy-warning", WARNING_TEXT)
+
+
+def _brings_context(extracted: Context, base: Context | None) -> bool:
+    if trace.get_current_span(extracted).get_span_context().is_valid:
+        return base is None or trace.get_current_span(base) is not trace.get_current_span(extracted)
+    return bool(baggage.get_all(extracted)) and baggage.get_all(extracted) != baggage.get_all(base)
+
+
+class RefusedParentLinkProcessor(SpanProcessor):
+    """In `link` mode, gives the root span started from a refused context a link to the inbound span."""
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        refused = get_value(REFUSED_PARENT_KEY, parent_context)
+        if isinstance(refused, SpanContext) and span.parent is None:
+            span.add_link(refused, {"logfire_run.link": "refused_parent"})
+
+    def on_end(self, span: ReadableSpan) -> None:
+        pass
+
+    def shutdown(self) -> None:
+        pass
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True

@@ -1,0 +1,199 @@
+"""SDK setup: the tracer provider, the exporters behind one span processor, the policy-gated propagator.
+
+Imported only when something needs OpenTelemetry (an instrumented library, the app's own
+`opentelemetry` import, or the public API): importing the SDK costs tens of milliseconds.
+
+If the app installed a TracerProvider of its own before this runs, the app's provider is kept and the
+agent adds nothing to it: the app's exporters get the spans, once. If the app sets one afterwards,
+OpenTelemetry refuses it (its own "Overriding of current TracerProvider is not allowed" warning) and
+the app's spans are exported once, by the agent's exporters. See docs/configuration.md.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.propagators.textmap import TextMapPropagator
+from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.util.types import Attributes
+
+from logfire_run.agent import report
+from logfire_run.agent.config import Config
+from logfire_run.agent.policy import DistributedTracingPolicy, RefusedParentLinkProcessor
+
+
+class ExportingSpanProcessor(SpanProcessor):
+    """One batch processor per configured exporter, replaceable when `configure()` changes exporters.
+
+    Each batch processor's queue is bounded (OTEL_BSP_MAX_QUEUE_SIZE, 2048 by default): with a dead
+    backend, spans past that are dropped rather than held in memory without end.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._processors: tuple[SpanProcessor, ...] = ()
+        self.names: tuple[str, ...] = ()
+
+    def set_exporters(self, config: Config) -> None:
+        names = config.resolved_exporters()
+        processors = []
+        for name in names:
+            exporter = build_exporter(name, config)
+            if exporter is not None:
+                processors.append(BatchSpanProcessor(exporter))
+        with self._lock:
+            old, self._processors, self.names = self._processors, tuple(processors), names
+        for processor in old:
+            processor.shutdown()
+        report.debug(f"exporters: {', '.join(names) or 'none'}")
+
+    def on_start(self, span: Span, parent_context: object = None) -> None:
+        pass
+
+    def on_end(self, span: ReadableSpan) -> None:
+        for processor in self._processors:
+            processor.on_end(span)
+
+    def shutdown(self) -> None:
+        for processor in self._processors:
+            processor.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return all([processor.force_flush(timeout_millis) for processor in self._processors])
+
+
+def build_exporter(name: str, config: Config) -> SpanExporter | None:
+    """The exporter called `name`, or None (reported once) when it cannot be built."""
+    try:
+        if name == "none":
+            return None
+        if name == "console":
+            from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+
+            return ConsoleSpanExporter(out=sys.stderr)
+        if name == "otlp":
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+            return OTLPSpanExporter()
+        if name == "store":
+            from logfire_run.agent.store import StoreExporter  # type: ignore[import-not-found,import-untyped,unused-ignore]
+
+            return StoreExporter(config.resolved_store_path())  # type: ignore[no-any-return,unused-ignore]
+        raise ValueError(f"unknown exporter {name!r}")
+    except Exception as error:
+        report.problem(
+            f"exporter:{name}",
+            f"the {name} exporter could not be set up ({type(error).__name__}: {error}); "
+            "spans are not sent there, the app runs on",
+        )
+        return None
+
+
+class Agent:
+    """The SDK objects of this process: provider (ours or the app's), exporters and policy."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.exporting = ExportingSpanProcessor()
+        self.policy = DistributedTracingPolicy(_NoPropagator(), config.distributed_tracing)
+        self._propagator_installed = False
+        self.provider: TracerProvider | None = None
+        self.owns_provider = False
+
+    def install(self) -> None:
+        propagate = sys.modules.get("opentelemetry.propagate")
+        spec = getattr(propagate, "__spec__", None)
+        if propagate is None or not getattr(spec, "_initializing", False):
+            self.install_propagator()
+        # else: the module's post-import hook calls install_propagator() when it has finished.
+        existing = _current_provider()
+        if existing is not None:
+            report.debug(f"the app set its own tracer provider ({type(existing).__name__}); keeping it")
+            self.provider = existing if isinstance(existing, TracerProvider) else None
+            return
+        provider = TracerProvider(resource=self._resource(), shutdown_on_exit=True)
+        provider.add_span_processor(RefusedParentLinkProcessor())
+        self.exporting.set_exporters(self.config)
+        provider.add_span_processor(self.exporting)
+        trace.set_tracer_provider(provider)
+        self.provider = provider
+        self.owns_provider = True
+
+    def _resource(self) -> Resource:
+        return Resource.create({SERVICE_NAME: self.config.resolved_service_name()})
+
+    def install_propagator(self) -> None:
+        """Make the policy the global propagator, wrapping whatever was configured (OTEL_PROPAGATORS)."""
+        if self._propagator_installed:
+            return
+        self._propagator_installed = True
+        from opentelemetry import propagate
+
+        policy = self.policy
+        original_set = propagate.set_global_textmap
+
+        def set_global_textmap(http_text_format: TextMapPropagator) -> None:
+            # Whoever sets a propagator later changes what the policy wraps, never the policy itself.
+            policy.inner = http_text_format
+            original_set(policy)
+
+        set_global_textmap.__doc__ = original_set.__doc__
+        set_global_textmap.__wrapped__ = original_set  # type: ignore[attr-defined]
+        policy.inner = propagate.get_global_textmap()
+        original_set(policy)
+        propagate.set_global_textmap = set_global_textmap
+
+    def reconfigure(self, changed: set[str]) -> None:
+        """Apply settings changed by `configure()` after the SDK was set up."""
+        if "distributed_tracing" in changed:
+            self.policy.mode = self.config.distributed_tracing
+        if not self.owns_provider or self.provider is None:
+            return
+        if changed & {"exporters", "store_path"}:
+            self.exporting.set_exporters(self.config)
+        if "service_name" in changed:
+            _replace_resource_attributes(self.provider.resource, self._resource().attributes)
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        provider = _current_provider()
+        flush = getattr(provider, "force_flush", None)
+        return bool(flush(timeout_millis)) if callable(flush) else True
+
+    def shutdown(self) -> None:
+        provider = _current_provider()
+        stop = getattr(provider, "shutdown", None)
+        if callable(stop):
+            stop()
+
+
+class _NoPropagator(TextMapPropagator):
+    """What the policy wraps for the moment between SDK setup and `opentelemetry.propagate`'s import."""
+
+    def extract(self, carrier: object, context: object = None, getter: object = None) -> Any:
+        from opentelemetry.context import Context
+
+        return context if context is not None else Context()
+
+    def inject(self, carrier: object, context: object = None, setter: object = None) -> None:
+        pass
+
+    @property
+    def fields(self) -> set[str]:
+        return set()
+
+
+def _current_provider() -> object | None:
+    # The API has no public "is one set?"; get_tracer_provider() would hand back a proxy instead.
+    return getattr(trace, "_TRACER_PROVIDER", None)
+
+
+def _replace_resource_attributes(resource: Resource, attributes: Attributes) -> None:
+    # Every tracer of the provider shares this one Resource object, so a new service name reaches
+    # spans started from tracers handed out before configure() was called.
+    merged = resource.merge(Resource(dict(attributes or {})))
+    resource._attributes = merged._attributes

@@ -1,0 +1,1 @@
+"""Instrumentors: entry-point discovery and lazy activation, plus the ones OpenTelemetry does not ship."""

@@ -1,0 +1,183 @@
+"""The launcher as a user meets it: forms, exec semantics, exit codes, errors, flags and --info."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import LAUNCHER, agent_env, assert_clean_stderr, run_launcher
+
+
+def test_exit_status_of_the_app_passes_through(tmp_path: Path) -> None:
+    result = run_launcher(["python", "-c", "import sys; sys.exit(3)"], agent_env())
+    assert result.returncode == 3
+    assert_clean_stderr(result.stderr)
+
+
+def test_same_pid_and_this_interpreter(tmp_path: Path) -> None:
+    script = tmp_path / "whoami.py"
+    script.write_text("import os, sys; print(os.getpid(), sys.executable)\n")
+    process = subprocess.Popen(
+        [LAUNCHER, str(script)], env=agent_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    out, err = process.communicate(timeout=30)
+    pid, executable = out.split()
+    assert int(pid) == process.pid
+    assert os.path.realpath(executable) == os.path.realpath(sys.executable)
+    assert_clean_stderr(err)
+
+
+def test_module_form_runs_with_this_interpreter(tmp_path: Path) -> None:
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "__init__.py").write_text("")
+    (tmp_path / "pkg" / "__main__.py").write_text("import sys; print('main', sys.argv[1:])\n")
+    result = run_launcher(["-m", "pkg", "a", "b"], agent_env(), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "main ['a', 'b']\n"
+    assert_clean_stderr(result.stderr)
+
+
+def test_sigterm_reaches_the_apps_handler(tmp_path: Path) -> None:
+    script = tmp_path / "handler.py"
+    script.write_text(
+        "import signal, sys, time\n"
+        "def on_term(signum, frame):\n"
+        "    print('got SIGTERM', flush=True)\n"
+        "    sys.exit(7)\n"
+        "signal.signal(signal.SIGTERM, on_term)\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(30)\n"
+    )
+    process = subprocess.Popen(
+        [LAUNCHER, "python", str(script)],
+        env=agent_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    assert process.stdout.readline() == "ready\n"
+    os.kill(process.pid, signal.SIGTERM)
+    out, err = process.communicate(timeout=30)
+    assert out == "got SIGTERM\n"
+    assert process.returncode == 7
+    assert_clean_stderr(err)
+
+
+def test_sigterm_without_handler_still_kills_by_signal(tmp_path: Path) -> None:
+    script = tmp_path / "sleeper.py"
+    script.write_text(
+        "import logfire_run, time\nlogfire_run.info('up')\nprint('ready', flush=True)\ntime.sleep(30)\n"
+    )
+    process = subprocess.Popen(
+        [LAUNCHER, "--exporter", "none", "python", str(script)],
+        env=agent_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    assert process.stdout.readline() == "ready\n"
+    os.kill(process.pid, signal.SIGTERM)
+    _, err = process.communicate(timeout=30)
+    assert process.returncode == -signal.SIGTERM
+    assert_clean_stderr(err)
+
+
+def test_no_command_is_a_usage_error() -> None:
+    result = run_launcher([], agent_env())
+    assert result.returncode == 2
+    assert "no command to run" in result.stderr
+    assert "usage: logfire-run" in result.stderr
+    assert result.stdout == ""
+
+
+def test_command_not_found_exits_127() -> None:
+    result = run_launcher(["no-such-program-xyz", "arg"], agent_env())
+    assert result.returncode == 127
+    assert result.stderr == "logfire-run: no-such-program-xyz: command not found\n"
+
+
+def test_not_executable_exits_126_with_hint_for_py(tmp_path: Path) -> None:
+    script = tmp_path / "app.py"
+    script.write_text("print('hi')\n")
+    result = run_launcher(["--", str(script)], agent_env())
+    assert result.returncode == 126
+    assert "permission denied" in result.stderr
+    assert f"logfire-run python {script}" in result.stderr
+
+
+def test_plain_py_file_runs_with_this_interpreter(tmp_path: Path) -> None:
+    script = tmp_path / "app.py"
+    script.write_text("import sys; print('args', sys.argv[1:])\n")
+    result = run_launcher([str(script), "x"], agent_env())
+    assert result.returncode == 0
+    assert result.stdout == "args ['x']\n"
+    assert_clean_stderr(result.stderr)
+
+
+def test_invalid_flag_value_exits_2_and_runs_nothing(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    result = run_launcher(
+        ["--distributed-tracing", "maybe", "python", "-c", f"open({str(marker)!r}, 'w')"], agent_env()
+    )
+    assert result.returncode == 2
+    assert "invalid distributed tracing value 'maybe'" in result.stderr
+    assert "warn, true (1, t), false (0, f) or link" in result.stderr
+    assert not marker.exists()
+
+
+def test_invalid_env_value_exits_2() -> None:
+    result = run_launcher(["python", "-c", "pass"], agent_env(LOGFIRE_EXPORTER="kafka"))
+    assert result.returncode == 2
+    assert "LOGFIRE_EXPORTER: unknown exporter 'kafka'" in result.stderr
+
+
+def test_unknown_flag_exits_2() -> None:
+    result = run_launcher(["--frobnicate", "python", "-c", "pass"], agent_env())
+    assert result.returncode == 2
+    assert "unknown flag --frobnicate" in result.stderr
+
+
+def test_version_and_help() -> None:
+    from logfire_run import __version__
+
+    version = run_launcher(["--version"], agent_env())
+    assert version.stdout == f"logfire-run {__version__}\n"
+    help_text = run_launcher(["--help"], agent_env()).stdout
+    for flag in ("--service-name", "--distributed-tracing", "--exporter", "--disable", "--debug", "--info"):
+        assert flag in help_text
+    assert "LOGFIRE_DISTRIBUTED_TRACING" in help_text
+
+
+def test_info_shows_values_sources_and_instrumentors() -> None:
+    result = run_launcher(
+        ["--service-name", "billing", "--info"], agent_env(LOGFIRE_DISTRIBUTED_TRACING="false")
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    service = next(line for line in lines if line.strip().startswith("service_name"))
+    assert "billing" in service and "flag --service-name" in service
+    policy = next(line for line in lines if line.strip().startswith("distributed_tracing"))
+    assert "False" in policy and "env LOGFIRE_DISTRIBUTED_TRACING" in policy
+    assert any(line.strip().startswith("flask") and "enabled" in line for line in lines)
+
+
+def test_flags_reach_the_app_as_environment() -> None:
+    result = run_launcher(
+        [
+            "--service-name",
+            "svc",
+            "--distributed-tracing=link",
+            "--debug",
+            "python",
+            "-c",
+            "import os; print(os.environ['LOGFIRE_SERVICE_NAME'], os.environ['LOGFIRE_DISTRIBUTED_TRACING'])",
+        ],
+        agent_env(),
+    )
+    assert result.returncode == 0
+    assert result.stdout == "svc link\n"
