@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from typing import Any, NoReturn
 
     from logfire_run.agent.config import Config
+    from logfire_run.agent.policy import DistributedTracingPolicy
     from logfire_run.agent.sdk import Agent
 
 #: The folder the launcher puts first on PYTHONPATH; child interpreters find `sitecustomize` there.
@@ -34,6 +35,7 @@ _lock = _thread.RLock()
 _started_via: str | None = None
 _config: Config | None = None
 _agent: Agent | None = None
+_policy: DistributedTracingPolicy | None = None
 _sdk_state = "off"  # off -> starting -> on | failed | disabled
 _deferred: list[Callable[[], object]] = []
 
@@ -69,9 +71,11 @@ def _start() -> None:
             if importhooks.already_imported(module_name):
                 # Imported before the agent started: instrumented when the SDK comes up, not now.
                 defer(_run_hooks_later(module_name, sys.modules[module_name]))
-    # The app's own use of OpenTelemetry needs our provider and propagator in place.
-    importhooks.register("opentelemetry.trace", _on_opentelemetry_import)
-    importhooks.register("opentelemetry.propagate", _on_opentelemetry_import)
+    # The app's own use of OpenTelemetry: the policy goes in as soon as `opentelemetry.propagate`
+    # exists; the SDK comes up when the app first asks for a tracer (not when it imports the API, so
+    # an app that installs its own TracerProvider first keeps it).
+    importhooks.register("opentelemetry.trace", _on_trace_import)
+    importhooks.register("opentelemetry.propagate", _on_propagate_import)
 
 
 def _run_hooks_later(module_name: str, module: ModuleType) -> Callable[[], None]:
@@ -81,12 +85,62 @@ def _run_hooks_later(module_name: str, module: ModuleType) -> Callable[[], None]
     return run
 
 
-def _on_opentelemetry_import(module: ModuleType) -> None:
-    if module.__name__ == "opentelemetry.propagate" and _agent is not None:
-        # The SDK came up while this module was half-imported; the policy goes in now.
-        _agent.install_propagator()
-    else:
+def _on_propagate_import(module: ModuleType) -> None:
+    from logfire_run.agent.policy import install_as_global
+
+    install_as_global(policy())
+
+
+def _on_trace_import(module: ModuleType) -> None:
+    """Wrap the API's provider functions so the SDK starts on first use, unless the app set its own."""
+    api: Any = module
+    get_tracer_provider = api.get_tracer_provider
+    get_tracer = api.get_tracer
+    set_tracer_provider = api.set_tracer_provider
+
+    def restore() -> None:
+        api.get_tracer_provider = get_tracer_provider
+        api.get_tracer = get_tracer
+        api.set_tracer_provider = set_tracer_provider
+
+    def get_tracer_provider_first(*args: Any, **kwargs: Any) -> Any:
+        restore()
         ensure_sdk()
+        return get_tracer_provider(*args, **kwargs)
+
+    def get_tracer_first(*args: Any, **kwargs: Any) -> Any:
+        restore()
+        ensure_sdk()
+        return get_tracer(*args, **kwargs)
+
+    def set_tracer_provider_first(*args: Any, **kwargs: Any) -> Any:
+        restore()
+        result = set_tracer_provider(*args, **kwargs)
+        ensure_sdk()  # adopts the app's provider: policy, link processor, flush at exit
+        return result
+
+    for wrapper, original in (
+        (get_tracer_provider_first, get_tracer_provider),
+        (get_tracer_first, get_tracer),
+        (set_tracer_provider_first, set_tracer_provider),
+    ):
+        wrapper.__name__ = original.__name__
+        wrapper.__doc__ = original.__doc__
+        wrapper.__wrapped__ = original  # type: ignore[attr-defined]
+    api.get_tracer_provider = get_tracer_provider_first
+    api.get_tracer = get_tracer_first
+    api.set_tracer_provider = set_tracer_provider_first
+
+
+def policy() -> DistributedTracingPolicy:
+    """The process's one `DistributedTracingPolicy` (needs only the OpenTelemetry API)."""
+    global _policy
+    with _lock:
+        if _policy is None:
+            from logfire_run.agent.policy import new_policy
+
+            _policy = new_policy(get_config().distributed_tracing)
+        return _policy
 
 
 def get_config() -> Config:
@@ -145,7 +199,7 @@ def ensure_sdk() -> bool:
         try:
             from logfire_run.agent.sdk import Agent
 
-            agent = Agent(get_config())
+            agent = Agent(get_config(), policy())
             agent.install()
             _agent = agent
             _sdk_state = "on"
@@ -156,7 +210,7 @@ def ensure_sdk() -> bool:
             )
             return False
     _install_sigterm_flush()
-    _install_fork_exit_flush()
+    _install_exit_flush()
     _run_deferred()
     return True
 
@@ -189,6 +243,8 @@ def configure(**settings: Any) -> None:
         report.problem(f"configure:{error}", f"{error}; the setting is left as it was")
     report.debug_enabled = config.debug
     start("configure()")
+    if _policy is not None and "distributed_tracing" in changed:
+        _policy.mode = config.distributed_tracing
     if _agent is not None:
         _agent.reconfigure(changed)
     else:
@@ -228,26 +284,22 @@ def _install_sigterm_flush() -> None:
         report.debug(f"no SIGTERM flush: {error}")
 
 
-# Forked children (multiprocessing fork and forkserver workers, Celery's prefork children, gunicorn
-# workers) leave through os._exit(), which skips atexit: in a forked child, os._exit flushes first.
+# os._exit() skips atexit. Forked children leave that way (multiprocessing fork and forkserver
+# workers, Celery's prefork children, gunicorn workers), so once the SDK is up os._exit flushes first,
+# for a bounded time, in whichever process calls it: the child may have set the SDK up after the fork.
 
-FORK_EXIT_FLUSH_MILLIS = 5000
+EXIT_FLUSH_MILLIS = 5000
 _real_exit = os._exit
 
 
-def _install_fork_exit_flush() -> None:
-    if hasattr(os, "register_at_fork"):
-        os.register_at_fork(after_in_child=_patch_exit_in_child)
-
-
-def _patch_exit_in_child() -> None:
+def _install_exit_flush() -> None:
     os._exit = _flushing_exit
 
 
 def _flushing_exit(status: int) -> NoReturn:
     try:
         if _agent is not None:
-            _agent.force_flush(FORK_EXIT_FLUSH_MILLIS)
+            _agent.force_flush(EXIT_FLUSH_MILLIS)
     except BaseException:
         pass
     _real_exit(status)

@@ -137,7 +137,14 @@ def _service_name_from_resource_attributes(raw: str) -> str | None:
 
 
 def default_service_name() -> str:
-    """The program as a person would name it: the script's stem, the `-m` module, or the executable."""
+    """The program as a person would name it: the script's stem, the `-m` module, or the executable.
+
+    `sys.argv[0]` first: runpy sets it to the module's path for `-m`, and multiprocessing's spawn and
+    forkserver children take their parent's argv, so pool workers share their parent's name.
+    """
+    argv0 = sys.argv[0] if sys.argv else ""
+    if argv0 and argv0 not in ("-c", "-m"):
+        return _stem(argv0) or "python"
     argv: list[str] = list(getattr(sys, "orig_argv", None) or sys.argv)
     args = argv[1:]
     index = 0
@@ -156,8 +163,7 @@ def default_service_name() -> str:
             index += 1
             continue
         return _stem(arg)
-    program = _stem(argv[0]) if argv else "python"
-    return program or "python"
+    return _stem(argv[0]) if argv else "python"
 
 
 def _stem(path: str) -> str:

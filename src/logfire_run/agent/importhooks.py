@@ -144,6 +144,17 @@ def initializing(prefix: str, *, but: str = "") -> bool:
     return False
 
 
+def importer() -> str:
+    """`__name__` of the module whose code is importing the module whose hooks are running."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        name = str(frame.f_globals.get("__name__", ""))
+        if not name.startswith(("importlib", "_frozen_importlib", "logfire_run.")):
+            return name
+        frame = frame.f_back  # type: ignore[assignment]
+    return ""
+
+
 def pending() -> list[str]:
     with _lock:
         return sorted(_hooks)

@@ -14,6 +14,9 @@ False      refused: the caller's base context comes back untouched (no parent, n
 First-party extraction (`attach_context()`, Celery task headers) goes through `extract_first_party` or
 runs inside `first_party()`, and always extracts. The policy never nests: installing it again, or
 setting a new global propagator, only swaps what it wraps.
+
+This module needs only the OpenTelemetry API: the policy is installed as soon as
+`opentelemetry.propagate` is imported, whether or not the SDK has been set up.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from opentelemetry import baggage, trace
-from opentelemetry.context import Context, create_key, get_value, set_value
+from opentelemetry.context import Context, create_key, set_value
 from opentelemetry.propagators.textmap import (
     CarrierT,
     Getter,
@@ -35,8 +38,6 @@ from opentelemetry.propagators.textmap import (
     default_getter,
     default_setter,
 )
-from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
-from opentelemetry.trace import SpanContext
 
 from logfire_run.agent import report
 from logfire_run.agent.settings import parse_distributed_tracing
@@ -166,19 +167,52 @@ def _brings_context(extracted: Context, base: Context | None) -> bool:
     return bool(baggage.get_all(extracted)) and baggage.get_all(extracted) != baggage.get_all(base)
 
 
-class RefusedParentLinkProcessor(SpanProcessor):
-    """In `link` mode, gives the root span started from a refused context a link to the inbound span."""
+class _NoPropagator(TextMapPropagator):
+    """What a policy wraps before it is installed as the global propagator."""
 
-    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
-        refused = get_value(REFUSED_PARENT_KEY, parent_context)
-        if isinstance(refused, SpanContext) and span.parent is None:
-            span.add_link(refused, {"logfire_run.link": "refused_parent"})
+    def extract(
+        self,
+        carrier: CarrierT,
+        context: Context | None = None,
+        getter: Getter[CarrierT] = default_getter,
+    ) -> Context:
+        return context if context is not None else Context()
 
-    def on_end(self, span: ReadableSpan) -> None:
+    def inject(
+        self,
+        carrier: CarrierT,
+        context: Context | None = None,
+        setter: Setter[CarrierT] = default_setter,
+    ) -> None:
         pass
 
-    def shutdown(self) -> None:
-        pass
+    @property
+    def fields(self) -> set[str]:
+        return set()
 
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return True
+
+def new_policy(mode: DistributedTracing) -> DistributedTracingPolicy:
+    return DistributedTracingPolicy(_NoPropagator(), mode)
+
+
+def install_as_global(policy: DistributedTracingPolicy) -> None:
+    """Make `policy` the global propagator, wrapping what was configured (OTEL_PROPAGATORS), once.
+
+    `set_global_textmap` is replaced so that whoever sets a propagator later changes what the policy
+    wraps, never the policy itself.
+    """
+    from opentelemetry import propagate
+
+    if isinstance(propagate.get_global_textmap(), DistributedTracingPolicy):
+        return
+    original_set = propagate.set_global_textmap
+
+    def set_global_textmap(http_text_format: TextMapPropagator) -> None:
+        policy.inner = http_text_format
+        original_set(policy)
+
+    set_global_textmap.__doc__ = original_set.__doc__
+    set_global_textmap.__wrapped__ = original_set  # type: ignore[attr-defined]
+    policy.inner = propagate.get_global_textmap()
+    original_set(policy)
+    propagate.set_global_textmap = set_global_textmap

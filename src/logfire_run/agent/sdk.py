@@ -11,20 +11,22 @@ the app's spans are exported once, by the agent's exporters. See docs/configurat
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 import threading
-from typing import Any
 
 from opentelemetry import trace
-from opentelemetry.propagators.textmap import TextMapPropagator
+from opentelemetry.context import Context, get_value
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.trace import SpanContext
 from opentelemetry.util.types import Attributes
 
 from logfire_run.agent import report
 from logfire_run.agent.config import Config
-from logfire_run.agent.policy import DistributedTracingPolicy, RefusedParentLinkProcessor
+from logfire_run.agent.policy import REFUSED_PARENT_KEY, DistributedTracingPolicy, install_as_global
 
 
 class ExportingSpanProcessor(SpanProcessor):
@@ -94,14 +96,67 @@ def build_exporter(name: str, config: Config) -> SpanExporter | None:
         return None
 
 
+class _ExportProblemHandler(logging.Handler):
+    """Turns exporter log records into one stderr line per process instead of one per batch.
+
+    Attached to the exporters' loggers, it also stops Python's last-resort handler from printing every
+    retry when the app has not configured logging; an app that has keeps receiving the records.
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+        except Exception:
+            message = str(record.msg)
+        if record.levelno >= logging.WARNING:
+            report.problem(
+                f"export:{record.name}",
+                f"exporting spans failed: {message} (reported once per process; the app runs on, "
+                "spans beyond the bounded queue are dropped; LOGFIRE_DEBUG=1 shows every occurrence)",
+            )
+        report.debug(f"{record.name}: {message}")
+
+
+EXPORT_LOGGERS = (
+    "opentelemetry.exporter",
+    "opentelemetry.sdk.trace.export",
+    "opentelemetry.sdk._shared_internal",
+)
+
+
+def _route_export_logs() -> None:
+    handler = _ExportProblemHandler(logging.DEBUG)
+    for name in EXPORT_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(existing, _ExportProblemHandler) for existing in logger.handlers):
+            logger.addHandler(handler)
+
+
+class RefusedParentLinkProcessor(SpanProcessor):
+    """In `link` mode, gives the root span started from a refused context a link to the inbound span."""
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        refused = get_value(REFUSED_PARENT_KEY, parent_context)
+        if isinstance(refused, SpanContext) and span.parent is None:
+            span.add_link(refused, {"logfire_run.link": "refused_parent"})
+
+    def on_end(self, span: ReadableSpan) -> None:
+        pass
+
+    def shutdown(self) -> None:
+        pass
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
+
+
 class Agent:
     """The SDK objects of this process: provider (ours or the app's), exporters and policy."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, policy: DistributedTracingPolicy) -> None:
         self.config = config
         self.exporting = ExportingSpanProcessor()
-        self.policy = DistributedTracingPolicy(_NoPropagator(), config.distributed_tracing)
-        self._propagator_installed = False
+        self.policy = policy
         self.provider: TracerProvider | None = None
         self.owns_provider = False
 
@@ -115,7 +170,10 @@ class Agent:
         if existing is not None:
             report.debug(f"the app set its own tracer provider ({type(existing).__name__}); keeping it")
             self.provider = existing if isinstance(existing, TracerProvider) else None
+            if self.provider is not None:
+                self.provider.add_span_processor(RefusedParentLinkProcessor())
             return
+        _route_export_logs()
         provider = TracerProvider(resource=self._resource(), shutdown_on_exit=True)
         provider.add_span_processor(RefusedParentLinkProcessor())
         self.exporting.set_exporters(self.config)
@@ -123,30 +181,20 @@ class Agent:
         trace.set_tracer_provider(provider)
         self.provider = provider
         self.owns_provider = True
-
-    def _resource(self) -> Resource:
-        return Resource.create({SERVICE_NAME: self.config.resolved_service_name()})
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=self._after_fork_in_child)
 
     def install_propagator(self) -> None:
-        """Make the policy the global propagator, wrapping whatever was configured (OTEL_PROPAGATORS)."""
-        if self._propagator_installed:
-            return
-        self._propagator_installed = True
-        from opentelemetry import propagate
+        install_as_global(self.policy)
 
-        policy = self.policy
-        original_set = propagate.set_global_textmap
+    def _resource(self) -> Resource:
+        return Resource.create(
+            {SERVICE_NAME: self.config.resolved_service_name(), "process.pid": os.getpid()}
+        )
 
-        def set_global_textmap(http_text_format: TextMapPropagator) -> None:
-            # Whoever sets a propagator later changes what the policy wraps, never the policy itself.
-            policy.inner = http_text_format
-            original_set(policy)
-
-        set_global_textmap.__doc__ = original_set.__doc__
-        set_global_textmap.__wrapped__ = original_set  # type: ignore[attr-defined]
-        policy.inner = propagate.get_global_textmap()
-        original_set(policy)
-        propagate.set_global_textmap = set_global_textmap
+    def _after_fork_in_child(self) -> None:
+        if self.owns_provider and self.provider is not None:
+            _replace_resource_attributes(self.provider.resource, {"process.pid": os.getpid()})
 
     def reconfigure(self, changed: set[str]) -> None:
         """Apply settings changed by `configure()` after the SDK was set up."""
@@ -169,22 +217,6 @@ class Agent:
         stop = getattr(provider, "shutdown", None)
         if callable(stop):
             stop()
-
-
-class _NoPropagator(TextMapPropagator):
-    """What the policy wraps for the moment between SDK setup and `opentelemetry.propagate`'s import."""
-
-    def extract(self, carrier: object, context: object = None, getter: object = None) -> Any:
-        from opentelemetry.context import Context
-
-        return context if context is not None else Context()
-
-    def inject(self, carrier: object, context: object = None, setter: object = None) -> None:
-        pass
-
-    @property
-    def fields(self) -> set[str]:
-        return set()
 
 
 def _current_provider() -> object | None:

@@ -230,9 +230,12 @@ def _hook_for(instrumentor: Instrumentor) -> importhooks.Hook:
 
         # A standard-library target (threading, concurrent.futures) is often imported half-way through
         # another stdlib import that the SDK itself needs, and it needs no import-time class swap: it
-        # waits until the SDK is up. So does every target imported while the SDK is being set up.
+        # waits until the SDK is up. So does a target imported while the SDK is being set up, or by
+        # OpenTelemetry's own code (the OTLP exporter imports requests): an app that imports the exporter
+        # to build its own TracerProvider must still be able to install it.
         stdlib = module.__name__.partition(".")[0] in getattr(sys, "stdlib_module_names", ())
-        if not bootstrap.sdk_ready() and (stdlib or bootstrap.sdk_starting()):
+        by_opentelemetry = importhooks.importer().startswith("opentelemetry")
+        if not bootstrap.sdk_ready() and (stdlib or by_opentelemetry or bootstrap.sdk_starting()):
             bootstrap.defer(lambda: activate_now(instrumentor))
             return
         activate_now(instrumentor)

@@ -1,0 +1,211 @@
+"""The distributed_tracing policy, in real processes under the launcher.
+
+Each run extracts the same inbound headers three ways: through OpenTelemetry's raw `extract` (what a
+server instrumentation does), through `attach_context(carrier)` and through
+`attach_context(carrier, third_party=True)`, and starts one span from each.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from conftest import OtlpReceiver, SpanRecord, agent_env, assert_clean_stderr, run_launcher
+
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+SPAN_ID = "00f067aa0ba902b7"
+
+SCRIPT = textwrap.dedent(
+    f"""
+    import sys
+    from opentelemetry import baggage, propagate, trace
+    import logfire_run
+    from logfire_run.propagate import attach_context
+
+    headers = {{
+        "traceparent": "00-{TRACE_ID}-{SPAN_ID}-01",
+        "baggage": "user=alice",
+    }}
+    tracer = trace.get_tracer("policy-test")
+    for request in range(int(sys.argv[1]) if len(sys.argv) > 1 else 1):
+        ctx = propagate.extract(headers)
+        with tracer.start_as_current_span("raw extract", context=ctx, kind=trace.SpanKind.SERVER) as span:
+            span.set_attribute("baggage.user", str(baggage.get_baggage("user", ctx)))
+    with attach_context(headers):
+        logfire_run.info("first party")
+    with attach_context(headers, third_party=True):
+        logfire_run.info("third party")
+    print("done")
+    """
+)
+
+
+def _run(
+    tmp_path: Path, receiver: OtlpReceiver, *flags: str, requests: int = 1, **env: str
+) -> tuple[str, dict[str, SpanRecord]]:
+    script = tmp_path / "policy_app.py"
+    script.write_text(SCRIPT)
+    result = run_launcher([*flags, "python", str(script), str(requests)], agent_env(receiver, **env))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "done\n"
+    spans = receiver.wait_count(requests + 2)
+    assert len(spans) == requests + 2
+    return result.stderr, {span.name: span for span in spans}
+
+
+def _joined(span: SpanRecord) -> bool:
+    return span.trace_id == TRACE_ID and span.parent_id == SPAN_ID
+
+
+def test_default_warns_once_and_extracts(tmp_path: Path, receiver: OtlpReceiver) -> None:
+    stderr, spans = _run(tmp_path, receiver, requests=3)
+    assert stderr.count("RuntimeWarning") == 1, stderr
+    assert "distributed_tracing is not set" in stderr
+    assert "LOGFIRE_DISTRIBUTED_TRACING=true" in stderr and "LOGFIRE_DISTRIBUTED_TRACING=false" in stderr
+    assert _joined(spans["raw extract"])
+    assert spans["raw extract"].attributes["baggage.user"] == "alice"
+    assert _joined(spans["first party"]) and _joined(spans["third party"])
+
+
+@pytest.mark.parametrize("value", ["true", "1", "T", "TRUE"])
+def test_true_extracts_silently(tmp_path: Path, receiver: OtlpReceiver, value: str) -> None:
+    stderr, spans = _run(tmp_path, receiver, LOGFIRE_DISTRIBUTED_TRACING=value)
+    assert_clean_stderr(stderr)
+    assert all(_joined(span) for span in spans.values())
+    assert spans["raw extract"].attributes["baggage.user"] == "alice"
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [("--distributed-tracing", "false"), ("--distributed-tracing=0",), ("--distributed-tracing", "F")],
+)
+def test_false_refuses_context_and_baggage(
+    tmp_path: Path, receiver: OtlpReceiver, flags: tuple[str, ...]
+) -> None:
+    stderr, spans = _run(tmp_path, receiver, *flags)
+    assert_clean_stderr(stderr)
+    raw = spans["raw extract"]
+    assert raw.trace_id != TRACE_ID and raw.parent_id is None
+    assert raw.links == []
+    assert raw.attributes["baggage.user"] == "None"
+    # First-party bypasses the policy; third_party=True obeys it.
+    assert _joined(spans["first party"])
+    third = spans["third party"]
+    assert third.trace_id != TRACE_ID and third.parent_id is None
+
+
+def test_link_refuses_and_links(tmp_path: Path, receiver: OtlpReceiver) -> None:
+    stderr, spans = _run(tmp_path, receiver, LOGFIRE_DISTRIBUTED_TRACING="Link")
+    assert_clean_stderr(stderr)
+    raw = spans["raw extract"]
+    assert raw.trace_id != TRACE_ID and raw.parent_id is None
+    assert raw.links == [(TRACE_ID, SPAN_ID)]
+    assert raw.attributes["baggage.user"] == "None"
+    assert _joined(spans["first party"])
+    third = spans["third party"]
+    assert third.parent_id is None and third.links == [(TRACE_ID, SPAN_ID)]
+
+
+def test_configure_changes_the_same_policy_at_run_time(tmp_path: Path, receiver: OtlpReceiver) -> None:
+    script = tmp_path / "reconfigure.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            from opentelemetry import propagate, trace
+            import logfire_run
+
+            headers = {{"traceparent": "00-{TRACE_ID}-{SPAN_ID}-01"}}
+            tracer = trace.get_tracer("t")
+            for mode in (False, True, "link", "false"):
+                logfire_run.configure(distributed_tracing=mode)
+                with tracer.start_as_current_span(f"mode {{mode}}", context=propagate.extract(headers)):
+                    pass
+            # Setting a propagator later changes what the policy wraps, never the policy itself.
+            from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+            propagate.set_global_textmap(TraceContextTextMapPropagator())
+            propagate.set_global_textmap(propagate.get_global_textmap())
+            policy = propagate.get_global_textmap()
+            print(type(policy).__name__, type(policy.inner).__name__)
+            with tracer.start_as_current_span("after set_global_textmap", context=propagate.extract(headers)):
+                pass
+            """
+        )
+    )
+    result = run_launcher(["python", str(script)], agent_env(receiver))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "DistributedTracingPolicy TraceContextTextMapPropagator\n"
+    assert_clean_stderr(result.stderr)
+    spans = {span.name: span for span in receiver.wait_count(5)}
+    assert not _joined(spans["mode False"])
+    assert _joined(spans["mode True"])
+    assert spans["mode link"].links == [(TRACE_ID, SPAN_ID)] and spans["mode link"].parent_id is None
+    assert not _joined(spans["mode false"])
+    assert not _joined(spans["after set_global_textmap"])
+
+
+def test_configure_with_a_bad_value_reports_and_keeps_going(tmp_path: Path, receiver: OtlpReceiver) -> None:
+    code = "import logfire_run\nlogfire_run.configure(distributed_tracing='maybe')\nprint('still running')\n"
+    result = run_launcher(["python", "-c", code], agent_env(receiver))
+    assert result.returncode == 0
+    assert result.stdout == "still running\n"
+    assert result.stderr.count("invalid distributed tracing value 'maybe'") == 1
+    assert "warn, true (1, t), false (0, f) or link" in result.stderr
+
+
+def test_injection_is_never_affected(tmp_path: Path, receiver: OtlpReceiver) -> None:
+    code = (
+        "import logfire_run\nfrom logfire_run.propagate import get_context\n"
+        "with logfire_run.span('out'):\n    print(sorted(get_context()))\n"
+    )
+    result = run_launcher(["--distributed-tracing", "false", "python", "-c", code], agent_env(receiver))
+    assert result.stdout == "['traceparent']\n"
+
+
+@pytest.mark.parametrize(
+    "carrier",
+    [
+        "None",
+        "{}",
+        "{'traceparent': 'garbage'}",
+        "{'traceparent': 5}",
+        "[1, 2]",
+        "{'traceparent': '00-' + 'f' * 200}",
+    ],
+)
+def test_malformed_carrier_starts_a_new_trace(tmp_path: Path, receiver: OtlpReceiver, carrier: str) -> None:
+    code = (
+        "import logfire_run\nfrom logfire_run.propagate import attach_context\n"
+        "with logfire_run.span('outer'):\n"
+        f"    with attach_context({carrier}):\n"
+        "        logfire_run.info('inside')\n"
+    )
+    result = run_launcher(["python", "-c", code], agent_env(receiver))
+    assert result.returncode == 0, result.stderr
+    assert_clean_stderr(result.stderr)
+    spans = {span.name: span for span in receiver.wait_count(2)}
+    assert spans["inside"].parent_id is None
+    assert spans["inside"].trace_id != spans["outer"].trace_id
+
+
+def test_attach_context_restores_the_previous_context_on_error(
+    tmp_path: Path, receiver: OtlpReceiver
+) -> None:
+    code = textwrap.dedent(
+        f"""
+        import logfire_run
+        from logfire_run.propagate import attach_context
+        with logfire_run.span("outer"):
+            try:
+                with attach_context({{"traceparent": "00-{TRACE_ID}-{SPAN_ID}-01"}}):
+                    raise ValueError("x")
+            except ValueError:
+                pass
+            logfire_run.info("after")
+        """
+    )
+    result = run_launcher(["python", "-c", code], agent_env(receiver))
+    assert result.returncode == 0, result.stderr
+    spans = {span.name: span for span in receiver.wait_count(2)}
+    assert spans["after"].parent_id == spans["outer"].span_id
