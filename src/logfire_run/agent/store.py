@@ -210,10 +210,12 @@ class StoreExporter(SpanExporter):
         *,
         max_spans: int = DEFAULT_MAX_SPANS,
         max_age_seconds: float = DEFAULT_MAX_AGE_SECONDS,
+        prune_every: int = PRUNE_EVERY,
     ) -> None:
         self.path = path
         self.max_spans = max_spans
         self.max_age_seconds = max_age_seconds
+        self.prune_every = prune_every
         self._lock = threading.Lock()
         self._connection: sqlite3.Connection | None = None
         self._pid = os.getpid()
@@ -282,7 +284,7 @@ class StoreExporter(SpanExporter):
                 )
                 return SpanExportResult.FAILURE
             self._since_prune += len(rows)
-            if self._since_prune >= PRUNE_EVERY:
+            if self._since_prune >= self.prune_every:
                 self._prune(connection)
         return SpanExportResult.SUCCESS
 
