@@ -41,6 +41,8 @@ h1 { font-size: 16px; margin: 0 0 4px; }
 .bar { position: absolute; top: 0; height: 14px; border-radius: 2px; min-width: 2px; }
 .dur { position: absolute; top: -1px; font-size: 11px; color: #5b6475; white-space: nowrap;
        padding-left: 4px; }
+.dur.inside { color: #fff; padding: 0 4px 0 0; }
+.dur.before { padding: 0 4px 0 0; }
 .details { display: none; background: #f8f9fc; padding: 6px 12px 8px; border-bottom: 1px solid #eef0f4;
            font-size: 12px; }
 .details.open { display: block; }
@@ -115,7 +117,15 @@ h1 { font-size: 16px; margin: 0 0 4px; }
     bar.style.background = colors[span.service];
     track.appendChild(bar);
     var dur = el("span", "dur", duration(span.duration_ms));
-    dur.style.left = Math.min(left + width, 92) + "%";
+    if (left + width > 80 && width > 12) {
+      dur.className = "dur inside";           // a long bar reaching the right edge: label inside it
+      dur.style.right = (100 - left - width) + "%";
+    } else if (left + width > 85) {
+      dur.className = "dur before";           // near the right edge: label before the bar
+      dur.style.right = (100 - left) + "%";
+    } else {
+      dur.style.left = (left + width) + "%";
+    }
     track.appendChild(dur);
     row.appendChild(track);
     var details = el("div", "details");

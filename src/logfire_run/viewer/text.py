@@ -66,23 +66,29 @@ def print_list(summaries: list[TraceSummary], out: TextIO, *, rich: bool) -> Non
     from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title="recent traces (newest first)", title_justify="left")
-    for column, justify in (
-        ("time", "left"),
-        ("trace id", "left"),
-        ("root", "left"),
-        ("services", "left"),
-        ("spans", "right"),
-        ("duration", "right"),
-    ):
-        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    table = Table(
+        title="recent traces, newest first",
+        title_justify="left",
+        caption="one trace: logfire-run-view ID (any unique prefix of the id, or 'last')",
+        caption_justify="left",
+    )
+    today = datetime.date.today()
+    # Ids and times are what a user reads and copies: never wrapped. A 16-digit prefix is enough to
+    # name a trace (the plain output prints whole ids).
+    table.add_column("time", no_wrap=True)
+    table.add_column("trace id", no_wrap=True, style="dim")
+    table.add_column("root")
+    table.add_column("services")
+    table.add_column("spans", justify="right")
+    table.add_column("duration", justify="right", no_wrap=True)
     for summary in summaries:
+        moment = datetime.datetime.fromtimestamp(summary.start_ns / 1e9)
+        when = moment.strftime("%H:%M:%S" if moment.date() == today else "%Y-%m-%d %H:%M")
         orphans = f" [red]({summary.orphan_count} orphan)[/]" if summary.orphan_count else ""
-        root = escape(summary.root_name) + orphans
         table.add_row(
-            _time(summary.start_ns),
-            f"[dim]{summary.trace_id}[/]",
-            root,
+            when,
+            summary.trace_id[:16],
+            escape(summary.root_name) + orphans,
             escape(", ".join(summary.services)),
             str(summary.span_count),
             format_duration(summary.duration_ns),
