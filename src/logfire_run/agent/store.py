@@ -12,7 +12,8 @@ Where it stops:
   and this process's spans are dropped; the app runs on.
 - The connection belongs to one process: a forked child opens its own and never touches (nor
   closes) the one it inherited, which SQLite forbids.
-- Retention: the newest `DEFAULT_MAX_SPANS` spans younger than `DEFAULT_MAX_AGE_SECONDS` are kept.
+- Retention: the newest `DEFAULT_MAX_SPANS` spans written less than `DEFAULT_MAX_AGE_SECONDS` ago
+  are kept.
   Pruning runs when a process first opens the store and then every `PRUNE_EVERY` spans it writes;
   a trace cut by pruning shows its surviving spans as orphans in the viewer.
 """
@@ -32,6 +33,7 @@ from typing import Any
 
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from opentelemetry.trace import SpanKind, StatusCode
 
 from logfire_run.agent import report
 
@@ -56,10 +58,14 @@ WRITE_PATIENCE_SECONDS = 30.0
 
 SCHEMA_VERSION = 1
 _SQLITE_BUSY, _SQLITE_LOCKED = 5, 6  # primary result codes (extended codes keep them in the low byte)
+# Write cost is dominated by index maintenance, so there is one secondary index, on a 63-bit integer
+# taken from the trace id (integer keys are about half the cost of 32-character text keys). Age
+# pruning needs no index on time: each batch records its last row id and when it was written.
 _SCHEMA = (
     """
     CREATE TABLE IF NOT EXISTS spans (
         id INTEGER PRIMARY KEY,
+        trace_key INTEGER NOT NULL,
         trace_id TEXT NOT NULL,
         span_id TEXT NOT NULL,
         parent_id TEXT,
@@ -77,13 +83,21 @@ _SCHEMA = (
         pid INTEGER
     )
     """,
-    "CREATE INDEX IF NOT EXISTS spans_trace ON spans (trace_id)",
-    "CREATE INDEX IF NOT EXISTS spans_start ON spans (start_ns)",
+    "CREATE INDEX IF NOT EXISTS spans_trace ON spans (trace_key)",
+    "CREATE TABLE IF NOT EXISTS batches"
+    " (id INTEGER PRIMARY KEY, last_span INTEGER NOT NULL, written_ns INTEGER NOT NULL)",
 )
 _INSERT = (
-    "INSERT INTO spans (trace_id, span_id, parent_id, name, kind, service, start_ns, end_ns, status,"
-    " status_message, attributes, events, links, scope, pid) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+    "INSERT INTO spans (trace_key, trace_id, span_id, parent_id, name, kind, service, start_ns, end_ns,"
+    " status, status_message, attributes, events, links, scope, pid) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 )
+_RECORD_BATCH = "INSERT INTO batches (last_span, written_ns) SELECT max(id), ? FROM spans"
+
+
+def trace_key(trace_id: int) -> int:
+    """The indexed key of a trace: its top 63 bits (fits SQLite's signed 64-bit integers)."""
+    return trace_id >> 65
+
 
 Row = tuple[Any, ...]
 
@@ -156,46 +170,76 @@ def _with_retries(action: Any) -> Any:
         delay = min(delay * 2, 0.5)
 
 
+# One encoder for every row: json.dumps() with options builds a new encoder on each call.
+_encode = json.JSONEncoder(separators=(",", ":"), default=str, ensure_ascii=False).encode
+_KIND_NAMES = {kind: kind.name for kind in SpanKind}
+_STATUS_NAMES = {code: code.name for code in StatusCode}
+
+
 def _json(value: Any) -> str | None:
-    if not value:
+    return _encode(value) if value else None
+
+
+def _plain_mapping(mapping: Any) -> Any:
+    """A mapping json can encode, without copying it when it is already a dict."""
+    if not mapping:
         return None
-    return json.dumps(value, separators=(",", ":"), default=str, ensure_ascii=False)
+    # BoundedAttributes keeps a plain dict; reading it directly skips a lock per key, and the span
+    # has ended, so nothing writes to it any more.
+    inner = getattr(mapping, "_dict", None)
+    return inner if isinstance(inner, dict) else dict(mapping)
 
 
 def span_row(span: ReadableSpan, pid: int) -> Row:
     """One span as a row of the `spans` table."""
     context = span.context
     parent = span.parent
-    resource = span.resource.attributes
     status = span.status
-    events = [
-        {"name": event.name, "time_ns": event.timestamp, "attributes": dict(event.attributes or {})}
-        for event in span.events
-    ]
-    links = [
-        {
-            "trace_id": format(link.context.trace_id, "032x"),
-            "span_id": format(link.context.span_id, "016x"),
-            "attributes": dict(link.attributes or {}),
-        }
-        for link in span.links
-    ]
+    # The SDK's public properties copy (a tuple per call, a lock per attribute read); the stored
+    # sequences are read once, directly, falling back to the public properties for other spans.
+    attributes = getattr(span, "_attributes", None) or span.attributes
+    events = getattr(span, "_events", None)
+    links = getattr(span, "_links", None)
+    if events is None:
+        events = span.events
+    if links is None:
+        links = span.links
     start = span.start_time or 0
     scope = span.instrumentation_scope
+    trace_id = context.trace_id if context else 0
     return (
-        format(context.trace_id, "032x") if context else "",
+        trace_key(trace_id),
+        format(trace_id, "032x"),
         format(context.span_id, "016x") if context else "",
         format(parent.span_id, "016x") if parent is not None else None,
         span.name,
-        span.kind.name,
-        str(resource.get("service.name", "")),
+        _KIND_NAMES.get(span.kind, str(span.kind)),
+        str(span.resource.attributes.get("service.name", "")),
         start,
         span.end_time or start,
-        status.status_code.name,
+        _STATUS_NAMES.get(status.status_code, str(status.status_code)),
         status.description,
-        _json(dict(span.attributes or {})),
-        _json(events),
-        _json(links),
+        _json(_plain_mapping(attributes)),
+        _json(
+            [
+                {
+                    "name": event.name,
+                    "time_ns": event.timestamp,
+                    "attributes": _plain_mapping(event.attributes),
+                }
+                for event in events
+            ]
+        ),
+        _json(
+            [
+                {
+                    "trace_id": format(link.context.trace_id, "032x"),
+                    "span_id": format(link.context.span_id, "016x"),
+                    "attributes": _plain_mapping(link.attributes),
+                }
+                for link in links
+            ]
+        ),
         scope.name if scope is not None else None,
         pid,
     )
@@ -289,7 +333,7 @@ class StoreExporter(SpanExporter):
         return SpanExportResult.SUCCESS
 
     def _prune(self, connection: sqlite3.Connection) -> None:
-        """Apply the retention caps: two range deletes on indexed columns, cheap when little is due."""
+        """Apply the retention caps: range deletes on row ids, cheap when little is due."""
         self._since_prune = 0
         oldest_kept_ns = time.time_ns() - int(self.max_age_seconds * 1e9)
 
@@ -297,9 +341,14 @@ class StoreExporter(SpanExporter):
             connection.execute("BEGIN IMMEDIATE")
             try:
                 newest = connection.execute("SELECT max(id) FROM spans").fetchone()[0]
-                if newest is not None and newest > self.max_spans:
-                    connection.execute("DELETE FROM spans WHERE id <= ?", (newest - self.max_spans,))
-                connection.execute("DELETE FROM spans WHERE start_ns < ?", (oldest_kept_ns,))
+                cut = newest - self.max_spans if newest is not None else 0
+                aged = connection.execute(
+                    "SELECT max(last_span) FROM batches WHERE written_ns < ?", (oldest_kept_ns,)
+                ).fetchone()[0]
+                cut = max(cut, aged or 0)
+                if cut > 0:
+                    connection.execute("DELETE FROM spans WHERE id <= ?", (cut,))
+                    connection.execute("DELETE FROM batches WHERE last_span <= ?", (cut,))
                 connection.execute("COMMIT")
             except BaseException:
                 _rollback(connection)
@@ -326,6 +375,7 @@ def _insert(connection: sqlite3.Connection, rows: list[Row]) -> None:
     connection.execute("BEGIN IMMEDIATE")
     try:
         connection.executemany(_INSERT, rows)
+        connection.execute(_RECORD_BATCH, (time.time_ns(),))
         connection.execute("COMMIT")
     except BaseException:
         _rollback(connection)

@@ -12,6 +12,8 @@ import sqlite3
 from dataclasses import dataclass, field
 from typing import Any
 
+from logfire_run.agent.store import trace_key
+
 #: How many of the newest spans are scanned to find the recent traces (the rest is never read).
 RECENT_SPAN_WINDOW = 20_000
 
@@ -101,7 +103,8 @@ def _span(row: tuple[Any, ...]) -> StoredSpan:
 
 def load_trace(connection: sqlite3.Connection, trace_id: str) -> list[StoredSpan]:
     rows = connection.execute(
-        f"SELECT {_COLUMNS} FROM spans WHERE trace_id = ? ORDER BY start_ns, id", (trace_id,)
+        f"SELECT {_COLUMNS} FROM spans WHERE trace_key = ? AND trace_id = ? ORDER BY start_ns, id",
+        (trace_key(int(trace_id, 16)), trace_id),
     ).fetchall()
     return [_span(row) for row in rows]
 
@@ -112,10 +115,16 @@ def find_trace_ids(connection: sqlite3.Connection, reference: str) -> list[str]:
     if reference in ("last", "latest"):
         recent = recent_traces(connection, 1)
         return [recent[0].trace_id] if recent else []
-    # A range on the indexed column: every hex continuation of the prefix sorts below prefix + "g".
+    if not reference or len(reference) > 32 or any(char not in "0123456789abcdef" for char in reference):
+        return []
+    # The ids starting with the prefix lie between prefix+"000..." and prefix+"fff...": a range on
+    # the indexed key, then an exact check of the text.
+    low = trace_key(int(reference.ljust(32, "0"), 16))
+    high = trace_key(int(reference.ljust(32, "f"), 16))
     rows = connection.execute(
-        "SELECT DISTINCT trace_id FROM spans WHERE trace_id >= ? AND trace_id < ? LIMIT 10",
-        (reference, reference + "g"),
+        "SELECT DISTINCT trace_id FROM spans WHERE trace_key BETWEEN ? AND ? AND substr(trace_id, 1, ?) = ?"
+        " LIMIT 10",
+        (low, high, len(reference), reference),
     ).fetchall()
     return [row[0] for row in rows]
 
