@@ -70,6 +70,31 @@ def test_store_is_the_default_exporter_and_keeps_the_tree(tmp_path: Path) -> Non
         assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
+def test_service_name_changed_by_configure_reaches_the_store(tmp_path: Path) -> None:
+    app = tmp_path / "app.py"
+    app.write_text(
+        textwrap.dedent(
+            """
+            import logfire_run
+            with logfire_run.span("first"):
+                pass
+            logfire_run.force_flush()
+            logfire_run.configure(service_name="renamed")
+            with logfire_run.span("second"):
+                pass
+            """
+        )
+    )
+    store = tmp_path / "traces.db"
+    result = run_launcher(["--service-name", "original", "python", str(app)], store_env(store))
+    assert result.returncode == 0, result.stderr
+    assert_clean_stderr(result.stderr)
+    assert sorted(rows(store, "SELECT name, service FROM spans")) == [
+        ("first", "original"),
+        ("second", "renamed"),
+    ]
+
+
 WRITER = """
 import sys
 import logfire_run

@@ -31,6 +31,8 @@ import weakref
 from collections.abc import Sequence
 from typing import Any
 
+from opentelemetry.attributes import BoundedAttributes
+from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import SpanKind, StatusCode
@@ -190,6 +192,18 @@ def _plain_mapping(mapping: Any) -> Any:
     return inner if isinstance(inner, dict) else dict(mapping)
 
 
+def _event(event: Any) -> dict[str, Any]:
+    return {"name": event.name, "time_ns": event.timestamp, "attributes": _plain_mapping(event.attributes)}
+
+
+def _link(link: Any) -> dict[str, Any]:
+    return {
+        "trace_id": f"{link.context.trace_id:032x}",
+        "span_id": f"{link.context.span_id:016x}",
+        "attributes": _plain_mapping(link.attributes),
+    }
+
+
 def span_row(span: ReadableSpan, pid: int) -> Row:
     """One span as a row of the `spans` table."""
     context = span.context
@@ -197,52 +211,55 @@ def span_row(span: ReadableSpan, pid: int) -> Row:
     status = span.status
     # The SDK's public properties copy (a tuple per call, a lock per attribute read); the stored
     # sequences are read once, directly, falling back to the public properties for other spans.
-    attributes = getattr(span, "_attributes", None) or span.attributes
+    attributes = getattr(span, "_attributes", None)
+    if attributes is None:
+        attributes = span.attributes
     events = getattr(span, "_events", None)
-    links = getattr(span, "_links", None)
     if events is None:
         events = span.events
+    links = getattr(span, "_links", None)
     if links is None:
         links = span.links
     start = span.start_time or 0
     scope = span.instrumentation_scope
     trace_id = context.trace_id if context else 0
     return (
-        trace_key(trace_id),
-        format(trace_id, "032x"),
-        format(context.span_id, "016x") if context else "",
-        format(parent.span_id, "016x") if parent is not None else None,
+        trace_id >> 65,  # trace_key(), inlined: this runs for every span
+        f"{trace_id:032x}",
+        f"{context.span_id:016x}" if context else "",
+        f"{parent.span_id:016x}" if parent is not None else None,
         span.name,
-        _KIND_NAMES.get(span.kind, str(span.kind)),
-        str(span.resource.attributes.get("service.name", "")),
+        _KIND_NAMES.get(span.kind) or str(span.kind),
+        _service_name(span.resource),
         start,
         span.end_time or start,
-        _STATUS_NAMES.get(status.status_code, str(status.status_code)),
+        _STATUS_NAMES.get(status.status_code) or str(status.status_code),
         status.description,
-        _json(_plain_mapping(attributes)),
-        _json(
-            [
-                {
-                    "name": event.name,
-                    "time_ns": event.timestamp,
-                    "attributes": _plain_mapping(event.attributes),
-                }
-                for event in events
-            ]
-        ),
-        _json(
-            [
-                {
-                    "trace_id": format(link.context.trace_id, "032x"),
-                    "span_id": format(link.context.span_id, "016x"),
-                    "attributes": _plain_mapping(link.attributes),
-                }
-                for link in links
-            ]
-        ),
+        _encode(attributes._dict if type(attributes) is BoundedAttributes else _plain_mapping(attributes))
+        if attributes
+        else None,
+        _encode([_event(event) for event in events]) if events else None,
+        _encode([_link(link) for link in links]) if links else None,
         scope.name if scope is not None else None,
         pid,
     )
+
+
+_service_names: dict[int, tuple[object, str]] = {}
+
+
+def _service_name(resource: Resource) -> str:
+    # One resource per provider: its service name is looked up once, not once per span. The key is
+    # the attributes object, which `configure(service_name=...)` replaces (never edits) on a change.
+    attributes = resource.attributes
+    cached = _service_names.get(id(attributes))
+    if cached is not None and cached[0] is attributes:
+        return cached[1]
+    name = str(attributes.get("service.name", ""))
+    if len(_service_names) > 64:
+        _service_names.clear()
+    _service_names[id(attributes)] = (attributes, name)
+    return name
 
 
 class StoreExporter(SpanExporter):
