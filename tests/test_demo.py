@@ -43,16 +43,17 @@ def test_demo_prints_one_trace_through_flask_and_fastapi(tmp_path: Path) -> None
         text=True,
         timeout=300,
     )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert processes_using(store) == [], "the demo left processes behind"
+    report = f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    assert result.returncode == 0, report
+    assert processes_using(store) == [], f"the demo left processes behind\n{report}"
 
     lines = result.stdout.splitlines()
-    header = next(line for line in lines if line.startswith("trace "))
+    header = next((line for line in lines if line.startswith("trace ")), "")
     trace_id = header.split()[1]
-    assert re.search(r"services: client, frontend, backend", header), header
+    assert re.search(r"services: client, frontend, backend", header), report
     printed = "\n".join(lines)
-    assert re.search(r"^    GET /checkout  \[frontend\] SERVER .*status=200$", printed, re.M), printed
-    assert re.search(r"^ +GET /price/\{item\}  \[backend\] SERVER .*status=200$", printed, re.M), printed
+    assert re.search(r"^    GET /checkout  \[frontend\] SERVER .*status=200$", printed, re.M), report
+    assert re.search(r"^ +GET /price/\{item\}  \[backend\] SERVER .*status=200$", printed, re.M), report
 
     # The same trace read back as data: the FastAPI request descends from the Flask request.
     document = json.loads(
@@ -64,11 +65,11 @@ def test_demo_prints_one_trace_through_flask_and_fastapi(tmp_path: Path) -> None
     assert {span["trace_id"] for span in spans.values()} == {trace_id}
     flask = [s for s in spans.values() if s["service"] == "frontend" and s["kind"] == "SERVER"]
     fastapi = [s for s in spans.values() if s["service"] == "backend" and s["kind"] == "SERVER"]
-    assert len(flask) == 1 and fastapi, printed
+    assert len(flask) == 1 and fastapi, report
     for span in fastapi:
         ancestors = []
         current = span
         while current["parent_id"] in spans:
             current = spans[current["parent_id"]]
             ancestors.append(current["span_id"])
-        assert flask[0]["span_id"] in ancestors, printed
+        assert flask[0]["span_id"] in ancestors, report

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -192,3 +193,20 @@ def test_html_waterfall_renders_in_headless_chromium(stored_trace: tuple[Path, s
         timeout=120,
     )
     assert screenshot.stat().st_size > 5000
+
+
+def test_a_database_that_is_not_a_store_is_refused_and_left_unchanged(tmp_path: Path) -> None:
+    other = tmp_path / "app.db"
+    connection = sqlite3.connect(other)
+    connection.execute("CREATE TABLE users (id INTEGER PRIMARY KEY)")
+    connection.commit()
+    connection.close()
+    before = other.read_bytes()
+    result = run_view(other)
+    assert result.returncode == 1
+    assert (
+        result.stderr
+        == f"logfire-run-view: {other} is an SQLite database but not a logfire-run trace store\n"
+    )
+    assert other.read_bytes() == before
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["app.db"]

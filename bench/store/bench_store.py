@@ -1,11 +1,16 @@
 """Sustained spans per second into the local store, from 1 and from 8 processes at once.
 
-Each run starts N exporting processes through the launcher (`logfire-run --exporter store`), each
-creating SPANS spans with HTTP-server attributes as fast as it can and flushing; the same run with
-`--exporter none` (spans created and dropped) is the baseline, interleaved round by round. Reported:
-the total rate (all spans / wall time from the first start to the last flush), the spans found in the
-store afterwards, and the exporting processes' CPU: CPU µs per span with the store, without it,
-and the difference (what writing to the store costs the app's processes).
+Two measurements, both with N processes writing to one store file at the same time:
+
+1. ingest: each process pre-creates SPANS spans, then all call `StoreExporter.export()` in batches of
+   512 at the same moment; the rate is what the store itself sustains (conversion, SQLite, locking
+   between processes), and the CPU is that of the exports alone.
+2. end to end: N processes started through the launcher (`logfire-run --exporter store`) each create
+   SPANS spans with HTTP-server attributes as fast as they can and flush (BatchSpanProcessor and
+   store together); the same run with `--exporter none` (spans created, not exported) is the
+   baseline, interleaved round by round. Reported: the total rate (all spans / wall time from the
+   first start to the last flush), the spans found in the store afterwards, and the processes' CPU
+   per span with the store, without it, and the difference (what exporting costs the app's processes).
 
     .venv/bin/python bench/store/bench_store.py [--spans 20000] [--rounds 3]
 """
@@ -21,6 +26,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -59,6 +65,30 @@ def run(processes: int, spans: int, exporter: str, store: Path) -> dict[str, flo
     }
 
 
+def ingest(processes: int, spans: int, store: Path) -> dict[str, float]:
+    start_at = time.time() + 3 + processes * 0.5  # leaves time to import and make the spans
+    command = [sys.executable, str(HERE / "ingest.py"), str(spans), str(store), str(start_at)]
+    children = [
+        subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(processes)
+    ]
+    results = []
+    for child in children:
+        stdout, stderr = child.communicate(timeout=600)
+        if child.returncode != 0 or stderr:
+            raise SystemExit(f"writer failed ({child.returncode}): {stderr}")
+        results.append(json.loads(stdout))
+    if min(item["start"] for item in results) < start_at - 0.01:
+        raise SystemExit("a writer started late: raise the start delay")
+    wall = max(item["end"] for item in results) - min(item["start"] for item in results)
+    connection = sqlite3.connect(store)
+    stored = connection.execute("SELECT count(*) FROM spans").fetchone()[0]
+    connection.close()
+    total = processes * spans
+    return {"rate": total / wall, "cpu_us_per_span": sum(item["cpu"] for item in results) / total * 1e6,
+            "stored": stored, "total": total}  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -68,6 +98,18 @@ def main() -> None:
     args = parser.parse_args()
     print(f"cores: {os.cpu_count()}, spans per process: {args.spans}, rounds: {args.rounds}")
     with tempfile.TemporaryDirectory() as folder:
+        print("ingest: StoreExporter.export() alone, all processes writing at once")
+        for processes in (1, 8):
+            runs = [
+                ingest(processes, args.spans, Path(folder) / f"ingest-{processes}-{n}.db")
+                for n in range(args.rounds)
+            ]
+            rate = statistics.median(item["rate"] for item in runs)
+            cpu = statistics.median(item["cpu_us_per_span"] for item in runs)
+            lost = sum(item["total"] - item["stored"] for item in runs)
+            print(f"  {processes} process(es): {rate:,.0f} spans/s into the store; export CPU {cpu:.1f} µs/span; "
+                  f"spans missing: {lost}")  # fmt: skip
+        print("end to end: spans created and exported through the launcher, vs no exporter")
         for processes in (1, 8):
             samples: dict[str, list[dict[str, float]]] = {"none": [], "store": []}
             for round_number in range(args.rounds):
@@ -80,7 +122,7 @@ def main() -> None:
             none_cpu = statistics.median(item["cpu_us_per_span"] for item in samples["none"])
             lost = sum(item["total"] - item["stored"] for item in samples["store"])
             print(
-                f"{processes} process(es): store {store_rate:,.0f} spans/s (no exporter: {none_rate:,.0f}); "
+                f"  {processes} process(es): store {store_rate:,.0f} spans/s (no exporter: {none_rate:,.0f}); "
                 f"CPU per span {store_cpu:.1f} µs with the store, {none_cpu:.1f} µs without, "
                 f"store overhead {store_cpu - none_cpu:.1f} µs/span ({store_cpu / none_cpu:.2f}x); "
                 f"spans missing from the store: {lost}"

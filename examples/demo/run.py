@@ -20,6 +20,7 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -103,12 +104,50 @@ class System:
             _signal_group(process, signal.SIGKILL)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=5)
+            _wait_group_gone(process.pid, timeout=5)
         self.processes.clear()
 
 
 def _signal_group(process: subprocess.Popen[bytes], signum: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(process.pid, signum)
+
+
+def _wait_group_gone(pgid: int, timeout: float) -> None:
+    """Wait until no process of the group is left (SIGKILL is delivered asynchronously)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return
+        time.sleep(0.05)
+
+
+def wait_for_trace(store: Path, trace_id: str, timeout: float) -> None:
+    """Keep the services up until the trace has settled in the store: no span missing its parent,
+    and no new span for half a second. A server span ends just after its response is sent, and each
+    process exports in batches: stopping at once could catch a span not yet ended."""
+    deadline = time.monotonic() + timeout
+    last = (-1, -1)
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        try:
+            connection = sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=5)
+            try:
+                found = connection.execute(
+                    "SELECT count(*), sum(parent_id IS NOT NULL AND parent_id NOT IN"
+                    " (SELECT span_id FROM spans WHERE trace_id = ?)) FROM spans WHERE trace_id = ?",
+                    (trace_id, trace_id),
+                ).fetchone()
+            finally:
+                connection.close()
+        except sqlite3.Error:
+            continue
+        current = (int(found[0] or 0), int(found[1] or 0))
+        if current[0] > 0 and current[1] == 0 and current == last:
+            return
+        last = current
 
 
 def _stop_on_sigterm(signum: int, frame: Any) -> None:
@@ -206,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
                 trace_id = line.partition("=")[2]
             else:
                 say(line)
+        if trace_id:
+            wait_for_trace(store, trace_id, timeout=15)
     except (RuntimeError, subprocess.TimeoutExpired) as error:
         say(f"failed: {error}")
         for log in sorted(logs.glob("*.log")):

@@ -43,6 +43,7 @@ __all__ = [
     "DEFAULT_MAX_AGE_SECONDS",
     "DEFAULT_MAX_SPANS",
     "SCHEMA_VERSION",
+    "NotAStoreError",
     "StoreExporter",
     "open_store",
 ]
@@ -53,10 +54,12 @@ DEFAULT_MAX_SPANS = 200_000
 DEFAULT_MAX_AGE_SECONDS = 7 * 24 * 3600
 #: A writing process prunes after writing this many spans (and once when it opens the store).
 PRUNE_EVERY = 5_000
-#: SQLite waits this long for another process's write lock before returning "database is locked".
+#: Readers (the viewer) let SQLite wait this long for a lock before "database is locked".
 BUSY_TIMEOUT_SECONDS = 10.0
-#: Past SQLite's own wait, a batch is retried (with jittered backoff) for this long, then dropped.
+#: Writers retry a batch that finds the write lock taken for this long, then drop it (reported).
 WRITE_PATIENCE_SECONDS = 30.0
+#: Writers' waits between attempts grow from the first to the last value (seconds, jittered).
+_RETRY_DELAYS = (0.0005, 0.02)
 
 SCHEMA_VERSION = 1
 _SQLITE_BUSY, _SQLITE_LOCKED = 5, 6  # primary result codes (extended codes keep them in the low byte)
@@ -104,40 +107,71 @@ def trace_key(trace_id: int) -> int:
 Row = tuple[Any, ...]
 
 
-def open_store(path: str, *, create: bool = True) -> sqlite3.Connection:
+def open_store(
+    path: str, *, create: bool = True, busy_timeout: float = BUSY_TIMEOUT_SECONDS
+) -> sqlite3.Connection:
     """A connection to the store at `path` (autocommit; transactions are explicit), schema in place.
 
     With `create=False` a missing file raises FileNotFoundError instead of creating an empty store.
+    Writers pass `busy_timeout=0` and retry themselves (`_with_retries`): SQLite's own busy handler
+    sleeps in steps growing to 100 ms, long enough to leave the lock idle while writers queue up.
     """
     if create:
         directory = os.path.dirname(os.path.abspath(path))
         os.makedirs(directory, mode=0o700, exist_ok=True)
     elif not os.path.exists(path):
         raise FileNotFoundError(path)
-    connection = sqlite3.connect(
-        path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None, check_same_thread=False
-    )
+    connection = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
     try:
-        _with_retries(lambda: _prepare(connection))
+        _with_retries(lambda: _prepare(connection, path, create))
     except BaseException:
         connection.close()
         raise
     return connection
 
 
-def _prepare(connection: sqlite3.Connection) -> None:
+class NotAStoreError(Exception):
+    """The file is an SQLite database, but not a trace store of this version of logfire-run."""
+
+
+def _check_version(connection: sqlite3.Connection, path: str) -> bool:
+    """True when the store's schema is in place; False for an empty database; raises otherwise."""
+    version = connection.execute("PRAGMA user_version").fetchone()[0]
+    if version == SCHEMA_VERSION:
+        return True
+    if version == 0:
+        tables = connection.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+        if tables == 0:
+            return False
+        raise NotAStoreError(f"{path} is an SQLite database but not a logfire-run trace store")
+    raise NotAStoreError(
+        f"{path} is a trace store of another logfire-run version (schema {version}, this one reads "
+        f"{SCHEMA_VERSION}); give another --store path"
+    )
+
+
+def _prepare(connection: sqlite3.Connection, path: str, create: bool) -> None:
+    # Checked before anything is written: the viewer never changes a file that is not a store.
+    if _check_version(connection, path):
+        ready = True
+    elif not create:
+        raise NotAStoreError(f"{path} holds no traces yet")
+    else:
+        ready = False
     # WAL lets the viewer read while services write, and writers never block readers. Switching
     # an existing WAL store is a no-op; a filesystem without shared memory keeps its journal mode.
     connection.execute("PRAGMA journal_mode=WAL")
     # NORMAL in WAL mode never corrupts the file; a power cut may lose the last batches only.
     connection.execute("PRAGMA synchronous=NORMAL")
-    if connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
+    if ready:
         return
     connection.execute("BEGIN IMMEDIATE")
     try:
-        for statement in _SCHEMA:
-            connection.execute(statement)
-        connection.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        # Another process may have created the schema while this one waited for the lock.
+        if not _check_version(connection, path):
+            for statement in _SCHEMA:
+                connection.execute(statement)
+            connection.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         connection.execute("COMMIT")
     except BaseException:
         _rollback(connection)
@@ -159,17 +193,19 @@ def _is_busy(error: sqlite3.OperationalError) -> bool:
 
 
 def _with_retries(action: Any) -> Any:
-    """Run `action`, retrying while another process holds the lock past SQLite's own busy wait."""
+    """Run `action` (a whole transaction), again while another process holds the lock."""
     deadline = time.monotonic() + WRITE_PATIENCE_SECONDS
-    delay = 0.01
+    delay, longest = _RETRY_DELAYS
     while True:
         try:
             return action()
         except sqlite3.OperationalError as error:
             if not _is_busy(error) or time.monotonic() > deadline:
                 raise
+        # Short, jittered waits: a batch holds the lock for milliseconds, and jitter keeps the
+        # waiting writers from retrying in lockstep.
         time.sleep(delay * (0.5 + random.random()))
-        delay = min(delay * 2, 0.5)
+        delay = min(delay * 1.5, longest)
 
 
 # One encoder for every row: json.dumps() with options builds a new encoder on each call.
@@ -310,7 +346,7 @@ class StoreExporter(SpanExporter):
         if self._unusable:
             return None
         try:
-            connection = open_store(self.path)
+            connection = open_store(self.path, busy_timeout=0)
         except Exception as error:
             self._unusable = True
             report.problem(

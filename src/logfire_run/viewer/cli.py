@@ -66,12 +66,14 @@ def _fail(message: str) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     path = os.path.expanduser(args.store) if args.store else _default_store()
-    try:
-        from logfire_run.agent.store import open_store
+    from logfire_run.agent.store import NotAStoreError, open_store
 
+    try:
         connection = open_store(path, create=False)
     except FileNotFoundError:
         return _fail(f"no trace store at {path} yet: run an app under logfire-run first")
+    except NotAStoreError as error:
+        return _fail(str(error))
     except (sqlite3.Error, OSError) as error:
         return _fail(f"cannot read the trace store {path}: {error}")
     try:
