@@ -208,8 +208,9 @@ def key_attributes(span: StoredSpan) -> list[str]:
         or attributes.get("url.full")
         or attributes.get("http.url")
     )
-    if method or target:
-        parts.append(" ".join(str(item) for item in (method, target) if item))
+    request = " ".join(str(item) for item in (method, target) if item)
+    if request and request != span.name:  # servers name their spans "METHOD route" already
+        parts.append(request)
     status = attributes.get("http.response.status_code") or attributes.get("http.status_code")
     if status:
         parts.append(f"status={status}")
