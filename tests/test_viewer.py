@@ -210,3 +210,25 @@ def test_a_database_that_is_not_a_store_is_refused_and_left_unchanged(tmp_path: 
     )
     assert other.read_bytes() == before
     assert sorted(path.name for path in tmp_path.iterdir()) == ["app.db"]
+
+
+def test_plain_text_on_a_terminal_when_rich_is_not_installed(
+    stored_trace: tuple[Path, str], tmp_path: Path
+) -> None:
+    store, trace_id = stored_trace
+    if shutil.which("script") is None:
+        pytest.skip("`script` (util-linux) is needed to give the viewer a terminal")
+    blocker = tmp_path / "no-rich"
+    (blocker / "rich").mkdir(parents=True)
+    (blocker / "rich" / "__init__.py").write_text("raise ImportError('rich is not installed here')\n")
+    result = subprocess.run(
+        ["script", "-qec", f"{VIEWER} --store {store} {trace_id}", "/dev/null"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=dict(os.environ, PYTHONPATH=str(blocker), TERM="xterm-256color"),
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.replace("\r", "").splitlines()
+    assert lines[1].startswith("checkout  [front] INTERNAL "), lines
+    assert "├" not in result.stdout and "\x1b[" not in result.stdout

@@ -52,11 +52,7 @@ def run(processes: int, spans: int, exporter: str, store: Path) -> dict[str, flo
         results.append(json.loads(stdout))
     wall = max(item["end"] for item in results) - min(item["start"] for item in results)
     total = processes * spans
-    stored = 0
-    if exporter == "store":
-        connection = sqlite3.connect(store)
-        stored = connection.execute("SELECT count(*) FROM spans").fetchone()[0]
-        connection.close()
+    stored = count_spans(store) if exporter == "store" else 0
     return {
         "rate": total / wall,
         "cpu_us_per_span": sum(item["cpu"] for item in results) / total * 1e6,
@@ -81,12 +77,21 @@ def ingest(processes: int, spans: int, store: Path) -> dict[str, float]:
     if min(item["start"] for item in results) < start_at - 0.01:
         raise SystemExit("a writer started late: raise the start delay")
     wall = max(item["end"] for item in results) - min(item["start"] for item in results)
-    connection = sqlite3.connect(store)
-    stored = connection.execute("SELECT count(*) FROM spans").fetchone()[0]
-    connection.close()
     total = processes * spans
-    return {"rate": total / wall, "cpu_us_per_span": sum(item["cpu"] for item in results) / total * 1e6,
-            "stored": stored, "total": total}  # fmt: skip
+    return {
+        "rate": total / wall,
+        "cpu_us_per_span": sum(item["cpu"] for item in results) / total * 1e6,
+        "stored": count_spans(store),
+        "total": total,
+    }
+
+
+def count_spans(store: Path) -> int:
+    connection = sqlite3.connect(store)
+    try:
+        return int(connection.execute("SELECT count(*) FROM spans").fetchone()[0])
+    finally:
+        connection.close()
 
 
 def main() -> None:
@@ -97,18 +102,21 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     print(f"cores: {os.cpu_count()}, spans per process: {args.spans}, rounds: {args.rounds}")
+    print(f"load average before: {' '.join(f'{value:.2f}' for value in os.getloadavg())}")
     with tempfile.TemporaryDirectory() as folder:
         print("ingest: StoreExporter.export() alone, all processes writing at once")
         for processes in (1, 8):
             runs = [
-                ingest(processes, args.spans, Path(folder) / f"ingest-{processes}-{n}.db")
-                for n in range(args.rounds)
+                ingest(processes, args.spans, Path(folder) / f"ingest-{processes}-{number}.db")
+                for number in range(args.rounds)
             ]
             rate = statistics.median(item["rate"] for item in runs)
             cpu = statistics.median(item["cpu_us_per_span"] for item in runs)
             lost = sum(item["total"] - item["stored"] for item in runs)
-            print(f"  {processes} process(es): {rate:,.0f} spans/s into the store; export CPU {cpu:.1f} µs/span; "
-                  f"spans missing: {lost}")  # fmt: skip
+            print(
+                f"  {processes} process(es): {rate:,.0f} spans/s into the store; "
+                f"export CPU {cpu:.1f} µs/span; spans missing: {lost}"
+            )
         print("end to end: spans created and exported through the launcher, vs no exporter")
         for processes in (1, 8):
             samples: dict[str, list[dict[str, float]]] = {"none": [], "store": []}
@@ -122,11 +130,12 @@ def main() -> None:
             none_cpu = statistics.median(item["cpu_us_per_span"] for item in samples["none"])
             lost = sum(item["total"] - item["stored"] for item in samples["store"])
             print(
-                f"  {processes} process(es): store {store_rate:,.0f} spans/s (no exporter: {none_rate:,.0f}); "
-                f"CPU per span {store_cpu:.1f} µs with the store, {none_cpu:.1f} µs without, "
-                f"store overhead {store_cpu - none_cpu:.1f} µs/span ({store_cpu / none_cpu:.2f}x); "
-                f"spans missing from the store: {lost}"
+                f"  {processes} process(es): {store_rate:,.0f} spans/s with the store "
+                f"({none_rate:,.0f} with no exporter); CPU per span {store_cpu:.1f} µs with the "
+                f"store, {none_cpu:.1f} µs without: +{store_cpu - none_cpu:.1f} µs "
+                f"({store_cpu / none_cpu:.2f}x); spans missing: {lost}"
             )
+    print(f"load average after: {' '.join(f'{value:.2f}' for value in os.getloadavg())}")
 
 
 if __name__ == "__main__":

@@ -117,8 +117,8 @@ def find_trace_ids(connection: sqlite3.Connection, reference: str) -> list[str]:
         return [recent[0].trace_id] if recent else []
     if not reference or len(reference) > 32 or any(char not in "0123456789abcdef" for char in reference):
         return []
-    # The ids starting with the prefix lie between prefix+"000..." and prefix+"fff...": a range on
-    # the indexed key, then an exact check of the text.
+    # The ids starting with the prefix lie between prefix+"000..." and prefix+"fff...": a range of
+    # integer keys (cheap to compare while scanning), then an exact check of the text.
     low = trace_key(int(reference.ljust(32, "0"), 16))
     high = trace_key(int(reference.ljust(32, "f"), 16))
     rows = connection.execute(
@@ -141,7 +141,19 @@ def recent_traces(connection: sqlite3.Connection, limit: int) -> list[TraceSumma
             if len(newest) >= limit:
                 break
     cursor.close()
-    summaries = [summarize(trace_id, load_trace(connection, trace_id)) for trace_id in newest]
+    if not newest:
+        return []
+    # All their spans in one scan of the table (spans has no index on trace ids: see the store).
+    keys = sorted({trace_key(int(trace_id, 16)) for trace_id in newest})
+    by_trace: dict[str, list[StoredSpan]] = {trace_id: [] for trace_id in newest}
+    placeholders = ",".join("?" * len(keys))
+    rows = connection.execute(
+        f"SELECT {_COLUMNS} FROM spans WHERE trace_key IN ({placeholders}) ORDER BY start_ns, id", keys
+    )
+    for row in rows:
+        if row[0] in by_trace:
+            by_trace[row[0]].append(_span(row))
+    summaries = [summarize(trace_id, spans) for trace_id, spans in by_trace.items()]
     summaries.sort(key=lambda summary: summary.start_ns, reverse=True)
     return summaries
 
