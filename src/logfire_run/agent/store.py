@@ -400,15 +400,22 @@ class StoreExporter(SpanExporter):
         # A batch's last_span bounds the ids of the spans written up to that batch. Should age
         # pruning empty the table, SQLite starts ids again at 1; the batches pointing at the deleted
         # ids go in the same transaction, so no stale bound is left behind.
+        def due() -> int:
+            """The highest row id to delete (0: nothing is due)."""
+            newest = connection.execute("SELECT max(id) FROM spans").fetchone()[0]
+            cut = newest - self.max_spans if newest is not None else 0
+            aged = connection.execute(
+                "SELECT max(last_span) FROM batches WHERE written_ns < ?", (oldest_kept_ns,)
+            ).fetchone()[0]
+            return max(cut, aged or 0)
+
         def prune() -> None:
+            # Read first, without the write lock: most calls find nothing to do.
+            if due() <= 0:
+                return
             connection.execute("BEGIN IMMEDIATE")
             try:
-                newest = connection.execute("SELECT max(id) FROM spans").fetchone()[0]
-                cut = newest - self.max_spans if newest is not None else 0
-                aged = connection.execute(
-                    "SELECT max(last_span) FROM batches WHERE written_ns < ?", (oldest_kept_ns,)
-                ).fetchone()[0]
-                cut = max(cut, aged or 0)
+                cut = due()
                 if cut > 0:
                     connection.execute("DELETE FROM spans WHERE id <= ?", (cut,))
                     connection.execute("DELETE FROM batches WHERE last_span <= ?", (cut,))
