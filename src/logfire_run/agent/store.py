@@ -2,8 +2,8 @@
 
 It is the default exporter when neither an exporter nor an OTLP endpoint is configured, and the
 viewer (`logfire-run-view`) reads the same file. Every process of every service the user starts
-writes into it at once, so each write is one short `BEGIN IMMEDIATE` transaction per batch, with
-SQLite's busy timeout plus our own retries when another process holds the write lock.
+writes into it at once, so each write is one short `BEGIN IMMEDIATE` transaction per batch, tried
+again after a short jittered wait while another process holds the write lock.
 
 Where it stops:
 - Writes happen in the BatchSpanProcessor's worker thread, never on the request path; when the
@@ -13,8 +13,7 @@ Where it stops:
 - The connection belongs to one process: a forked child opens its own and never touches (nor
   closes) the one it inherited, which SQLite forbids.
 - Retention: the newest `DEFAULT_MAX_SPANS` spans written less than `DEFAULT_MAX_AGE_SECONDS` ago
-  are kept.
-  Pruning runs when a process first opens the store and then every `PRUNE_EVERY` spans it writes;
+  are kept. Pruning runs when a process first opens the store and then every `PRUNE_EVERY` spans it writes;
   a trace cut by pruning shows its surviving spans as orphans in the viewer.
 """
 
@@ -48,7 +47,7 @@ __all__ = [
     "open_store",
 ]
 
-#: Retention: at most this many spans are kept (roughly 100-150 MB with typical HTTP attributes) ...
+#: Retention: at most this many spans are kept (60 MB with small HTTP spans, more with big attributes) ...
 DEFAULT_MAX_SPANS = 200_000
 #: ... and none older than this (7 days).
 DEFAULT_MAX_AGE_SECONDS = 7 * 24 * 3600
