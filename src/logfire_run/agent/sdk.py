@@ -83,9 +83,9 @@ def build_exporter(name: str, config: Config) -> SpanExporter | None:
 
             return OTLPSpanExporter()
         if name == "store":
-            from logfire_run.agent.store import StoreExporter  # type: ignore[import-not-found,import-untyped,unused-ignore]
+            from logfire_run.agent.store import StoreExporter
 
-            return StoreExporter(config.resolved_store_path())  # type: ignore[no-any-return,unused-ignore]
+            return StoreExporter(config.resolved_store_path())
         raise ValueError(f"unknown exporter {name!r}")
     except Exception as error:
         report.problem(

@@ -1,0 +1,1 @@
+"""The trace viewer (`logfire-run-view`): reads the local store, never runs in the user's process."""

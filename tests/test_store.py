@@ -1,0 +1,243 @@
+"""The local trace store: the default exporter, concurrent writers, fork safety, failures, retention."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+from conftest import LAUNCHER, agent_env, assert_clean_stderr, run_launcher
+from logfire_run.agent.store import StoreExporter
+
+
+def store_env(store: Path, **extra: str) -> dict[str, str]:
+    """A launched process with no exporter configured: the store is the default."""
+    return agent_env(None, LOGFIRE_STORE=str(store), **extra)
+
+
+ALL = "SELECT trace_id, span_id, parent_id, name, kind, service, pid FROM spans"
+
+
+def rows(store: Path, query: str = ALL) -> list[tuple[Any, ...]]:
+    connection = sqlite3.connect(store)
+    try:
+        return connection.execute(query).fetchall()
+    finally:
+        connection.close()
+
+
+def test_store_is_the_default_exporter_and_keeps_the_tree(tmp_path: Path) -> None:
+    app = tmp_path / "app.py"
+    app.write_text(
+        textwrap.dedent(
+            """
+            import os
+            import logfire_run
+            with logfire_run.span("outer", user_id=7):
+                with logfire_run.span("inner"):
+                    logfire_run.info("hello {who}", who="store")
+            print(os.getpid())
+            """
+        )
+    )
+    store = tmp_path / "traces.db"
+    result = run_launcher(["--service-name", "shop", "python", str(app)], store_env(store))
+    assert result.returncode == 0, result.stderr
+    assert_clean_stderr(result.stderr)
+    pid = int(result.stdout.strip())
+    found = {
+        name: (trace, span, parent, kind, service, span_pid)
+        for trace, span, parent, name, kind, service, span_pid in rows(store)
+    }
+    assert set(found) == {"outer", "inner", "hello {who}"}
+    assert len({value[0] for value in found.values()}) == 1, "one trace"
+    assert found["outer"][2] is None
+    assert found["inner"][2] == found["outer"][1]
+    assert found["hello {who}"][2] == found["inner"][1]
+    assert {value[4] for value in found.values()} == {"shop"}
+    assert {value[5] for value in found.values()} == {pid}
+    (attributes,) = rows(store, "SELECT attributes FROM spans WHERE name = 'outer'")[0]
+    assert '"user_id":7' in attributes
+    with sqlite3.connect(store) as connection:
+        assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_service_name_changed_by_configure_reaches_the_store(tmp_path: Path) -> None:
+    app = tmp_path / "app.py"
+    app.write_text(
+        textwrap.dedent(
+            """
+            import logfire_run
+            with logfire_run.span("first"):
+                pass
+            logfire_run.force_flush()
+            logfire_run.configure(service_name="renamed")
+            with logfire_run.span("second"):
+                pass
+            """
+        )
+    )
+    store = tmp_path / "traces.db"
+    result = run_launcher(["--service-name", "original", "python", str(app)], store_env(store))
+    assert result.returncode == 0, result.stderr
+    assert_clean_stderr(result.stderr)
+    assert sorted(rows(store, "SELECT name, service FROM spans")) == [
+        ("first", "original"),
+        ("second", "renamed"),
+    ]
+
+
+WRITER = """
+import sys
+import logfire_run
+for index in range(int(sys.argv[1])):
+    with logfire_run.span("work", index=index):
+        pass
+"""
+
+
+@pytest.mark.slow
+def test_eight_processes_writing_at_once_lose_no_span(tmp_path: Path) -> None:
+    app = tmp_path / "writer.py"
+    app.write_text(WRITER)
+    store = tmp_path / "traces.db"
+    # The batch queue is sized to hold a whole run: what is measured here is the store, not the
+    # processor's (documented) dropping of spans when its bounded queue overflows.
+    env = store_env(store, OTEL_BSP_MAX_QUEUE_SIZE="6000", OTEL_BSP_SCHEDULE_DELAY="50")
+    processes = [
+        subprocess.Popen(
+            [LAUNCHER, "python", str(app), "5000"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(8)
+    ]
+    try:
+        outputs = [process.communicate(timeout=240) for process in processes]
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait(timeout=10)
+    for process, (_stdout, stderr) in zip(processes, outputs, strict=True):
+        assert process.returncode == 0, stderr
+        assert_clean_stderr(stderr)
+    per_process = rows(store, "SELECT pid, count(*), count(DISTINCT span_id) FROM spans GROUP BY pid")
+    assert sorted(per_process) == sorted((process.pid, 5000, 5000) for process in processes)
+    assert rows(store, "SELECT count(DISTINCT span_id) FROM spans") == [(40_000,)]
+    assert rows(store, "PRAGMA integrity_check") == [("ok",)]
+
+
+def test_forked_child_writes_through_its_own_connection(tmp_path: Path) -> None:
+    app = tmp_path / "forker.py"
+    app.write_text(
+        textwrap.dedent(
+            """
+            import os
+            import logfire_run
+            with logfire_run.span("before fork"):
+                pass
+            logfire_run.force_flush()        # the parent's connection is open when it forks
+            children = []
+            for number in range(3):
+                pid = os.fork()
+                if pid == 0:
+                    with logfire_run.span("in child", number=number):
+                        pass
+                    os._exit(0)              # skips atexit: the agent flushes forked children itself
+                children.append(pid)
+            for pid in children:
+                os.waitpid(pid, 0)
+            with logfire_run.span("after fork"):
+                pass
+            print(os.getpid(), *children)
+            """
+        )
+    )
+    store = tmp_path / "traces.db"
+    result = run_launcher(["python", str(app)], store_env(store))
+    assert result.returncode == 0, result.stderr
+    assert_clean_stderr(result.stderr)
+    parent, *children = map(int, result.stdout.split())
+    found = sorted((name, pid) for _t, _s, _p, name, _k, _svc, pid in rows(store))
+    assert found == sorted(
+        [("before fork", parent), ("after fork", parent)] + [("in child", child) for child in children]
+    )
+    assert rows(store, "PRAGMA integrity_check") == [("ok",)]
+
+
+UNOPENABLE_APP = """
+import logfire_run
+for batch in range(3):
+    with logfire_run.span("work", batch=batch):
+        pass
+    logfire_run.force_flush()
+print("app finished")
+"""
+
+
+@pytest.mark.parametrize("where", ["under a file", "a directory", "in /proc"])
+def test_a_store_that_cannot_be_opened_is_reported_once_and_the_app_runs_on(
+    tmp_path: Path, where: str
+) -> None:
+    app = tmp_path / "app.py"
+    app.write_text(UNOPENABLE_APP)
+    if where == "under a file":
+        (tmp_path / "plain-file").write_text("")
+        store = str(tmp_path / "plain-file" / "traces.db")
+    elif where == "a directory":
+        (tmp_path / "dir.db").mkdir()
+        store = str(tmp_path / "dir.db")
+    else:
+        store = "/proc/self/traces.db"  # not writable, even for root
+    result = run_launcher(["python", str(app)], agent_env(None, LOGFIRE_STORE=store))
+    assert result.returncode == 0
+    assert result.stdout == "app finished\n"
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"logfire-run: the trace store {store} cannot be opened (")
+    assert "the app runs on" in lines[0]
+
+
+def _provider(exporter: StoreExporter) -> TracerProvider:
+    provider = TracerProvider(resource=Resource.create({"service.name": "retention"}))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return provider
+
+
+def test_retention_keeps_the_newest_spans(tmp_path: Path) -> None:
+    store = tmp_path / "traces.db"
+    exporter = StoreExporter(str(store), max_spans=100, prune_every=50)
+    tracer = _provider(exporter).get_tracer("test")
+    for index in range(1000):
+        with tracer.start_as_current_span(f"span {index}"):
+            pass
+    exporter.shutdown()
+    names = [name for (name,) in rows(store, "SELECT name FROM spans ORDER BY id")]
+    assert 100 <= len(names) < 150, len(names)
+    assert names[-1] == "span 999"
+    assert names == [f"span {index}" for index in range(1000 - len(names), 1000)]
+
+
+def test_retention_drops_spans_written_before_the_age_cap(tmp_path: Path) -> None:
+    store = tmp_path / "traces.db"
+    exporter = StoreExporter(str(store), max_age_seconds=1, prune_every=10)
+    tracer = _provider(exporter).get_tracer("test")
+    for index in range(5):
+        tracer.start_span(f"old {index}").end()
+    time.sleep(1.5)  # the old spans are now past the (one second) age cap
+    for index in range(10):
+        tracer.start_span(f"new {index}").end()
+    exporter.shutdown()
+    names = sorted(name for (name,) in rows(store, "SELECT name FROM spans"))
+    assert names == sorted(f"new {index}" for index in range(10))

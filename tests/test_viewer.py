@@ -1,0 +1,234 @@
+"""`logfire-run-view` as a user meets it: the trace list, the tree, orphans, --json and the HTML page."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import agent_env, assert_clean_stderr, run_launcher
+
+VIEWER = shutil.which("logfire-run-view", path=os.path.dirname(sys.executable)) or "logfire-run-view"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+FRONT = """
+import json, os, subprocess, sys
+import logfire_run
+from logfire_run.propagate import get_context
+with logfire_run.span("checkout", cart_items=3):
+    env = dict(os.environ, CARRIER=json.dumps(get_context()), LOGFIRE_SERVICE_NAME="back")
+    subprocess.run([sys.executable, sys.argv[1]], env=env, check=True, timeout=60)
+"""
+
+BACK = """
+import json, os
+import logfire_run
+from logfire_run.propagate import attach_context
+carrier = json.loads(os.environ["CARRIER"])
+with attach_context(carrier):
+    with logfire_run.span("charge card"):
+        pass
+# The same trace, under a parent span that was never exported: what broken propagation looks like.
+trace_id = carrier["traceparent"].split("-")[1]
+with attach_context({"traceparent": f"00-{trace_id}-00000000000000aa-01"}):
+    with logfire_run.span("lost parent"):
+        pass
+"""
+
+
+@pytest.fixture(scope="module")
+def stored_trace(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A store holding one trace across two services (front, back) with one orphan span."""
+    folder = tmp_path_factory.mktemp("viewer")
+    (folder / "front.py").write_text(FRONT)
+    (folder / "back.py").write_text(BACK)
+    store = folder / "traces.db"
+    env = agent_env(None, LOGFIRE_STORE=str(store))
+    result = run_launcher(
+        ["--service-name", "front", "python", str(folder / "front.py"), str(folder / "back.py")], env
+    )
+    assert result.returncode == 0, result.stderr
+    assert_clean_stderr(result.stderr)
+    listing = view(store, "--json")
+    assert len(listing) == 1
+    return store, listing[0]["trace_id"]
+
+
+def run_view(store: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([VIEWER, "--store", str(store), *args], capture_output=True, text=True, timeout=60)
+
+
+def view(store: Path, *args: str) -> object:
+    result = run_view(store, *args)
+    assert result.returncode == 0, result.stderr
+    assert_clean_stderr(result.stderr)
+    return json.loads(result.stdout) if "--json" in args else result.stdout
+
+
+def test_list_shows_time_root_services_count_and_duration(stored_trace: tuple[Path, str]) -> None:
+    store, trace_id = stored_trace
+    output = view(store)
+    assert isinstance(output, str)
+    header, line = output.splitlines()
+    assert header.split()[:4] == ["time", "trace", "id", "spans"]
+    assert re.match(
+        rf"\d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{{3}}  {trace_id}      3 +[\d.]+ (µs|ms|s)  "
+        r"checkout  \[front, back\]  \(1 orphan\)$",
+        line,
+    ), line
+
+
+def test_tree_indents_children_and_marks_the_orphan(stored_trace: tuple[Path, str]) -> None:
+    store, trace_id = stored_trace
+    output = view(store, trace_id[:8])
+    assert isinstance(output, str)
+    lines = output.splitlines()
+    assert lines[0].startswith(f"trace {trace_id}  ")
+    assert "3 spans" in lines[0] and "services: front, back" in lines[0]
+    assert re.match(r"checkout  \[front\] INTERNAL [\d.]+ (µs|ms|s)$", lines[1]), lines[1]
+    assert re.match(r"  charge card  \[back\] INTERNAL [\d.]+ (µs|ms|s)$", lines[2]), lines[2]
+    assert re.match(
+        r"lost parent  \[back\] INTERNAL [\d.]+ (µs|ms|s)  "
+        r"\(orphan: parent 00000000000000aa never arrived\)$",
+        lines[3],
+    ), lines[3]
+    assert len(lines) == 4
+
+
+def test_json_for_scripts(stored_trace: tuple[Path, str]) -> None:
+    store, trace_id = stored_trace
+    document = view(store, "last", "--json")
+    assert isinstance(document, dict)
+    assert document["trace"]["trace_id"] == trace_id
+    assert document["trace"]["services"] == ["front", "back"]
+    spans = {span["name"]: span for span in document["spans"]}
+    assert [span["name"] for span in document["spans"]] == ["checkout", "charge card", "lost parent"]
+    assert spans["charge card"]["parent_id"] == spans["checkout"]["span_id"]
+    assert (spans["charge card"]["depth"], spans["charge card"]["orphan"]) == (1, False)
+    assert (spans["lost parent"]["depth"], spans["lost parent"]["orphan"]) == (0, True)
+    assert spans["checkout"]["attributes"] == {"cart_items": 3}
+    assert spans["checkout"]["pid"] != spans["charge card"]["pid"]
+
+
+def test_rich_output_on_a_terminal(stored_trace: tuple[Path, str]) -> None:
+    store, trace_id = stored_trace
+    if shutil.which("script") is None:
+        pytest.skip("`script` (util-linux) is needed to give the viewer a terminal")
+    command = f"{VIEWER} --store {store} {trace_id}"
+    result = subprocess.run(
+        ["script", "-qec", command, "/dev/null"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=dict(os.environ, COLUMNS="160", TERM="xterm-256color"),
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    screen = re.sub(r"\x1b\[[0-9;]*m", "", result.stdout)
+    assert "├── " in screen or "└── " in screen, screen
+    assert "checkout" in screen and "charge card" in screen
+    assert "orphan: parent 00000000000000aa never arrived" in screen
+    plain = run_view(store, trace_id, "--plain")
+    assert "├──" not in plain.stdout
+
+
+def test_unknown_trace_and_missing_store_are_clear_errors(tmp_path: Path) -> None:
+    missing = run_view(tmp_path / "nothing.db")
+    assert missing.returncode == 1
+    assert missing.stderr.startswith(f"logfire-run-view: no trace store at {tmp_path / 'nothing.db'} yet")
+    assert not (tmp_path / "nothing.db").exists()
+
+
+def test_unknown_trace_reference(stored_trace: tuple[Path, str]) -> None:
+    store, _trace_id = stored_trace
+    result = run_view(store, "ffffffffffff")
+    assert result.returncode == 1
+    assert "no trace matches 'ffffffffffff'" in result.stderr
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed")
+def test_html_waterfall_renders_in_headless_chromium(stored_trace: tuple[Path, str], tmp_path: Path) -> None:
+    store, trace_id = stored_trace
+    page = tmp_path / "trace.html"
+    output = view(store, "--html", str(page))
+    assert output == f"wrote {page} (trace {trace_id}, 3 spans)\n"
+    source = page.read_text()
+    # Self-contained: nothing is loaded from anywhere, and the page's policy forbids it anyway.
+    assert not re.search(r"\b(src|href)\s*=", source)
+    assert "default-src 'none'" in source
+    chromium = [
+        str(CHROMIUM),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ]
+    dom = subprocess.run(
+        [*chromium, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120
+    ).stdout
+    # What the script drew: one row per span, in tree order, with service and the orphan marker.
+    assert 'data-rendered="3"' in dom, dom[-2000:]
+    rows = re.findall(r'<div class="row( orphan)?" data-span-id="(\w+)">(.*?)</div>', dom)
+    assert len(rows) == 3
+    labels = [re.sub(r"<[^>]+>", " ", label) for _orphan, _id, label in rows]
+    assert [label.split()[0] for label in labels] == ["checkout", "charge", "lost"]
+    assert "front" in labels[0] and "back" in labels[1] and "back" in labels[2]
+    assert [bool(orphan) for orphan, _id, _label in rows] == [False, False, True]
+    assert '<span class="orphan-tag" title="parent 00000000000000aa never arrived">orphan</span>' in dom
+    assert re.search(r'id="legend">.*front.*back', dom)
+    screenshot = tmp_path / "trace.png"
+    subprocess.run(
+        [*chromium, f"--screenshot={screenshot}", "--window-size=1200,400", page.as_uri()],
+        capture_output=True,
+        timeout=120,
+    )
+    assert screenshot.stat().st_size > 5000
+
+
+def test_a_database_that_is_not_a_store_is_refused_and_left_unchanged(tmp_path: Path) -> None:
+    other = tmp_path / "app.db"
+    connection = sqlite3.connect(other)
+    connection.execute("CREATE TABLE users (id INTEGER PRIMARY KEY)")
+    connection.commit()
+    connection.close()
+    before = other.read_bytes()
+    result = run_view(other)
+    assert result.returncode == 1
+    assert (
+        result.stderr
+        == f"logfire-run-view: {other} is an SQLite database but not a logfire-run trace store\n"
+    )
+    assert other.read_bytes() == before
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["app.db"]
+
+
+def test_plain_text_on_a_terminal_when_rich_is_not_installed(
+    stored_trace: tuple[Path, str], tmp_path: Path
+) -> None:
+    store, trace_id = stored_trace
+    if shutil.which("script") is None:
+        pytest.skip("`script` (util-linux) is needed to give the viewer a terminal")
+    blocker = tmp_path / "no-rich"
+    (blocker / "rich").mkdir(parents=True)
+    (blocker / "rich" / "__init__.py").write_text("raise ImportError('rich is not installed here')\n")
+    result = subprocess.run(
+        ["script", "-qec", f"{VIEWER} --store {store} {trace_id}", "/dev/null"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=dict(os.environ, PYTHONPATH=str(blocker), TERM="xterm-256color"),
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.replace("\r", "").splitlines()
+    assert lines[1].startswith("checkout  [front] INTERNAL "), lines
+    assert "├" not in result.stdout and "\x1b[" not in result.stdout
