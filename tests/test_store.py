@@ -14,8 +14,9 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
-from conftest import LAUNCHER, agent_env, assert_clean_stderr, run_launcher
 from logfire_run.agent.store import StoreExporter
+
+from conftest import LAUNCHER, agent_env, assert_clean_stderr, run_launcher
 
 
 def store_env(store: Path, **extra: str) -> dict[str, str]:

@@ -1,4 +1,4 @@
-"""Start-up cost: wall time and peak RSS of short Python runs, plain vs logfire-run vs opentelemetry-instrument.
+"""Start-up cost: wall time and peak RSS of short runs, plain vs logfire-run vs opentelemetry-instrument.
 
     .venv/bin/python bench/startup/run.py [--rounds 30]
 
@@ -38,7 +38,10 @@ def variants(target: list[str]) -> dict[str, tuple[list[str], dict[str, str]]]:
         "plain": ([python, *target], _env()),
         "logfire-run": ([str(BIN / "logfire-run"), "--exporter", "none", python, *target], _env()),
         "env-only (LOGFIRE_RUN=1)": ([python, *target], _env(LOGFIRE_RUN="1", LOGFIRE_EXPORTER="none")),
-        "opentelemetry-instrument": ([str(BIN / "opentelemetry-instrument"), python, *target], _env(**otel_off)),
+        "opentelemetry-instrument": (
+            [str(BIN / "opentelemetry-instrument"), python, *target],
+            _env(**otel_off),
+        ),
     }
 
 
@@ -75,7 +78,8 @@ def measure(name: str, target: list[str], rounds: int) -> None:
         wall = statistics.median(times[label])
         peak = statistics.median(rss[label])
         print(
-            f"  {label:<28} {wall * 1000:>9.1f} {wall / plain_time:>8.2f} {peak / 1024:>12.1f} {peak / plain_rss:>8.2f}"
+            f"  {label:<28} {wall * 1000:>9.1f} {wall / plain_time:>8.2f}"
+            f" {peak / 1024:>12.1f} {peak / plain_rss:>8.2f}"
         )
 
 
@@ -93,11 +97,16 @@ def compile_package() -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rounds", type=int, default=30)
     args = parser.parse_args()
     compile_package()
-    print(f"python {sys.version.split()[0]} at {BIN / 'python'}; {os.cpu_count()} cpus; load {os.getloadavg()[0]:.1f}")
+    print(
+        f"python {sys.version.split()[0]} at {BIN / 'python'}; {os.cpu_count()} cpus;"
+        f" load {os.getloadavg()[0]:.1f}"
+    )
     measure("python -c pass", ["-c", "pass"], args.rounds)
     with tempfile.TemporaryDirectory() as folder:
         script = Path(folder, "imports.py")
