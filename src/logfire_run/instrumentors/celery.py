@@ -1,0 +1,148 @@
+"""Celery: task context is first-party, and every publish span ends; on top of OpenTelemetry's instrumentor.
+
+OpenTelemetry's Celery instrumentor (entry point `celery`, opentelemetry-instrumentation-celery) does the
+tracing: a PRODUCER span around each publish (the `before_task_publish`/`after_task_publish` signals)
+that injects `traceparent` into the message headers, and a CONSUMER span around each run
+(`task_prerun`/`task_postrun`) whose parent it extracts from the task request. This module is
+registered under the same name, `celery`, in the `logfire_run_instrumentor` entry-point group, so it
+activates on the same `import celery` and `--disable celery` turns both off. It corrects two things:
+
+1. Trust. The instrumentor extracts with `opentelemetry.propagate.extract`, which the
+   distributed_tracing policy treats as third-party: a worker running with `false` (often the same
+   image as a public web tier) would start a new trace for every task, and one left at the default
+   would warn. Task headers are written by the app's own producers, so that extraction runs inside
+   `policy.first_party()`. With `celery_third_party` (`LOGFIRE_CELERY_THIRD_PARTY=1`), for brokers
+   shared with producers you do not trust, it obeys the policy like inbound HTTP. The setting is read
+   at each extraction, so `configure(celery_third_party=...)` applies to the next task.
+2. Tasks published by name. For `send_task("name")`, or a signature of a task the producer does not
+   import, the instrumentor finds no Task object: it starts and activates the publish span, then
+   `after_task_publish` has nothing to close it on. The span is never exported and stays the current
+   span of the thread, so everything the thread does afterwards becomes its child. A stand-in object
+   per unknown task name gives the instrumentor somewhere to keep that span until the publish ends.
+
+How: both are module-level names the instrumentor looks up when a signal fires (`extract` in its
+module, `retrieve_task_from_sender` in its `utils`), so they are replaced there and put back by
+`uninstrument()`; which of the two instrumentors activates first does not matter. Where it stops: a
+release of the instrumentor without those names is left as it is (one `--debug` line says so), and a
+publish that raises (broker down) never reaches `after_task_publish`, so its span is not ended.
+
+Flushing is not here: Celery's prefork children (billiard) leave through `os._exit`, which the
+bootstrap makes flush in every forked child, recycled ones (`--max-tasks-per-child`) included.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Collection
+from typing import Any
+
+from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
+
+from logfire_run.agent import report
+from logfire_run.agent.policy import first_party
+
+__all__ = ["CeleryContextInstrumentor"]
+
+_OTEL_MODULE = "opentelemetry.instrumentation.celery"
+
+
+class _UnregisteredTask:
+    """Stands in for a task this process publishes by name but does not define.
+
+    The instrumentor reads `name` for the span name and keeps its in-flight spans as an attribute of
+    the task object; nothing else is asked of it.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"<unregistered task {self.name!r}>"
+
+
+class CeleryContextInstrumentor(BaseInstrumentor):  # type: ignore[misc]
+    """Patches OpenTelemetry's Celery instrumentor module; see the module docstring."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        # BaseInstrumentor makes every instance the same object: keep the state of the first one.
+        if hasattr(self, "_restore"):
+            return
+        self._restore: list[tuple[object, str, object]] = []
+        # One stand-in per task name: the set of names an app publishes is finite.
+        self._stand_ins: dict[str, _UnregisteredTask] = {}
+        self._stand_ins_lock = threading.Lock()
+
+    def instrumentation_dependencies(self) -> Collection[str]:
+        return ("celery >= 4.0, < 6.0",)
+
+    def _instrument(self, **kwargs: Any) -> None:
+        try:
+            import importlib
+
+            otel_celery = importlib.import_module(_OTEL_MODULE)
+        except ImportError:
+            report.debug("Celery: opentelemetry-instrumentation-celery is not installed; nothing to adjust")
+            return
+        utils = getattr(otel_celery, "utils", None)
+        extract = getattr(otel_celery, "extract", None)
+        retrieve = getattr(utils, "retrieve_task_from_sender", None)
+        if not callable(extract) or not callable(retrieve):
+            report.debug(
+                f"Celery: {_OTEL_MODULE} has no module-level extract/utils.retrieve_task_from_sender; "
+                "task context follows the distributed_tracing policy and tasks sent by name may keep "
+                "their publish span open"
+            )
+            return
+        self._replace(otel_celery, "extract", _task_context_extract(extract))
+        self._replace(utils, "retrieve_task_from_sender", self._with_stand_ins(retrieve))
+        report.debug("Celery: task context is first-party; tasks sent by name end their publish span")
+
+    def _uninstrument(self, **kwargs: Any) -> None:
+        while self._restore:
+            owner, name, original = self._restore.pop()
+            setattr(owner, name, original)
+
+    def _replace(self, owner: object, name: str, replacement: object) -> None:
+        self._restore.append((owner, name, getattr(owner, name)))
+        setattr(owner, name, replacement)
+
+    def _with_stand_ins(self, retrieve: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        stand_ins, lock = self._stand_ins, self._stand_ins_lock
+
+        def retrieve_task_from_sender(kwargs: Any) -> Any:
+            task = retrieve(kwargs)
+            sender = kwargs.get("sender") if hasattr(kwargs, "get") else None
+            if task is not None or not isinstance(sender, str) or not sender:
+                return task
+            # Publish signals name the task; this process does not define it (send_task by name).
+            with lock:
+                stand_in = stand_ins.get(sender)
+                if stand_in is None:
+                    stand_in = stand_ins[sender] = _UnregisteredTask(sender)
+            return stand_in
+
+        retrieve_task_from_sender.__wrapped__ = retrieve  # type: ignore[attr-defined]
+        return retrieve_task_from_sender
+
+
+def _task_context_extract(extract: Callable[..., Any]) -> Callable[..., Any]:
+    """`extract` for task requests: first-party unless `celery_third_party` is set."""
+
+    def extract_task_context(*args: Any, **kwargs: Any) -> Any:
+        if _third_party():
+            return extract(*args, **kwargs)
+        with first_party():
+            return extract(*args, **kwargs)
+
+    extract_task_context.__wrapped__ = extract  # type: ignore[attr-defined]
+    return extract_task_context
+
+
+def _third_party() -> bool:
+    from logfire_run.agent import bootstrap
+
+    try:
+        return bool(bootstrap.get_config().celery_third_party)
+    except Exception:
+        return False
