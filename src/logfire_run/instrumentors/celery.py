@@ -5,7 +5,7 @@ tracing: a PRODUCER span around each publish (the `before_task_publish`/`after_t
 that injects `traceparent` into the message headers, and a CONSUMER span around each run
 (`task_prerun`/`task_postrun`) whose parent it extracts from the task request. This module is
 registered under the same name, `celery`, in the `logfire_run_instrumentor` entry-point group, so it
-activates on the same `import celery` and `--disable celery` turns both off. It corrects two things:
+activates on the same `import celery` and `--disable celery` turns both off. It corrects three things:
 
 1. Trust. The instrumentor extracts with `opentelemetry.propagate.extract`, which the
    distributed_tracing policy treats as third-party: a worker running with `false` (often the same
@@ -19,12 +19,20 @@ activates on the same `import celery` and `--disable celery` turns both off. It 
    `after_task_publish` has nothing to close it on. The span is never exported and stays the current
    span of the thread, so everything the thread does afterwards becomes its child. A stand-in object
    per unknown task name gives the instrumentor somewhere to keep that span until the publish ends.
+3. Two runs of one task id at once. The instrumentor keeps a run's span on the Task object under
+   the task id. A retry (`self.retry(countdown=0)`) is the same task id, and in a threads (or gevent)
+   pool it can start before the attempt that published it has finished: the second run's span then
+   replaces the first's, the first attempt's `task_postrun` ends the second's span from the wrong
+   thread, and the first span is never ended. The signals of one run (prerun, failure, retry,
+   postrun; before and after publish) all fire in the thread that runs it, so the key also names
+   that thread.
 
-How: both are module-level names the instrumentor looks up when a signal fires (`extract` in its
-module, `retrieve_task_from_sender` in its `utils`), so they are replaced there and put back by
-`uninstrument()`; which of the two instrumentors activates first does not matter. Where it stops: a
-release of the instrumentor without those names is left as it is (one `--debug` line says so), and a
-publish that raises (broker down) never reaches `after_task_publish`, so its span is not ended.
+How: these are module-level names the instrumentor looks up when a signal fires (`extract` in its
+module; `retrieve_task_from_sender`, `attach_context`, `retrieve_context` and `detach_context` in its
+`utils`), so they are replaced there and put back by `uninstrument()`; which of the two instrumentors
+activates first does not matter. Where it stops: a release of the instrumentor without those names
+is left as it is (one `--debug` line says so), and a publish that raises (broker down) never reaches
+`after_task_publish`, so its span is not ended.
 
 Flushing is not here: Celery's prefork children (billiard) leave through `os._exit`, which the
 bootstrap makes flush in every forked child, recycled ones (`--max-tasks-per-child`) included.
@@ -85,18 +93,22 @@ class CeleryContextInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             report.debug("Celery: opentelemetry-instrumentation-celery is not installed; nothing to adjust")
             return
         utils = getattr(otel_celery, "utils", None)
-        extract = getattr(otel_celery, "extract", None)
-        retrieve = getattr(utils, "retrieve_task_from_sender", None)
-        if not callable(extract) or not callable(retrieve):
+        names = (*_KEYED_BY_TASK_ID, "retrieve_task_from_sender")
+        missing = [name for name in names if not callable(getattr(utils, name, None))]
+        if not callable(getattr(otel_celery, "extract", None)):
+            missing.append("extract")
+        if missing:
             report.debug(
-                f"Celery: {_OTEL_MODULE} has no module-level extract/utils.retrieve_task_from_sender; "
-                "task context follows the distributed_tracing policy and tasks sent by name may keep "
-                "their publish span open"
+                f"Celery: {_OTEL_MODULE} has no {', '.join(missing)}; left as it is: task context "
+                "follows the distributed_tracing policy"
             )
             return
-        self._replace(otel_celery, "extract", _task_context_extract(extract))
+        self._replace(otel_celery, "extract", _task_context_extract(otel_celery.extract))
+        retrieve = utils.retrieve_task_from_sender
         self._replace(utils, "retrieve_task_from_sender", self._with_stand_ins(retrieve))
-        report.debug("Celery: task context is first-party; tasks sent by name end their publish span")
+        for name in _KEYED_BY_TASK_ID:
+            self._replace(utils, name, _keyed_by_thread(getattr(utils, name)))
+        report.debug("Celery: task context is first-party; publish and run spans kept per thread")
 
     def _uninstrument(self, **kwargs: Any) -> None:
         while self._restore:
@@ -124,6 +136,21 @@ class CeleryContextInstrumentor(BaseInstrumentor):  # type: ignore[misc]
 
         retrieve_task_from_sender.__wrapped__ = retrieve  # type: ignore[attr-defined]
         return retrieve_task_from_sender
+
+
+#: The instrumentor's helpers that file a span under (task object, task id): (task, task_id, ...).
+_KEYED_BY_TASK_ID = ("attach_context", "retrieve_context", "detach_context")
+
+
+def _keyed_by_thread(helper: Callable[..., Any]) -> Callable[..., Any]:
+    """The helper with (task id, thread) in place of the task id: runs of one id in two threads stay apart."""
+
+    def keyed(task: Any, task_id: Any, *args: Any, **kwargs: Any) -> Any:
+        return helper(task, (task_id, threading.get_ident()), *args, **kwargs)
+
+    keyed.__wrapped__ = helper  # type: ignore[attr-defined]
+    keyed.__name__ = getattr(helper, "__name__", "keyed")
+    return keyed
 
 
 def _task_context_extract(extract: Callable[..., Any]) -> Callable[..., Any]:
