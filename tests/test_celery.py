@@ -382,8 +382,8 @@ def test_worker_with_distributed_tracing_false_continues_and_does_not_warn(
 def test_producer_keeps_no_span_open_after_a_task_sent_by_name(
     worker: Worker, otlp: OtlpReceiver, tmp_path: Path
 ) -> None:
-    # Without the stand-in, OpenTelemetry's instrumentor leaves the publish span of a task sent by
-    # name open and current: the next scenario's root would become its child.
+    # A task sent by name has no Task object in the producer, where OpenTelemetry's instrumentor keeps
+    # the publish span; the span must still end, and end its context: the next root is a new trace.
     output = produce(worker, otlp, "send_task", "delay")
     first = trace_of(otlp, output["send_task"]["trace_id"], 1)
     second = trace_of(otlp, output["delay"]["trace_id"], 1)

@@ -15,17 +15,19 @@ activates on the same `import celery` and `--disable celery` turns both off. It 
    shared with producers you do not trust, it obeys the policy like inbound HTTP. The setting is read
    at each extraction, so `configure(celery_third_party=...)` applies to the next task.
 2. Tasks published by name. For `send_task("name")`, or a signature of a task the producer does not
-   import, the instrumentor finds no Task object: it starts and activates the publish span, then
-   `after_task_publish` has nothing to close it on. The span is never exported and stays the current
-   span of the thread, so everything the thread does afterwards becomes its child. A stand-in object
-   per unknown task name gives the instrumentor somewhere to keep that span until the publish ends.
+   import, the instrumentor finds no Task object to keep the publish span on, so `after_task_publish`
+   cannot end it. In CPython it ends anyway, when the abandoned activation is garbage-collected at
+   the end of `before_task_publish`: before the message is sent, so the span misses the publish
+   itself; without reference counting (PyPy) it would stay open, and current, until collected. A
+   stand-in object per unknown task name keeps the span until `after_task_publish` ends it.
 3. Two runs of one task id at once. The instrumentor keeps a run's span on the Task object under
    the task id. A retry (`self.retry(countdown=0)`) is the same task id, and in a threads (or gevent)
-   pool it can start before the attempt that published it has finished: the second run's span then
-   replaces the first's, the first attempt's `task_postrun` ends the second's span from the wrong
-   thread, and the first span is never ended. The signals of one run (prerun, failure, retry,
-   postrun; before and after publish) all fire in the thread that runs it, so the key also names
-   that thread.
+   pool it can start before the attempt that published it has finished. The second run's entry then
+   replaces the first's: the first attempt's `task_postrun` ends the second attempt's span, too early
+   and from the wrong thread, the second's finds nothing ("no existing span found"), and the first
+   span ends whenever its abandoned activation is collected, without its attributes. The signals of
+   one run (prerun, failure, retry, postrun; before and after publish) all fire in the thread that
+   runs it, so the key also names that thread.
 
 How: these are module-level names the instrumentor looks up when a signal fires (`extract` in its
 module; `retrieve_task_from_sender`, `attach_context`, `retrieve_context` and `detach_context` in its
