@@ -94,7 +94,7 @@ class CeleryContextInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         except ImportError:
             report.debug("Celery: opentelemetry-instrumentation-celery is not installed; nothing to adjust")
             return
-        utils = getattr(otel_celery, "utils", None)
+        utils: Any = getattr(otel_celery, "utils", None)
         names = (*_KEYED_BY_TASK_ID, "retrieve_task_from_sender")
         missing = [name for name in names if not callable(getattr(utils, name, None))]
         if not callable(getattr(otel_celery, "extract", None)):
