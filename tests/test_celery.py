@@ -168,14 +168,13 @@ def worker(redis_url: str, otlp: OtlpReceiver, tmp_path_factory: pytest.TempPath
 
 
 def produce(
-    worker: Worker, receiver: OtlpReceiver | None, *scenarios: str, agent: bool = True, **flags: str
+    worker: Worker, receiver: OtlpReceiver | None, *scenarios: str, agent: bool = True
 ) -> dict[str, Any]:
+    """Run produce.py against `worker`'s queue, under the launcher unless `agent=False`."""
     env = app_env(receiver, worker.redis, worker.queue)
     if agent:
-        args = ["--service-name", "producer"]
-        for flag, value in flags.items():
-            args += [f"--{flag.replace('_', '-')}", value]
-        result = run_launcher([*args, "python", "produce.py", *scenarios], env, cwd=SUPPORT, timeout=120)
+        command = ["--service-name", "producer", "python", "produce.py", *scenarios]
+        result = run_launcher(command, env, cwd=SUPPORT, timeout=120)
     else:
         result = subprocess.run(
             [sys.executable, "produce.py", *scenarios],
@@ -379,9 +378,7 @@ def test_worker_with_distributed_tracing_false_continues_and_does_not_warn(
     assert "WARNING/" not in worker.log_text()
 
 
-def test_producer_keeps_no_span_open_after_a_task_sent_by_name(
-    worker: Worker, otlp: OtlpReceiver, tmp_path: Path
-) -> None:
+def test_producer_keeps_no_span_open_after_a_task_sent_by_name(worker: Worker, otlp: OtlpReceiver) -> None:
     # A task sent by name has no Task object in the producer, where OpenTelemetry's instrumentor keeps
     # the publish span; the span must still end, and end its context: the next root is a new trace.
     output = produce(worker, otlp, "send_task", "delay")
