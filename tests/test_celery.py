@@ -518,17 +518,19 @@ def test_recycled_prefork_children_flush_every_span(
     recycling.assert_quiet()
 
 
-@pytest.mark.parametrize("mode", ["false", "link"])
+@pytest.mark.parametrize(("mode", "how"), [("false", "flag"), ("link", "flag"), ("false", "configure")])
 def test_celery_third_party_obeys_the_policy(
-    mode: str, redis_url: str, otlp: OtlpReceiver, tmp_path: Path
+    mode: str, how: str, redis_url: str, otlp: OtlpReceiver, tmp_path: Path
 ) -> None:
+    by_flag = how == "flag"
     untrusting = Worker(
-        f"untrusting-{mode}",
+        f"untrusting-{mode}-{how}",
         otlp,
         redis_url,
         tmp_path,
         pool="solo",
-        agent_flags=("--celery-third-party", "--distributed-tracing", mode),
+        agent_flags=("--distributed-tracing", mode, *(["--celery-third-party"] if by_flag else [])),
+        **({} if by_flag else {"APP_CONFIGURES_CELERY_THIRD_PARTY": "1"}),
     )
     try:
         output = produce(untrusting, otlp, "delay")["delay"]

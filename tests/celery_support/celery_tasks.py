@@ -1,6 +1,7 @@
 """The Celery app the tests run: one broker and result backend (a test Redis), one queue per worker.
 
-Plain application code: nothing here knows about logfire-run. `child` opens a span of its own in a
+Plain application code: nothing here knows about logfire-run (except one `configure()` call that a
+test asks for through an environment variable). `child` opens a span of its own in a
 thread pool with the OpenTelemetry API (a no-op without the agent), as an app's own code would.
 """
 
@@ -13,6 +14,12 @@ from celery import Celery, Task
 from opentelemetry import trace
 
 tracer = trace.get_tracer("celery_tasks")
+
+if os.environ.get("APP_CONFIGURES_CELERY_THIRD_PARTY"):
+    # An app that does not trust its broker, saying so in code rather than on the command line.
+    import logfire_run
+
+    logfire_run.configure(celery_third_party=True)
 
 app = Celery("celery_tasks", broker=os.environ["BROKER_URL"], backend=os.environ["BROKER_URL"])
 app.conf.update(
