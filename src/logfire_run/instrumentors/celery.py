@@ -42,6 +42,7 @@ bootstrap makes flush in every forked child, recycled ones (`--max-tasks-per-chi
 
 from __future__ import annotations
 
+import importlib
 import threading
 from collections.abc import Callable, Collection
 from typing import Any
@@ -88,8 +89,6 @@ class CeleryContextInstrumentor(BaseInstrumentor):  # type: ignore[misc]
 
     def _instrument(self, **kwargs: Any) -> None:
         try:
-            import importlib
-
             otel_celery = importlib.import_module(_OTEL_MODULE)
         except ImportError:
             report.debug("Celery: opentelemetry-instrumentation-celery is not installed; nothing to adjust")
