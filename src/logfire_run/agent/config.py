@@ -29,6 +29,7 @@ class Config:
     def __init__(self) -> None:
         self.service_name: str | None = None
         self.distributed_tracing: DistributedTracing = None
+        self.celery_third_party = False
         self.exporters: tuple[str, ...] = ()
         self.disabled_instrumentations: tuple[str, ...] = ()
         self.store_path: str | None = None
@@ -117,7 +118,7 @@ def _coerce(name: str, value: Any, parse: Any) -> Any:
         raise ConfigError(f"expected None, True, False or 'link', got {value!r}")
     if name in ("exporters", "disabled_instrumentations") and isinstance(value, (list, tuple)):
         return parse(",".join(str(item) for item in value))
-    if isinstance(value, bool) and name in ("debug", "inherit"):
+    if isinstance(value, bool) and name in ("debug", "inherit", "celery_third_party"):
         return value
     if isinstance(value, str) or value is None:
         return parse(value or "")

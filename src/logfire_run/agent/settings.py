@@ -133,6 +133,17 @@ SETTINGS: tuple[Setting, ...] = (
         help="whether inbound trace context from third parties is accepted (see docs/distributed-tracing.md)",
     ),
     Setting(
+        name="celery_third_party",
+        flag="--celery-third-party",
+        env="LOGFIRE_CELERY_THIRD_PARTY",
+        parse=parse_bool,
+        default="off",
+        accepted="1/true/on or 0/false/off",
+        help="trace context in Celery task messages obeys distributed_tracing like inbound HTTP "
+        "(for brokers shared with untrusted producers; see docs/celery.md)",
+        switch=True,
+    ),
+    Setting(
         name="exporters",
         flag="--exporter",
         env="LOGFIRE_EXPORTER",

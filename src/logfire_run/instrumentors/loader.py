@@ -35,6 +35,7 @@ _CACHE_FORMAT = 1
 #: Our own instrumentors say here what they instrument; OpenTelemetry's say it in their metadata.
 OWN_TARGETS: dict[str, tuple[str, ...]] = {
     "logfire_run.instrumentors.executors": ("concurrent.futures",),
+    "logfire_run.instrumentors.celery": ("celery",),
 }
 
 
