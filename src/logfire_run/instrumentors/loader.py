@@ -37,6 +37,13 @@ OWN_TARGETS: dict[str, tuple[str, ...]] = {
     "logfire_run.instrumentors.executors": ("concurrent.futures",),
 }
 
+#: Keyword arguments given to `instrument()`, by entry-point name. The ASGI middleware's per-message
+#: `http send` / `http receive` spans are left out: a request is one server span, as under WSGI, and a
+#: trace across services reads client -> server -> client -> server (docs/http.md).
+INSTRUMENT_OPTIONS: dict[str, dict[str, object]] = {
+    "fastapi": {"exclude_spans": ["receive", "send"]},
+}
+
 
 class Instrumentor:
     """What the cache knows about one entry point, without importing it."""
@@ -263,7 +270,7 @@ def activate_now(instrumentor: Instrumentor) -> bool:
             return False
         target = _load(instrumentor.value)
         instance = target()
-        instance.instrument(skip_dep_check=True)
+        instance.instrument(skip_dep_check=True, **INSTRUMENT_OPTIONS.get(instrumentor.name, {}))
         report.debug(f"instrumented {', '.join(instrumentor.modules)} with {instrumentor.name}")
         return True
     except Exception as error:
