@@ -35,6 +35,11 @@ def chain() -> dict[str, object]:
     return {"service": "a", "pid": os.getpid(), "answers": [sync_answer, async_answer]}
 
 
+@app.get("/health")
+def health() -> dict[str, object]:
+    return {"service": "a", "pid": os.getpid()}
+
+
 @app.get("/boom")
 def boom() -> dict[str, object]:
     raise RuntimeError("service A failed on purpose")
