@@ -264,7 +264,7 @@ def activate_now(instrumentor: Instrumentor) -> bool:
                 _activated.discard(instrumentor.value)
                 bootstrap.defer(lambda: activate_now(instrumentor))
             return False
-        conflict = _version_conflict(instrumentor)
+        conflict = version_conflict(instrumentor)
         if conflict:
             report.debug(f"instrumentor {instrumentor.name} skipped: {conflict}")
             return False
@@ -282,13 +282,18 @@ def activate_now(instrumentor: Instrumentor) -> bool:
         return False
 
 
-def _version_conflict(instrumentor: Instrumentor) -> str | None:
+def version_conflict(instrumentor: Instrumentor) -> str | None:
+    """Why the installed library does not fit the instrumentor's requirements, or None when it does."""
     if not instrumentor.requires and not instrumentor.requires_any:
         return None
     from opentelemetry.instrumentation.dependencies import get_dependency_conflicts
 
     conflict = get_dependency_conflicts(list(instrumentor.requires), list(instrumentor.requires_any) or None)
-    return str(conflict) if conflict is not None else None
+    if conflict is None:
+        return None
+    required = conflict.required or " or ".join(str(item) for item in conflict.required_any or ())
+    found = conflict.found or ", ".join(str(item) for item in conflict.found_any or ())
+    return f"it supports {required}, installed: {found or 'none'}"
 
 
 def _load(value: str) -> type:
