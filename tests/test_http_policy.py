@@ -46,7 +46,7 @@ def _chain(
                 status, body = get(f"{service_a.url}/chain", INBOUND)
                 assert status == 200, body
                 answers.extend(body["answers"])
-            receiver.wait_count(3 * CHAIN_CALLS)
+            receiver.wait_count(5 * CHAIN_CALLS)
     return answers, receiver.spans, service_a.stderr(), service_b.stderr()
 
 
