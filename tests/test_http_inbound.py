@@ -1,7 +1,8 @@
-"""Inbound trace headers sent to real servers: Flask under werkzeug (WSGI) and FastAPI under uvicorn (ASGI).
+"""Inbound trace headers sent to real servers: Flask under werkzeug and under gunicorn (WSGI, which fold
+a repeated header into one `a,b` value) and FastAPI under uvicorn (ASGI, which keeps both values).
 
-Both run under `logfire-run` with `distributed_tracing=true`, so what decides is the strict W3C
-parsing (agent/w3c.py), and both servers must decide the same way, repeated headers included.
+All run under `logfire-run` with `distributed_tracing=true`, so what decides is the strict W3C
+parsing (agent/w3c.py), and every server must decide the same way, repeated headers included.
 """
 
 from __future__ import annotations
@@ -48,9 +49,9 @@ CASES: dict[str, tuple[list[tuple[str, str]], str, str]] = {
 
 
 class Servers:
-    def __init__(self, receiver: OtlpReceiver, wsgi: Service, asgi: Service) -> None:
+    def __init__(self, receiver: OtlpReceiver, **by_name: Service) -> None:
         self.receiver = receiver
-        self.by_name = {"wsgi": wsgi, "asgi": asgi}
+        self.by_name = by_name
 
 
 @pytest.fixture(scope="module")
@@ -62,10 +63,11 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
         with (
             running("uvicorn", env, logs, name="asgi") as asgi,
             running("werkzeug", env, logs, name="wsgi") as wsgi,
+            running("gunicorn", env, logs, name="gunicorn") as gunicorn,
         ):
-            yield Servers(receiver, wsgi, asgi)
-        assert_clean_stderr(asgi.stderr())
-        assert_clean_stderr(wsgi.stderr())
+            yield Servers(receiver, wsgi=wsgi, asgi=asgi, gunicorn=gunicorn)
+        for service in (asgi, wsgi, gunicorn):
+            assert_clean_stderr(service.stderr())
     finally:
         receiver.close()
 
@@ -83,7 +85,7 @@ def _span_of(receiver: OtlpReceiver, case: str) -> SpanRecord:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("server", ["wsgi", "asgi"])
+@pytest.mark.parametrize("server", ["wsgi", "gunicorn", "asgi"])
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_inbound_trace_headers(servers: Servers, server: str, case: str) -> None:
     headers, outcome, tracestate = CASES[case]
