@@ -15,8 +15,9 @@ span counts printed prove it. Metrics and logs exporters are off for `openteleme
 (logfire-run does not set those up). logfire-run runs with `distributed_tracing=true`, the mode in
 which inbound context is used (no warning path).
 
-Reported: the median microseconds per request of each variant, the overhead over plain, and the
-ratio of logfire-run's overhead to opentelemetry-instrument's.
+Reported: the median microseconds per request of each variant, the overhead over plain (the median
+of the per-round differences, which cancels most load drift on a shared machine), and the ratio of
+logfire-run's overhead to opentelemetry-instrument's.
 """
 
 from __future__ import annotations
@@ -126,19 +127,32 @@ def _free_port() -> int:
 
 
 def _report(name: str, count: int, results: dict[str, list[float]], spans: dict[str, list[int]]) -> None:
+    """Medians per variant, and the overhead as the median of per-round differences to plain.
+
+    The per-round difference pairs each run with the plain run of the same round, which cancels
+    most of the drift of a shared machine's load between rounds.
+    """
     medians = {variant: statistics.median(values) for variant, values in results.items()}
-    plain = medians["plain"]
-    print(f"\n{name}: {count} per run, {len(results['plain'])} interleaved rounds, median us per request")
-    for variant in VARIANTS:
-        overhead = medians[variant] - plain
-        extra = (
-            "" if variant == "plain" else f"  +{overhead:7.1f} us  ({medians[variant] / plain:4.2f}x plain)"
+    paired = {
+        variant: statistics.median(
+            value - plain for value, plain in zip(results[variant], results["plain"], strict=True)
         )
-        runs = ", ".join(f"{value:.1f}" for value in results[variant])
-        counted = "" if variant == "plain" else f"  spans exported per run: {sorted(set(spans[variant]))}"
-        print(f"  {variant:<26} {medians[variant]:8.1f}{extra}  [{runs}]{counted}")
-    ours = medians["logfire-run"] - plain
-    theirs = medians["opentelemetry-instrument"] - plain
+        for variant in VARIANTS
+    }
+    rounds = len(results["plain"])
+    print(f"\n{name}: {count} per run, {rounds} interleaved rounds, median us per request")
+    for variant in VARIANTS:
+        runs = ", ".join(f"{value:.0f}" for value in results[variant])
+        if variant == "plain":
+            print(f"  {variant:<26} {medians[variant]:8.1f}  [{runs}]")
+            continue
+        ratio = medians[variant] / medians["plain"]
+        print(
+            f"  {variant:<26} {medians[variant]:8.1f}  ({ratio:4.2f}x plain)"
+            f"  overhead {paired[variant]:+7.1f} us"
+            f"  [{runs}]  spans exported per run: {sorted(set(spans[variant]))}"
+        )
+    ours, theirs = paired["logfire-run"], paired["opentelemetry-instrument"]
     if theirs > 0:
         print(f"  logfire-run overhead / opentelemetry-instrument overhead = {ours / theirs:.2f}")
 
