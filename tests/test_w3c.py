@@ -121,6 +121,16 @@ def test_values() -> None:
     assert parse_tracestate(["a= x y ,b=!~"]) == [("a", " x y"), ("b", "!~")]
 
 
+def test_every_allowed_character() -> None:
+    allowed_value = "".join(map(chr, [*range(0x20, 0x2C), *range(0x2D, 0x3D), *range(0x3E, 0x7F)]))
+    key = "abcdefghijklmnopqrstuvwxyz0123456789_-*/"
+    tenant_key = "abcdefghijklmnopqrstuvwxyz0123456789_-*/@a-z0-9_-*/"
+    header = f"{key}={allowed_value},{tenant_key}={allowed_value}"
+    assert parse_tracestate([header]) == [(key, allowed_value), (tenant_key, allowed_value)]
+    for bad_key in ("foo ", "FOO", "foo.bar", "foo!", "é"):
+        assert parse_tracestate([f"{bad_key}=1,ok=2"]) == [("ok", "2")]
+
+
 def test_duplicated_key_keeps_the_left_most_entry() -> None:
     assert parse_tracestate(["a=1,b=2,a=3"]) == [("a", "1"), ("b", "2")]
     # OpenTelemetry's own TraceState loses every entry on a duplicate: not here.
