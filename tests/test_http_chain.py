@@ -89,3 +89,9 @@ def test_chain_under_werkzeug_and_uvicorn(receiver: OtlpReceiver, tmp_path: Path
 @pytest.mark.slow
 def test_chain_under_gunicorn_and_uvicorn_workers(receiver: OtlpReceiver, tmp_path: Path) -> None:
     _run_chain(receiver, tmp_path, "gunicorn", "uvicorn-workers")
+
+
+@pytest.mark.slow
+def test_chain_under_gunicorn_preload(receiver: OtlpReceiver, tmp_path: Path) -> None:
+    # The app (and Flask's instrumentor, and the SDK) are loaded in the arbiter, before the fork.
+    _run_chain(receiver, tmp_path, "gunicorn-preload", "uvicorn")
