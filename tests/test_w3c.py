@@ -6,6 +6,7 @@ the same kinds of headers to real servers.
 
 from __future__ import annotations
 
+import logging
 import random
 
 import pytest
@@ -223,6 +224,15 @@ def test_extract_never_raises() -> None:
         W3CTraceContextPropagator().extract(carrier)
         W3CBaggagePropagator().extract(carrier, Context())
         W3CTraceContextPropagator().extract({"traceparent": f"00-{TRACE}-{PARENT}-01", "tracestate": text})
+
+
+def test_malformed_headers_are_not_logged(caplog: pytest.LogCaptureFixture) -> None:
+    # OpenTelemetry's parser logs a warning per malformed tracestate; an attacker could fill logs.
+    caplog.set_level(logging.DEBUG)
+    carrier = {"traceparent": VALID, "tracestate": "foo@bar@baz=1,BAD=2,a=1,a=2", "baggage": "b c=1,=2"}
+    W3CTraceContextPropagator().extract(carrier)
+    W3CBaggagePropagator().extract(carrier, Context())
+    assert caplog.records == []
 
 
 def test_inject_is_byte_for_byte_opentelemetrys() -> None:
