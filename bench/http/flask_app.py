@@ -1,6 +1,6 @@
 """Per-request cost of a Flask handler, through Flask's test client (the full WSGI stack, no sockets).
 
-    python flask_app.py N        prints one JSON line: {"per_op_us": ..., "n": N}
+    python flask_app.py N        prints one JSON line: {"per_op_us": ..., "cpu_per_op_us": ..., "n": N}
 
 Run by bench/http/run.py plainly, under `logfire-run` and under `opentelemetry-instrument`.
 """
@@ -26,12 +26,12 @@ def main() -> None:
     client = app.test_client()
     for _ in range(200):  # warm-up: first-request setup, caches, lazy imports
         client.get("/hello/warm")
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     for _ in range(count):
         response = client.get("/hello/bench", headers={"traceparent": TRACEPARENT})
         response.close()
-    elapsed = time.perf_counter() - start
-    print(json.dumps({"per_op_us": elapsed / count * 1e6, "n": count}))
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    print(json.dumps({"per_op_us": elapsed / count * 1e6, "cpu_per_op_us": cpu / count * 1e6, "n": count}))
 
 
 # Every request carries inbound context, so the extraction path (and our policy) is exercised.
