@@ -17,6 +17,7 @@ interleaved round by round.
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import time
 from collections.abc import Callable
@@ -43,7 +44,7 @@ class _Null(TextMapPropagator):
     def extract(self, carrier: object, context: object = None, getter: object = None) -> object:  # type: ignore[override]
         return context
 
-    def inject(self, carrier: object, context: object = None, setter: object = None) -> None:  # type: ignore[override]
+    def inject(self, carrier: object, context: object = None, setter: object = None) -> None:
         pass
 
     @property
@@ -72,7 +73,7 @@ def main() -> None:
     for mode in (True, None, False):
         wrapped = DistributedTracingPolicy(null, mode)
         wrapped._warned = True  # the steady state, after the one warning of the default mode
-        variants[f"policy {mode!r} around null"] = lambda wrapped=wrapped: wrapped.extract(CARRIER, base)
+        variants[f"policy {mode!r} around null"] = functools.partial(wrapped.extract, CARRIER, base)
     policy = DistributedTracingPolicy(inner, True)
     variants["strict W3C composite"] = lambda: inner.extract(CARRIER, base)
     variants["policy True around composite"] = lambda: policy.extract(CARRIER, base)
