@@ -45,6 +45,7 @@ class SpanRecord:
     start: int
     end: int
     resource: dict[str, Any] = field(default_factory=dict)
+    trace_state: str = ""
 
 
 def _value(any_value: Any) -> Any:
@@ -108,6 +109,7 @@ class OtlpReceiver:
                             start=span.start_time_unix_nano,
                             end=span.end_time_unix_nano,
                             resource=resource,
+                            trace_state=span.trace_state,
                         )
                     )
         with self._lock:

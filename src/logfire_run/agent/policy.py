@@ -41,6 +41,7 @@ from opentelemetry.propagators.textmap import (
 
 from logfire_run.agent import report
 from logfire_run.agent.settings import parse_distributed_tracing
+from logfire_run.agent.w3c import strict_propagator
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -88,7 +89,8 @@ class DistributedTracingPolicy(TextMapPropagator):
     def inner(self, propagator: TextMapPropagator) -> None:
         while isinstance(propagator, DistributedTracingPolicy):
             propagator = propagator.inner
-        self._inner = propagator
+        # OpenTelemetry's W3C propagators, alone or composed, get the strict Level 2 parsing (w3c.py).
+        self._inner = strict_propagator(propagator)
 
     @property
     def mode(self) -> DistributedTracing:

@@ -38,6 +38,13 @@ OWN_TARGETS: dict[str, tuple[str, ...]] = {
     "logfire_run.instrumentors.celery": ("celery",),
 }
 
+#: Keyword arguments given to `instrument()`, by entry-point name. The ASGI middleware's per-message
+#: `http send` / `http receive` spans are left out: a request is one server span, as under WSGI, and a
+#: trace across services reads client -> server -> client -> server (docs/http.md).
+INSTRUMENT_OPTIONS: dict[str, dict[str, object]] = {
+    "fastapi": {"exclude_spans": ["receive", "send"]},
+}
+
 
 class Instrumentor:
     """What the cache knows about one entry point, without importing it."""
@@ -261,13 +268,13 @@ def activate_now(instrumentor: Instrumentor) -> bool:
                 _activated.discard(instrumentor.value)
                 bootstrap.defer(lambda: activate_now(instrumentor))
             return False
-        conflict = _version_conflict(instrumentor)
+        conflict = version_conflict(instrumentor)
         if conflict:
             report.debug(f"instrumentor {instrumentor.name} skipped: {conflict}")
             return False
         target = _load(instrumentor.value)
         instance = target()
-        instance.instrument(skip_dep_check=True)
+        instance.instrument(skip_dep_check=True, **INSTRUMENT_OPTIONS.get(instrumentor.name, {}))
         report.debug(f"instrumented {', '.join(instrumentor.modules)} with {instrumentor.name}")
         return True
     except Exception as error:
@@ -279,13 +286,18 @@ def activate_now(instrumentor: Instrumentor) -> bool:
         return False
 
 
-def _version_conflict(instrumentor: Instrumentor) -> str | None:
+def version_conflict(instrumentor: Instrumentor) -> str | None:
+    """Why the installed library does not fit the instrumentor's requirements, or None when it does."""
     if not instrumentor.requires and not instrumentor.requires_any:
         return None
     from opentelemetry.instrumentation.dependencies import get_dependency_conflicts
 
     conflict = get_dependency_conflicts(list(instrumentor.requires), list(instrumentor.requires_any) or None)
-    return str(conflict) if conflict is not None else None
+    if conflict is None:
+        return None
+    required = conflict.required or " or ".join(str(item) for item in conflict.required_any or ())
+    found = conflict.found or ", ".join(str(item) for item in conflict.found_any or ())
+    return f"it supports {required}, installed: {found or 'none'}"
 
 
 def _load(value: str) -> type:

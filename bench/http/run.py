@@ -1,0 +1,216 @@
+"""Per-request overhead of the HTTP instrumentation: plain vs `logfire-run` vs `opentelemetry-instrument`.
+
+    .venv/bin/python bench/http/run.py [--rounds 5] [--flask-requests 5000] [--requests-calls 1000]
+
+Two workloads, each run as a fresh process per measurement, the three variants interleaved round by
+round (the order rotates) so that machine noise hits them alike:
+
+- flask: a Flask handler called through the framework's test client, every request carrying a
+  `traceparent` (so extraction and the policy run), 5,000 requests;
+- requests: `requests.get` to a stdlib server in its own plain process, 1,000 calls.
+
+Both agents export every span with OTLP/HTTP to a local receiver in this process that decodes and
+counts the spans, then discards them: spans are created, batched, encoded and sent in both, and the
+span counts printed prove it. Metrics and logs exporters are off for `opentelemetry-instrument`
+(logfire-run does not set those up). logfire-run runs with `distributed_tracing=true`, the mode in
+which inbound context is used (no warning path).
+
+Reported twice, in wall-clock time and in the CPU time of the measured process (all its threads,
+the exporting one included; not slowed by other processes, so it is the steadier figure on a shared
+machine): the median microseconds per request of each variant, the overhead over plain (the median
+of the per-round differences, which cancels most load drift), and the ratio of logfire-run's
+overhead to opentelemetry-instrument's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+HERE = Path(__file__).resolve().parent
+BIN = Path(sys.executable).parent
+VARIANTS = ("plain", "logfire-run", "opentelemetry-instrument")
+
+
+class CountingSink:
+    """An OTLP/HTTP endpoint that counts the spans it receives and keeps nothing else."""
+
+    def __init__(self) -> None:
+        self.spans = 0
+        self._lock = threading.Lock()
+        sink = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                request = ExportTraceServiceRequest()
+                request.ParseFromString(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
+                count = sum(
+                    len(scope.spans) for resource in request.resource_spans for scope in resource.scope_spans
+                )
+                with sink._lock:
+                    sink.spans += count
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def take(self) -> int:
+        with self._lock:
+            count, self.spans = self.spans, 0
+        return count
+
+
+def _env(variant: str, sink: CountingSink) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("LOGFIRE_", "OTEL_"))}
+    env.pop("PYTHONPATH", None)
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    if variant == "logfire-run":
+        env.update(
+            LOGFIRE_EXPORTER="otlp",
+            OTEL_EXPORTER_OTLP_ENDPOINT=sink.endpoint,
+            LOGFIRE_DISTRIBUTED_TRACING="true",
+        )
+    elif variant == "opentelemetry-instrument":
+        env.update(
+            OTEL_TRACES_EXPORTER="otlp_proto_http",
+            OTEL_EXPORTER_OTLP_ENDPOINT=sink.endpoint,
+            OTEL_METRICS_EXPORTER="none",
+            OTEL_LOGS_EXPORTER="none",
+        )
+    return env
+
+
+def _command(variant: str, args: list[str]) -> list[str]:
+    if variant == "logfire-run":
+        return [str(BIN / "logfire-run"), sys.executable, *args]
+    if variant == "opentelemetry-instrument":
+        return [str(BIN / "opentelemetry-instrument"), sys.executable, *args]
+    return [sys.executable, *args]
+
+
+def _measure(
+    variant: str, args: list[str], sink: CountingSink, expected_spans: int
+) -> tuple[float, float, int]:
+    sink.take()
+    result = subprocess.run(
+        _command(variant, args), env=_env(variant, sink), capture_output=True, text=True, timeout=600
+    )
+    if result.returncode != 0:
+        raise SystemExit(f"{variant} failed ({result.returncode}):\n{result.stderr}")
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    deadline = time.monotonic() + 10
+    spans = sink.take()
+    while variant != "plain" and spans < expected_spans and time.monotonic() < deadline:
+        time.sleep(0.05)
+        spans += sink.take()
+    return float(figures["per_op_us"]), float(figures["cpu_per_op_us"]), spans
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _report(
+    name: str, count: int, clock: str, results: dict[str, list[float]], spans: dict[str, list[int]]
+) -> None:
+    """Medians per variant, and the overhead as the median of per-round differences to plain.
+
+    The per-round difference pairs each run with the plain run of the same round, which cancels
+    most of the drift of a shared machine's load between rounds.
+    """
+    medians = {variant: statistics.median(values) for variant, values in results.items()}
+    paired = {
+        variant: statistics.median(
+            value - plain for value, plain in zip(results[variant], results["plain"], strict=True)
+        )
+        for variant in VARIANTS
+    }
+    rounds = len(results["plain"])
+    print(f"\n{name}, {clock}: {count} per run, {rounds} interleaved rounds, median us per request")
+    for variant in VARIANTS:
+        runs = ", ".join(f"{value:.0f}" for value in results[variant])
+        if variant == "plain":
+            print(f"  {variant:<26} {medians[variant]:8.1f}  [{runs}]")
+            continue
+        ratio = medians[variant] / medians["plain"]
+        print(
+            f"  {variant:<26} {medians[variant]:8.1f}  ({ratio:4.2f}x plain)"
+            f"  overhead {paired[variant]:+7.1f} us"
+            f"  [{runs}]  spans exported per run: {sorted(set(spans[variant]))}"
+        )
+    ours, theirs = paired["logfire-run"], paired["opentelemetry-instrument"]
+    if theirs > 0:
+        print(f"  logfire-run overhead / opentelemetry-instrument overhead = {ours / theirs:.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--flask-requests", type=int, default=5000)
+    parser.add_argument("--requests-calls", type=int, default=1000)
+    options = parser.parse_args()
+
+    sink = CountingSink()
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, str(HERE / "target_server.py"), str(port)],
+        env={"PATH": os.environ.get("PATH", "")},
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        workloads = {
+            "flask": ([str(HERE / "flask_app.py"), str(options.flask_requests)], options.flask_requests),
+            "requests": (
+                [str(HERE / "requests_client.py"), f"http://127.0.0.1:{port}/", str(options.requests_calls)],
+                options.requests_calls,
+            ),
+        }
+        print(f"python {sys.version.split()[0]}, {os.cpu_count()} cpus")
+        for name, (args, count) in workloads.items():
+            wall: dict[str, list[float]] = {variant: [] for variant in VARIANTS}
+            cpu: dict[str, list[float]] = {variant: [] for variant in VARIANTS}
+            spans: dict[str, list[int]] = {variant: [] for variant in VARIANTS}
+            warm_up = 200 if name == "flask" else 50
+            for round_index in range(options.rounds):
+                shift = round_index % len(VARIANTS)
+                for variant in VARIANTS[shift:] + VARIANTS[:shift]:
+                    per_op, cpu_per_op, exported = _measure(variant, args, sink, count + warm_up)
+                    wall[variant].append(per_op)
+                    cpu[variant].append(cpu_per_op)
+                    spans[variant].append(exported)
+            _report(name, count, "wall clock", wall, spans)
+            _report(name, count, "CPU time of the process (all its threads)", cpu, spans)
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+        sink.server.shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,42 @@
+"""An endpoint that raises: the client gets the same 500 with and without the agent, and the server
+span records the exception."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conftest import OtlpReceiver, agent_env
+from http_services import raw_response, running
+
+STATUS_ERROR = 2  # OTLP Status.STATUS_CODE_ERROR
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("server", "message"),
+    [("werkzeug", "service A failed on purpose"), ("uvicorn", "service B failed on purpose")],
+)
+def test_raising_endpoint_is_unchanged_and_recorded(
+    receiver: OtlpReceiver, tmp_path: Path, server: str, message: str
+) -> None:
+    with running(server, agent_env(), tmp_path / "plain", agent=False) as plain:
+        without_agent = raw_response(f"{plain.url}/boom")
+    traced_env = agent_env(receiver, LOGFIRE_DISTRIBUTED_TRACING="true")
+    with running(server, traced_env, tmp_path / "agent") as traced:
+        with_agent = raw_response(f"{traced.url}/boom")
+        spans = receiver.wait_count(1)
+
+    assert without_agent[0] == 500
+    assert with_agent == without_agent  # status, body and headers (Date and Server aside)
+
+    (span,) = spans
+    assert (span.kind, span.name) == ("SERVER", "GET /boom")
+    assert span.status == STATUS_ERROR
+    assert "exception" in span.events
+
+    # The app's own error log is what it would be; the agent adds nothing to stderr.
+    for output in (plain.stderr(), traced.stderr()):
+        assert f"RuntimeError: {message}" in output
+    assert "logfire-run" not in traced.stderr()
