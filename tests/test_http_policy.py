@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from logfire_run.agent.policy import WARNING_TEXT
+
 from conftest import OtlpReceiver, SpanRecord, agent_env, assert_clean_stderr
 from http_services import get, running
-from logfire_run.agent.policy import WARNING_TEXT
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 SPAN_ID = "00f067aa0ba902b7"
