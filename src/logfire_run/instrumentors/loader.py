@@ -98,11 +98,17 @@ def _fingerprint() -> tuple[tuple[str, int], ...]:
 
 
 def cache_path() -> str:
-    import zlib
-
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    key = zlib.crc32(repr((sys.executable, sys.version, sys.path)).encode("utf-8", "replace"))
+    key = _fnv1a(repr((sys.executable, sys.version, sys.path)))
     return os.path.join(base, "logfire-run", f"instrumentors-{key:08x}.marshal")
+
+
+def _fnv1a(text: str) -> int:
+    # A stable 32-bit hash without zlib or hashlib: loading either costs more than hashing this string.
+    value = 0x811C9DC5
+    for char in text:
+        value = ((value ^ ord(char)) * 0x01000193) & 0xFFFFFFFF
+    return value
 
 
 def discover(*, use_cache: bool = True) -> list[Instrumentor]:
