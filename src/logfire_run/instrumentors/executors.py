@@ -1,0 +1,358 @@
+"""Thread and process pools, and plain threads: work runs as a child of the span that handed it over.
+
+What it patches (with wrapt, when `instrument()` runs; each module when it is first imported):
+
+- `threading.Thread.start` records the starting thread's OpenTelemetry context, and the new thread
+  runs with it (around `Thread._bootstrap_inner`, so `Timer` and subclasses overriding `run` are
+  covered). A pool's own worker threads are left out: they serve every submitter, not the first one.
+- `concurrent.futures.thread._WorkItem`: created by `ThreadPoolExecutor.submit` in the submitting
+  thread, it records the context there, and its `run` makes it current in the worker and restores the
+  worker's own afterwards. Everything that creates a work item is covered: `submit`, `map`,
+  `loop.run_in_executor`, subclasses that override `submit` and call `super()`. The callable, its
+  arguments, its return value and its exception (with its traceback) are never touched.
+- `ProcessPoolExecutor.submit` sends the callable to the worker inside `TaskInContext` with the
+  carrier of the current context (what `get_context()` returns); `ProcessPoolExecutor.__init__` adds
+  a once-per-worker initializer that brings configuration set in code into spawn and forkserver
+  workers. See `_executors_worker` for the worker side and how spans get out of workers.
+
+When it is enabled: `logfire-run` activates it when `threading` or `concurrent.futures` is first
+imported (once the SDK is up); it is an `opentelemetry_instrumentor` entry point, so
+`opentelemetry-instrument` loads it too. `OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=executors` turns it off.
+
+OpenTelemetry's own `threading` instrumentor does a subset of this (without process pools, without
+subclasses overriding `run`, and at about twice the cost per submit). The two never both propagate:
+logfire-run's loader does not load it while this one is enabled, and if it is instrumented anyway
+(`opentelemetry-instrument` loads both, or the app calls it), this instrumentor takes its place: it
+undoes its patches if it came first and makes its `instrument()` a no-op if it comes later. Its
+patches come back when this instrumentor is uninstrumented. See docs/executors.md.
+
+Where it stops: executors that do not use `concurrent.futures`' work items or `ProcessPoolExecutor`
+(a hand-written pool over `queue.Queue`, `multiprocessing.Pool`) are not covered; `get_context()` and
+`attach_context()` are there for those.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Collection
+from typing import Any
+
+from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
+
+from logfire_run.agent import importhooks, report
+from logfire_run.instrumentors._executors_worker import TaskInContext, WorkerSetup
+
+__all__ = ["ExecutorInstrumentor"]
+
+_OTEL_THREADING = "opentelemetry.instrumentation.threading"
+
+# The attribute that carries a captured context on Thread and _WorkItem objects.
+_ATTRIBUTE = "_logfire_run_context"
+
+# Patched (owner, attribute) pairs, for uninstrument.
+_patched: list[tuple[object, str]] = []
+_active = False
+
+
+class ExecutorInstrumentor(BaseInstrumentor):  # type: ignore[misc]
+    """Context propagation into threads, thread pools and process pools; see the module docstring."""
+
+    def instrumentation_dependencies(self) -> Collection[str]:
+        return ()
+
+    def _instrument(self, **kwargs: Any) -> None:
+        global _active
+        import threading
+
+        _active = True
+        _fast_context.load()
+        _take_over_from_otel_threading()
+        _patch_threading(threading)
+        for name, patch in (
+            ("concurrent.futures.thread", _patch_thread_pool),
+            ("concurrent.futures.process", _patch_process_pool),
+        ):
+            # Not imported here: importing concurrent.futures.process costs multiprocessing, which an
+            # app that only uses threads (asyncio imports concurrent.futures) should not pay for.
+            if importhooks.already_imported(name):
+                patch(sys.modules[name])
+            else:
+                importhooks.register(name, _if_active(patch))
+
+    def _uninstrument(self, **kwargs: Any) -> None:
+        global _active
+        from opentelemetry.instrumentation.utils import unwrap
+
+        _active = False
+        while _patched:
+            owner, attribute = _patched.pop()
+            unwrap(owner, attribute)
+        _hand_back_to_otel_threading()
+
+
+def _if_active(patch: Callable[[Any], None]) -> Callable[[Any], None]:
+    def hook(module: Any) -> None:
+        if _active:
+            patch(module)
+
+    return hook
+
+
+def _wrap(owner: Any, attribute: str, wrapper: Callable[..., Any]) -> None:
+    import wrapt
+
+    wrapt.wrap_function_wrapper(owner, attribute, wrapper)
+    _patched.append((owner, attribute))
+
+
+class _FastContext:
+    """get/set/reset of the current OpenTelemetry context, with as few calls as the runtime allows.
+
+    The default runtime context is one ContextVar; using it directly saves three Python calls per
+    hop, which is most of the cost of a trivial task. Any other runtime context (OTEL_PYTHON_CONTEXT)
+    goes through the public API.
+    """
+
+    get: Callable[[], Any]
+    set: Callable[[Any], Any]
+    reset: Callable[[Any], None]
+
+    def load(self) -> None:
+        import contextvars
+
+        from opentelemetry import context
+
+        variable = getattr(getattr(context, "_RUNTIME_CONTEXT", None), "_current_context", None)
+        if isinstance(variable, contextvars.ContextVar):
+            self.get, self.set, self.reset = variable.get, variable.set, variable.reset
+        else:
+            self.get, self.set, self.reset = context.get_current, context.attach, context.detach
+
+
+_fast_context = _FastContext()
+
+
+# Threads
+
+
+_skip_targets: set[object] = set()
+
+
+def _patch_threading(threading: Any) -> None:
+    _wrap(threading, "Thread.start", _thread_start)
+    if not _THREAD_HAS_CONTEXT:
+        _wrap(threading, "Thread._bootstrap_inner", _thread_bootstrap)
+
+
+# Python 3.14 gave Thread a `context`: the contextvars.Context its run() executes in, chosen in start().
+_THREAD_HAS_CONTEXT = sys.version_info >= (3, 14)
+
+
+def _thread_start(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
+    if getattr(instance, "_target", None) not in _skip_targets:
+        captured = _fast_context.get()
+        if not _THREAD_HAS_CONTEXT:
+            instance.__dict__[_ATTRIBUTE] = captured
+        elif getattr(instance, "_context", 0) is None and not getattr(sys.flags, "thread_inherit_context", 0):
+            import contextvars
+
+            # The thread would run in an empty Context (an explicit `context=` is left alone, and with
+            # thread_inherit_context it copies the starter's, span included): give it one holding the span.
+            fresh = contextvars.Context()
+            fresh.run(_fast_context.set, captured)
+            instance._context = fresh
+    return wrapped(*args, **kwargs)
+
+
+def _thread_bootstrap(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
+    captured = instance.__dict__.pop(_ATTRIBUTE, None)
+    if captured is None:
+        return wrapped(*args, **kwargs)
+    token = _fast_context.set(captured)
+    try:
+        return wrapped(*args, **kwargs)
+    finally:
+        _fast_context.reset(token)
+
+
+# Thread pools
+
+
+def _patch_thread_pool(module: Any) -> None:
+    # The pool's worker threads take no context from whoever happened to start them.
+    worker = getattr(module, "_worker", None)
+    if worker is not None:
+        _skip_targets.add(worker)
+    _wrap(module, "_WorkItem.__init__", _work_item_init)
+    _wrap(module, "_WorkItem.run", _work_item_run)
+
+
+def _work_item_init(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> None:
+    wrapped(*args, **kwargs)
+    instance.__dict__[_ATTRIBUTE] = _fast_context.get()
+
+
+def _work_item_run(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
+    captured = instance.__dict__.get(_ATTRIBUTE)
+    if captured is None:
+        return wrapped(*args, **kwargs)
+    # Reset by token: whatever the task attached and left behind goes too, so a reused worker
+    # starts its next task from its own context.
+    token = _fast_context.set(captured)
+    try:
+        return wrapped(*args, **kwargs)
+    finally:
+        _fast_context.reset(token)
+
+
+# Process pools
+
+
+def _patch_process_pool(module: Any) -> None:
+    _wrap(module, "ProcessPoolExecutor.__init__", _process_pool_init)
+    _wrap(module, "ProcessPoolExecutor.submit", _process_submit)
+
+
+_last_carrier: tuple[object, dict[str, str]] = (None, {})
+
+
+def _carrier() -> dict[str, str]:
+    """The current context as a carrier, as `get_context()` writes it; reused while it is unchanged."""
+    global _last_carrier
+    current = _fast_context.get()
+    last = _last_carrier
+    if last[0] is current:
+        return last[1]
+    from opentelemetry import propagate
+
+    # Through the global propagator, which is the agent's policy when the agent runs (injection is
+    # never gated) and OpenTelemetry's own under opentelemetry-instrument.
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier, current)
+    _last_carrier = (current, carrier)
+    return carrier
+
+
+def _process_submit(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
+    if not args:
+        return wrapped(*args, **kwargs)  # the original's own TypeError
+    try:
+        task = TaskInContext(args[0], _carrier())
+    except Exception as error:
+        report.problem("executors:carrier", f"could not read the trace context for a process pool ({error})")
+        return wrapped(*args, **kwargs)
+    return wrapped(task, *args[1:], **kwargs)
+
+
+_INIT_PARAMETERS = ("max_workers", "mp_context", "initializer", "initargs")
+
+
+def _process_pool_init(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
+    try:
+        arguments = _with_worker_setup(args, kwargs)
+    except Exception as error:
+        report.problem(
+            "executors:init", f"could not prepare process pool workers ({type(error).__name__}: {error})"
+        )
+        arguments = None
+    if arguments is None:
+        return wrapped(*args, **kwargs)
+    return wrapped(**arguments)
+
+
+def _with_worker_setup(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any] | None:
+    """The constructor's arguments with `WorkerSetup` as initializer, or None to leave them alone.
+
+    Only for start methods whose workers do not inherit the parent's memory (spawn, forkserver),
+    and only when the agent runs here and its children are meant to be traced. Anything the
+    constructor would refuse is left for it to refuse, with its own message.
+    """
+    if len(args) > len(_INIT_PARAMETERS) or any(name in kwargs for name in _INIT_PARAMETERS[: len(args)]):
+        return None
+    arguments = dict(zip(_INIT_PARAMETERS, args, strict=False))
+    arguments.update(kwargs)
+    initializer = arguments.get("initializer")
+    if initializer is not None and not callable(initializer):
+        return None
+    settings = _settings_for_workers()
+    if settings is None:
+        return None
+    mp_context = arguments.get("mp_context")
+    if mp_context is None:
+        import multiprocessing
+
+        # The executor picks the same default context right after, so asking for it changes nothing.
+        mp_context = multiprocessing.get_context()
+    if mp_context.get_start_method() == "fork":
+        return None  # forked workers have the parent's agent and configuration already
+    import pickle
+
+    try:
+        pickle.dumps(settings)
+    except Exception as error:
+        report.problem(
+            "executors:config-pickle",
+            "the configuration set with logfire_run.configure() cannot be sent to process pool workers "
+            f"({type(error).__name__}: {error}); spawn and forkserver workers of this process run "
+            "with the configuration from the environment only",
+        )
+        return None
+    arguments["initializer"] = WorkerSetup(settings, initializer, arguments.get("initargs", ()))
+    arguments["initargs"] = ()
+    return arguments
+
+
+def _settings_for_workers() -> dict[str, Any] | None:
+    from logfire_run.agent import bootstrap
+
+    if bootstrap.agent() is None:
+        return None  # not our agent (opentelemetry-instrument): workers rely on the environment
+    config = bootstrap.get_config()
+    if not config.inherit:
+        return None
+    settings = {
+        name: getattr(config, name) for name, source in config.sources.items() if source == "configure()"
+    }
+    # A spawned worker's own default name would be the interpreter's ("python"): it is this service.
+    settings.setdefault("service_name", config.resolved_service_name())
+    return settings
+
+
+# OpenTelemetry's threading instrumentor
+
+
+def _take_over_from_otel_threading() -> None:
+    if importhooks.already_imported(_OTEL_THREADING):
+        _neutralize(sys.modules[_OTEL_THREADING])
+    else:
+        importhooks.register(_OTEL_THREADING, _if_active(_neutralize))
+
+
+def _neutralize(module: Any) -> None:
+    instrumentor = getattr(module, "ThreadingInstrumentor", None)
+    if instrumentor is None:
+        return
+    instance = instrumentor()
+    if instance.is_instrumented_by_opentelemetry:
+        instance._uninstrument()  # its patches come off; its flag stays, so a later instrument() is quiet
+    # Instance attributes shadow its methods: instrumenting it while this one is active does nothing.
+    instance._instrument = _do_nothing
+    instance._uninstrument = _do_nothing
+    report.debug("OpenTelemetry's threading instrumentor is superseded by the executors instrumentor")
+
+
+def _hand_back_to_otel_threading() -> None:
+    module = sys.modules.get(_OTEL_THREADING)
+    instrumentor = getattr(module, "ThreadingInstrumentor", None)
+    if instrumentor is None:
+        return
+    instance = instrumentor()
+    shadowed = "_instrument" in instance.__dict__
+    instance.__dict__.pop("_instrument", None)
+    instance.__dict__.pop("_uninstrument", None)
+    if shadowed and instance.is_instrumented_by_opentelemetry:
+        instance._instrument()  # it was asked for: it propagates from now on
+
+
+def _do_nothing(**kwargs: Any) -> None:
+    pass
