@@ -50,7 +50,7 @@ _OTEL_THREADING = "opentelemetry.instrumentation.threading"
 _ATTRIBUTE = "_logfire_run_context"
 
 # Patched (owner, attribute) pairs, for uninstrument.
-_patched: list[tuple[object, str]] = []
+_patched: list[tuple[type, str]] = []
 _active = False
 
 
@@ -81,12 +81,10 @@ class ExecutorInstrumentor(BaseInstrumentor):  # type: ignore[misc]
 
     def _uninstrument(self, **kwargs: Any) -> None:
         global _active
-        from opentelemetry.instrumentation.utils import unwrap
-
         _active = False
         while _patched:
             owner, attribute = _patched.pop()
-            unwrap(owner, attribute)
+            _unwrap(owner, attribute)
         _hand_back_to_otel_threading()
 
 
@@ -98,11 +96,26 @@ def _if_active(patch: Callable[[Any], None]) -> Callable[[Any], None]:
     return hook
 
 
-def _wrap(owner: Any, attribute: str, wrapper: Callable[..., Any]) -> None:
+def _wrap(owner: type, attribute: str, wrapper: Callable[..., Any]) -> None:
     import wrapt
 
     wrapt.wrap_function_wrapper(owner, attribute, wrapper)
     _patched.append((owner, attribute))
+
+
+def _unwrap(owner: type, attribute: str) -> None:
+    current = owner.__dict__.get(attribute)
+    if getattr(current, "_self_wrapper", None) in _WRAPPERS:
+        setattr(owner, attribute, current.__wrapped__)  # type: ignore[union-attr]
+    else:
+        # Someone wrapped on top of ours; taking their layer off would be worse than leaving ours.
+        report.debug(f"{owner.__qualname__}.{attribute} was wrapped again after us; left as it is")
+
+
+def _innermost(function: object) -> object:
+    while hasattr(function, "__wrapped__"):
+        function = function.__wrapped__
+    return function
 
 
 class _FastContext:
@@ -139,9 +152,9 @@ _skip_targets: set[object] = set()
 
 
 def _patch_threading(threading: Any) -> None:
-    _wrap(threading, "Thread.start", _thread_start)
+    _wrap(threading.Thread, "start", _thread_start)
     if not _THREAD_HAS_CONTEXT:
-        _wrap(threading, "Thread._bootstrap_inner", _thread_bootstrap)
+        _wrap(threading.Thread, "_bootstrap_inner", _thread_bootstrap)
 
 
 # Python 3.14 gave Thread a `context`: the contextvars.Context its run() executes in, chosen in start().
@@ -183,8 +196,8 @@ def _patch_thread_pool(module: Any) -> None:
     worker = getattr(module, "_worker", None)
     if worker is not None:
         _skip_targets.add(worker)
-    _wrap(module, "_WorkItem.__init__", _work_item_init)
-    _wrap(module, "_WorkItem.run", _work_item_run)
+    _wrap(module._WorkItem, "__init__", _work_item_init)
+    _wrap(module._WorkItem, "run", _work_item_run)
 
 
 def _work_item_init(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> None:
@@ -209,8 +222,8 @@ def _work_item_run(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs
 
 
 def _patch_process_pool(module: Any) -> None:
-    _wrap(module, "ProcessPoolExecutor.__init__", _process_pool_init)
-    _wrap(module, "ProcessPoolExecutor.submit", _process_submit)
+    _wrap(module.ProcessPoolExecutor, "__init__", _process_pool_init)
+    _wrap(module.ProcessPoolExecutor, "submit", _process_submit)
 
 
 _last_carrier: tuple[object, dict[str, str]] = (None, {})
@@ -335,10 +348,21 @@ def _neutralize(module: Any) -> None:
     instance = instrumentor()
     if instance.is_instrumented_by_opentelemetry:
         instance._uninstrument()  # its patches come off; its flag stays, so a later instrument() is quiet
+        _remove_leftover_timer_start()
     # Instance attributes shadow its methods: instrumenting it while this one is active does nothing.
     instance._instrument = _do_nothing
     instance._uninstrument = _do_nothing
     report.debug("OpenTelemetry's threading instrumentor is superseded by the executors instrumentor")
+
+
+def _remove_leftover_timer_start() -> None:
+    # Its Timer.start wrapper wraps its own Thread.start wrapper, and its uninstrument puts back only
+    # the latter, as Timer's own attribute: left there, it would hide the real Thread.start from Timer.
+    import threading
+
+    leftover = threading.Timer.__dict__.get("start")
+    if leftover is not None and _innermost(leftover) is _innermost(threading.Thread.__dict__["start"]):
+        del threading.Timer.start
 
 
 def _hand_back_to_otel_threading() -> None:
@@ -356,3 +380,13 @@ def _hand_back_to_otel_threading() -> None:
 
 def _do_nothing(**kwargs: Any) -> None:
     pass
+
+
+_WRAPPERS = (
+    _thread_start,
+    _thread_bootstrap,
+    _work_item_init,
+    _work_item_run,
+    _process_pool_init,
+    _process_submit,
+)
