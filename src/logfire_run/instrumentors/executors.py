@@ -1,15 +1,17 @@
 """Thread and process pools, and plain threads: work runs as a child of the span that handed it over.
 
-What it patches (with wrapt, when `instrument()` runs; each module when it is first imported):
+What it patches (with wrapt unless said otherwise, when `instrument()` runs; each module when it is
+first imported):
 
 - `threading.Thread.start` records the starting thread's OpenTelemetry context, and the new thread
   runs with it (around `Thread._bootstrap_inner`, so `Timer` and subclasses overriding `run` are
   covered). A pool's own worker threads are left out: they serve every submitter, not the first one.
-- `concurrent.futures.thread._WorkItem`: created by `ThreadPoolExecutor.submit` in the submitting
-  thread, it records the context there, and its `run` makes it current in the worker and restores the
-  worker's own afterwards. Everything that creates a work item is covered: `submit`, `map`,
-  `loop.run_in_executor`, subclasses that override `submit` and call `super()`. The callable, its
-  arguments, its return value and its exception (with its traceback) are never touched.
+- `concurrent.futures.thread._WorkItem` (replaced by a subclass, for speed): created by
+  `ThreadPoolExecutor.submit` in the submitting thread, it records the context there, and its `run`
+  makes it current in the worker and restores the worker's own afterwards. Everything that creates
+  a work item is covered: `submit`, `map`, `loop.run_in_executor`, subclasses that override `submit`
+  and call `super()`. The callable, its arguments, its return value and its exception (with its
+  traceback) are never touched.
 - `ProcessPoolExecutor.submit` sends the callable to the worker inside `TaskInContext` with the
   carrier of the current context (what `get_context()` returns); `ProcessPoolExecutor.__init__` adds
   a once-per-worker initializer that brings configuration set in code into spawn and forkserver
@@ -40,7 +42,7 @@ from typing import Any
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 
 from logfire_run.agent import importhooks, report
-from logfire_run.instrumentors._executors_worker import TaskInContext, WorkerSetup
+from logfire_run.instrumentors._executors_worker import TaskInContext, WorkerSetup, context_functions
 
 __all__ = ["ExecutorInstrumentor"]
 
@@ -49,8 +51,9 @@ _OTEL_THREADING = "opentelemetry.instrumentation.threading"
 # The attribute that carries a captured context on Thread and _WorkItem objects.
 _ATTRIBUTE = "_logfire_run_context"
 
-# Patched (owner, attribute) pairs, for uninstrument.
+# Patched (owner, attribute) pairs and replaced (module, name, original) globals, for uninstrument.
 _patched: list[tuple[type, str]] = []
+_replaced: list[tuple[Any, str, Any]] = []
 _active = False
 
 
@@ -85,6 +88,10 @@ class ExecutorInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         while _patched:
             owner, attribute = _patched.pop()
             _unwrap(owner, attribute)
+        while _replaced:
+            module, name, original = _replaced.pop()
+            if getattr(getattr(module, name, None), "_logfire_run_original", None) is original:
+                setattr(module, name, original)
         _hand_back_to_otel_threading()
 
 
@@ -119,27 +126,14 @@ def _innermost(function: object) -> object:
 
 
 class _FastContext:
-    """get/set/reset of the current OpenTelemetry context, with as few calls as the runtime allows.
-
-    The default runtime context is one ContextVar; using it directly saves three Python calls per
-    hop, which is most of the cost of a trivial task. Any other runtime context (OTEL_PYTHON_CONTEXT)
-    goes through the public API.
-    """
+    """The current-context functions, chosen once per `instrument()` (see `context_functions`)."""
 
     get: Callable[[], Any]
     set: Callable[[Any], Any]
     reset: Callable[[Any], None]
 
     def load(self) -> None:
-        import contextvars
-
-        from opentelemetry import context
-
-        variable = getattr(getattr(context, "_RUNTIME_CONTEXT", None), "_current_context", None)
-        if isinstance(variable, contextvars.ContextVar):
-            self.get, self.set, self.reset = variable.get, variable.set, variable.reset
-        else:
-            self.get, self.set, self.reset = context.get_current, context.attach, context.detach
+        self.get, self.set, self.reset = context_functions()
 
 
 _fast_context = _FastContext()
@@ -196,26 +190,36 @@ def _patch_thread_pool(module: Any) -> None:
     worker = getattr(module, "_worker", None)
     if worker is not None:
         _skip_targets.add(worker)
-    _wrap(module._WorkItem, "__init__", _work_item_init)
-    _wrap(module._WorkItem, "run", _work_item_run)
+    original = module._WorkItem
+    if getattr(original, "_logfire_run_original", None) is not None:
+        return  # already ours
+    get, attach, detach = _fast_context.get, _fast_context.set, _fast_context.reset
 
+    # This one is a subclass put in the module's `_WorkItem` name (which `submit` looks up on every
+    # call) rather than two wrapt wrappers: wrapt binds a wrapper object on every call of a wrapped
+    # method, about 1.2 us each here, which alone would exceed the 2 us budget of a thread hop.
+    class WorkItem(original):  # type: ignore[misc,valid-type]
+        _logfire_run_original = original
 
-def _work_item_init(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> None:
-    wrapped(*args, **kwargs)
-    instance.__dict__[_ATTRIBUTE] = _fast_context.get()
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            original.__init__(self, *args, **kwargs)
+            # In the submitting thread: submit(), map() and run_in_executor() all come through here.
+            self._logfire_run_context = get()
 
+        def run(self, *args: Any, **kwargs: Any) -> Any:
+            # Reset by token: whatever the task attached and left behind goes too, so a reused
+            # worker starts its next task from its own context. The task's exception is caught and
+            # stored by the original run(), so no frame of ours is in its traceback.
+            token = attach(self._logfire_run_context)
+            try:
+                return original.run(self, *args, **kwargs)
+            finally:
+                detach(token)
 
-def _work_item_run(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
-    captured = instance.__dict__.get(_ATTRIBUTE)
-    if captured is None:
-        return wrapped(*args, **kwargs)
-    # Reset by token: whatever the task attached and left behind goes too, so a reused worker
-    # starts its next task from its own context.
-    token = _fast_context.set(captured)
-    try:
-        return wrapped(*args, **kwargs)
-    finally:
-        _fast_context.reset(token)
+    WorkItem.__name__, WorkItem.__qualname__ = original.__name__, original.__qualname__
+    WorkItem.__module__ = original.__module__
+    module._WorkItem = WorkItem
+    _replaced.append((module, "_WorkItem", original))
 
 
 # Process pools
@@ -385,8 +389,6 @@ def _do_nothing(**kwargs: Any) -> None:
 _WRAPPERS = (
     _thread_start,
     _thread_bootstrap,
-    _work_item_init,
-    _work_item_run,
     _process_pool_init,
     _process_submit,
 )
