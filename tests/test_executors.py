@@ -669,12 +669,10 @@ def test_unpicklable_configuration_warns_once_and_tasks_still_run(
     assert len([line for line in result.stdout.splitlines() if line.startswith("pids")]) == 2
 
 
-@pytest.mark.skipif(
-    sys.version_info < (3, 12),
-    reason="CPython 3.11's ProcessPoolExecutor hangs when max_tasks_per_child recycles a worker, "
-    "with or without the agent (see docs/executors.md)",
-)
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="max_tasks_per_child is new in Python 3.11")
 def test_recycled_workers_deliver_their_spans(tmp_path: Path, receiver: OtlpReceiver) -> None:
+    # max_tasks_per_child=1: with more than 1, CPython's ProcessPoolExecutor hangs when it replaces a
+    # worker while tasks are queued, with or without the agent (gh-115634; see docs/executors.md).
     source = """
         import concurrent.futures as cf
         import multiprocessing as mp
@@ -689,17 +687,17 @@ def test_recycled_workers_deliver_their_spans(tmp_path: Path, receiver: OtlpRece
         if __name__ == "__main__":
             with logfire_run.span("parent"):
                 with cf.ProcessPoolExecutor(
-                    2, mp_context=mp.get_context("spawn"), max_tasks_per_child=2
+                    2, mp_context=mp.get_context("spawn"), max_tasks_per_child=1
                 ) as pool:
-                    print(len(set(pool.map(task, range(20)))))
+                    print(len(set(pool.map(task, range(8)))))
     """
     result = launch(tmp_path, receiver, source)
     assert_clean_stderr(result.stderr)
-    assert int(result.stdout) > 2
-    spans = receiver.wait_count(21)
+    assert int(result.stdout) == 8  # one worker per task
+    spans = receiver.wait_count(9)
     parent = only(spans, "parent")
     assert sorted(span.attributes["i"] for span in spans if span.parent_id == parent.span_id) == list(
-        range(20)
+        range(8)
     )
 
 

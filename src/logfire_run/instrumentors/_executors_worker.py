@@ -133,7 +133,7 @@ class _Worker:
     def setup(self) -> str:
         if self.pid == os.getpid():
             return self.mode
-        # First task in this process (a forked worker inherits the parent's copy of this object).
+        # First task in this process (a forked worker's copy was reset by `_forget_after_fork`).
         self.pid = os.getpid()
         self.token = None
         self.carrier = None
@@ -145,7 +145,7 @@ class _Worker:
         return self.mode
 
     def enter(self, carrier: Mapping[str, str]) -> None:
-        if self.pid != os.getpid():
+        if self.pid == -1:
             self.setup()
         if self.mode == "off":
             return
@@ -167,6 +167,16 @@ def _unset(*args: object) -> Any:
 
 
 _worker = _Worker()
+
+
+def _forget_after_fork() -> None:
+    # A forked worker sets itself up on its first task (checked per task as `pid == -1`, cheaper
+    # than a getpid() system call per task).
+    _worker.pid = -1
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 def _sdk_mode() -> str:

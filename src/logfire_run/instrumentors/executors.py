@@ -106,6 +106,8 @@ def _if_active(patch: Callable[[Any], None]) -> Callable[[Any], None]:
 def _wrap(owner: type, attribute: str, wrapper: Callable[..., Any]) -> None:
     import wrapt
 
+    if getattr(owner.__dict__.get(attribute), "_self_wrapper", None) is wrapper:
+        return  # a hook left from an earlier instrument() ran as well
     wrapt.wrap_function_wrapper(owner, attribute, wrapper)
     _patched.append((owner, attribute))
 
@@ -194,6 +196,7 @@ def _patch_thread_pool(module: Any) -> None:
     if getattr(original, "_logfire_run_original", None) is not None:
         return  # already ours
     get, attach, detach = _fast_context.get, _fast_context.set, _fast_context.reset
+    original_init, original_run = original.__init__, original.run
 
     # This one is a subclass put in the module's `_WorkItem` name (which `submit` looks up on every
     # call) rather than two wrapt wrappers: wrapt binds a wrapper object on every call of a wrapped
@@ -202,7 +205,7 @@ def _patch_thread_pool(module: Any) -> None:
         _logfire_run_original = original
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
-            original.__init__(self, *args, **kwargs)
+            original_init(self, *args, **kwargs)
             # In the submitting thread: submit(), map() and run_in_executor() all come through here.
             self._logfire_run_context = get()
 
@@ -212,7 +215,7 @@ def _patch_thread_pool(module: Any) -> None:
             # stored by the original run(), so no frame of ours is in its traceback.
             token = attach(self._logfire_run_context)
             try:
-                return original.run(self, *args, **kwargs)
+                return original_run(self, *args, **kwargs)
             finally:
                 detach(token)
 
