@@ -201,28 +201,53 @@ def _patch_thread_pool(module: Any) -> None:
     # This one is a subclass put in the module's `_WorkItem` name (which `submit` looks up on every
     # call) rather than two wrapt wrappers: wrapt binds a wrapper object on every call of a wrapped
     # method, about 1.2 us each here, which alone would exceed the 2 us budget of a thread hop.
-    class WorkItem(original):  # type: ignore[misc,valid-type]
-        _logfire_run_original = original
+    # Capturing happens in __init__, in the submitting thread: submit(), map() and run_in_executor()
+    # all come through there. run() resets by token: whatever the task attached and left behind goes
+    # too, so a reused worker starts its next task from its own context; the task's exception is
+    # caught and stored by the original run(), so no frame of ours is in its traceback.
+    if _parameters(original_init) == ("self", "future", "fn", "args", "kwargs") and _parameters(
+        original_run
+    ) == ("self",):
+        # Python 3.10 to 3.13: the same signatures, without packing *args (most of the cost of the override).
+        class WorkItem(original):  # type: ignore[misc,valid-type]
+            _logfire_run_original = original
 
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            original_init(self, *args, **kwargs)
-            # In the submitting thread: submit(), map() and run_in_executor() all come through here.
-            self._logfire_run_context = get()
+            def __init__(self, future: Any, fn: Any, args: Any, kwargs: Any) -> None:
+                original_init(self, future, fn, args, kwargs)
+                self._logfire_run_context = get()
 
-        def run(self, *args: Any, **kwargs: Any) -> Any:
-            # Reset by token: whatever the task attached and left behind goes too, so a reused
-            # worker starts its next task from its own context. The task's exception is caught and
-            # stored by the original run(), so no frame of ours is in its traceback.
-            token = attach(self._logfire_run_context)
-            try:
-                return original_run(self, *args, **kwargs)
-            finally:
-                detach(token)
+            def run(self) -> Any:
+                token = attach(self._logfire_run_context)
+                try:
+                    return original_run(self)
+                finally:
+                    detach(token)
+
+    else:
+
+        class WorkItem(original):  # type: ignore[misc,valid-type,no-redef]
+            _logfire_run_original = original
+
+            def __init__(self, *args: Any, **kwargs: Any) -> None:
+                original_init(self, *args, **kwargs)
+                self._logfire_run_context = get()
+
+            def run(self, *args: Any, **kwargs: Any) -> Any:
+                token = attach(self._logfire_run_context)
+                try:
+                    return original_run(self, *args, **kwargs)
+                finally:
+                    detach(token)
 
     WorkItem.__name__, WorkItem.__qualname__ = original.__name__, original.__qualname__
     WorkItem.__module__ = original.__module__
     module._WorkItem = WorkItem
     _replaced.append((module, "_WorkItem", original))
+
+
+def _parameters(function: Any) -> tuple[str, ...]:
+    code = getattr(function, "__code__", None)
+    return tuple(code.co_varnames[: code.co_argcount]) if code is not None else ()
 
 
 # Process pools
