@@ -765,3 +765,14 @@ def test_example_runs(tmp_path: Path, receiver: OtlpReceiver) -> None:
     work = [span for span in spans if span.name == "work"]
     assert len(work) == 16
     assert all(span.trace_id == root.trace_id for span in work)
+
+
+def test_info_shows_opentelemetry_threading_replaced_while_executors_is_enabled() -> None:
+    def state(*flags: str) -> dict[str, str]:
+        result = run_launcher([*flags, "--info"], agent_env())
+        assert result.returncode == 0, result.stderr
+        rows = [line.split() for line in result.stdout.splitlines() if line.startswith("  ")]
+        return {row[0]: row[1] for row in rows if row[0] in ("executors", "threading")}
+
+    assert state() == {"executors": "enabled", "threading": "replaced"}
+    assert state("--disable", "executors") == {"executors": "disabled", "threading": "enabled"}

@@ -48,8 +48,11 @@ def print_info(config: Config, flag_settings: dict[str, str]) -> int:
         out.write("  OTEL_SDK_DISABLED=true: the agent does nothing\n")
     out.write("\ninstrumentors:\n")
     instrumentors = loader.discover(use_cache=False)
+    enabled = {item.value for item in instrumentors if not config.instrumentation_disabled(item.name)}
     for instrumentor in sorted(instrumentors, key=lambda item: item.name):
         state = "disabled" if config.instrumentation_disabled(instrumentor.name) else "enabled"
+        if state == "enabled" and loader.SUPERSEDED_BY.get(instrumentor.value) in enabled:
+            state = "replaced"  # by one of ours that does the same and more (see loader.SUPERSEDED_BY)
         targets = ", ".join(instrumentor.modules)
         out.write(f"  {instrumentor.name:<24} {state:<9} on import of {targets}  ({instrumentor.dist})\n")
     if not instrumentors:
