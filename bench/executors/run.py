@@ -11,6 +11,8 @@ No span is exported in any mode: the cost measured is context propagation, not e
 Modes:
   plain                      python, no agent
   logfire-run                logfire-run (executors instrumentor)
+  logfire-run -executors     logfire-run with the executors instrumentor disabled (the agent's
+                             presence alone; OpenTelemetry's threading instrumentor takes over threads)
   otel-instrument            opentelemetry-instrument with its threading instrumentor (ours disabled)
   otel-instrument+executors  opentelemetry-instrument loading ours too (it supersedes theirs)
 """
@@ -40,6 +42,10 @@ def modes() -> dict[str, tuple[list[str], dict[str, str]]]:
     return {
         "plain": ([python, WORKLOAD], {}),
         "logfire-run": ([str(BIN / "logfire-run"), "--exporter", "none", python, WORKLOAD], {}),
+        "logfire-run -executors": (
+            [str(BIN / "logfire-run"), "--exporter", "none", "--disable", "executors", python, WORKLOAD],
+            {},
+        ),
         "otel-instrument": (
             [str(BIN / "opentelemetry-instrument"), python, WORKLOAD],
             {**OTEL_QUIET, "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": "executors"},
