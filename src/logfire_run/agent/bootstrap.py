@@ -305,9 +305,18 @@ def _flushing_exit(status: int) -> NoReturn:
     _real_exit(status)
 
 
+_sigterm_flushing = False
+
+
 def _flush_on_sigterm(signum: int, frame: object) -> None:
+    global _sigterm_flushing
     import signal
 
+    if _sigterm_flushing:
+        # A second SIGTERM during the flush (a broken ProcessPoolExecutor terminates its workers twice
+        # on Python 3.12+) would cut it short: the first one finishes and ends the process.
+        return
+    _sigterm_flushing = True
     try:
         if _agent is not None:
             _agent.shutdown()

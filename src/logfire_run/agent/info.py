@@ -53,8 +53,9 @@ def print_info(config: Config, flag_settings: dict[str, str]) -> int:
     out.write("\ninstrumentors (entry points; each loads when your code first imports its target):\n")
     instrumentors = loader.discover(use_cache=False)
     disabled_by = _disabled_source(config, flag_settings)
+    enabled = {item.value for item in instrumentors if not config.instrumentation_disabled(item.name)}
     for instrumentor in sorted(instrumentors, key=lambda item: item.name):
-        state, detail = _state(instrumentor, config, disabled_by)
+        state, detail = _state(instrumentor, config, disabled_by, enabled)
         out.write(f"  {instrumentor.name:<16} {state:<9} {detail}\n")
     if not instrumentors:
         out.write("  none found: pip install 'logfire-run[http,celery]'\n")
@@ -73,8 +74,10 @@ def _disabled_source(config: Config, flag_settings: dict[str, str]) -> str:
     return source.removeprefix("env ") or "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS"
 
 
-def _state(instrumentor: Instrumentor, config: Config, disabled_by: str) -> tuple[str, str]:
-    """(state, why) of one instrumentor: enabled, disabled (by which setting) or skipped (and why)."""
+def _state(
+    instrumentor: Instrumentor, config: Config, disabled_by: str, enabled: set[str]
+) -> tuple[str, str]:
+    """(state, why) of one instrumentor: enabled, disabled (by which setting), replaced or skipped."""
     from importlib.util import find_spec
 
     from logfire_run.instrumentors import loader
@@ -83,6 +86,10 @@ def _state(instrumentor: Instrumentor, config: Config, disabled_by: str) -> tupl
     if config.instrumentation_disabled(instrumentor.name):
         how = "'*'" if "*" in config.disabled_instrumentations else "its name"
         return "disabled", f"by {disabled_by} ({how})  {origin}"
+    replacement = loader.SUPERSEDED_BY.get(instrumentor.value)
+    if replacement in enabled:
+        # One of ours does the same and more; both would wrap the same functions.
+        return "replaced", f"by {replacement.partition(':')[0]}  {origin}"
     try:
         conflict = loader.version_conflict(instrumentor)
     except Exception as error:

@@ -34,7 +34,7 @@ _CACHE_FORMAT = 1
 
 #: Our own instrumentors say here what they instrument; OpenTelemetry's say it in their metadata.
 OWN_TARGETS: dict[str, tuple[str, ...]] = {
-    "logfire_run.instrumentors.executors": ("concurrent.futures",),
+    "logfire_run.instrumentors.executors": ("threading", "concurrent.futures"),
     "logfire_run.instrumentors.celery": ("celery",),
 }
 
@@ -43,6 +43,14 @@ OWN_TARGETS: dict[str, tuple[str, ...]] = {
 #: trace across services reads client -> server -> client -> server (docs/http.md).
 INSTRUMENT_OPTIONS: dict[str, dict[str, object]] = {
     "fastapi": {"exclude_spans": ["receive", "send"]},
+}
+
+#: OpenTelemetry instrumentors that one of ours replaces: not loaded while ours is enabled.
+SUPERSEDED_BY: dict[str, str] = {
+    # The executors instrumentor propagates into threads and thread pools too; both would wrap twice.
+    "opentelemetry.instrumentation.threading:ThreadingInstrumentor": (
+        "logfire_run.instrumentors.executors:ExecutorInstrumentor"
+    ),
 }
 
 
@@ -228,9 +236,16 @@ def _targets(
 def register_hooks(config: Config) -> list[Instrumentor]:
     """Register a post-import hook for each enabled instrumentor; return the ones registered."""
     registered: list[Instrumentor] = []
-    for instrumentor in discover():
+    found = discover()
+    enabled = {item.value for item in found if not config.instrumentation_disabled(item.name)}
+    for instrumentor in found:
         if config.instrumentation_disabled(instrumentor.name):
             report.debug(f"instrumentor {instrumentor.name} is disabled")
+            continue
+        if SUPERSEDED_BY.get(instrumentor.value) in enabled:
+            report.debug(
+                f"instrumentor {instrumentor.name} is superseded by {SUPERSEDED_BY[instrumentor.value]}"
+            )
             continue
         for module_name in instrumentor.modules:
             importhooks.register(module_name, _hook_for(instrumentor))

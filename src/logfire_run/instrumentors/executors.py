@@ -1,0 +1,422 @@
+"""Thread and process pools, and plain threads: work runs as a child of the span that handed it over.
+
+What it patches (with wrapt unless said otherwise, when `instrument()` runs; each module when it is
+first imported):
+
+- `threading.Thread.start` records the starting thread's OpenTelemetry context, and the new thread
+  runs with it (around `Thread._bootstrap_inner`, so `Timer` and subclasses overriding `run` are
+  covered). A pool's own worker threads are left out: they serve every submitter, not the first one.
+- `concurrent.futures.thread._WorkItem` (replaced by a subclass, for speed): created by
+  `ThreadPoolExecutor.submit` in the submitting thread, it records the context there, and its `run`
+  makes it current in the worker and restores the worker's own afterwards. Everything that creates
+  a work item is covered: `submit`, `map`, `loop.run_in_executor`, subclasses that override `submit`
+  and call `super()`. The callable, its arguments, its return value and its exception (with its
+  traceback) are never touched.
+- `ProcessPoolExecutor.submit` sends the callable to the worker inside `TaskInContext` with the
+  carrier of the current context (what `get_context()` returns); `ProcessPoolExecutor.__init__` adds
+  a once-per-worker initializer that brings configuration set in code into spawn and forkserver
+  workers. See `_executors_worker` for the worker side and how spans get out of workers.
+
+When it is enabled: `logfire-run` activates it when `threading` or `concurrent.futures` is first
+imported (once the SDK is up); it is an `opentelemetry_instrumentor` entry point, so
+`opentelemetry-instrument` loads it too. `OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=executors` turns it off.
+
+OpenTelemetry's own `threading` instrumentor does a subset of this (without process pools, without
+subclasses overriding `run`, and at about twice the cost per submit). The two never both propagate:
+logfire-run's loader does not load it while this one is enabled, and if it is instrumented anyway
+(`opentelemetry-instrument` loads both, or the app calls it), this instrumentor takes its place: it
+undoes its patches if it came first and makes its `instrument()` a no-op if it comes later. Its
+patches come back when this instrumentor is uninstrumented. See docs/executors.md.
+
+Where it stops: executors that do not use `concurrent.futures`' work items or `ProcessPoolExecutor`
+(a hand-written pool over `queue.Queue`, `multiprocessing.Pool`) are not covered; `get_context()` and
+`attach_context()` are there for those.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Collection
+from typing import Any
+
+from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
+
+from logfire_run.agent import importhooks, report
+from logfire_run.instrumentors._executors_worker import TaskInContext, WorkerSetup, context_functions
+
+__all__ = ["ExecutorInstrumentor"]
+
+_OTEL_THREADING = "opentelemetry.instrumentation.threading"
+
+# The attribute that carries a captured context on Thread and _WorkItem objects.
+_ATTRIBUTE = "_logfire_run_context"
+
+# Patched (owner, attribute) pairs and replaced (module, name, original) globals, for uninstrument.
+_patched: list[tuple[type, str]] = []
+_replaced: list[tuple[Any, str, Any]] = []
+_active = False
+
+
+class ExecutorInstrumentor(BaseInstrumentor):  # type: ignore[misc]
+    """Context propagation into threads, thread pools and process pools; see the module docstring."""
+
+    def instrumentation_dependencies(self) -> Collection[str]:
+        return ()
+
+    def _instrument(self, **kwargs: Any) -> None:
+        global _active
+        import threading
+
+        _active = True
+        _fast_context.load()
+        _take_over_from_otel_threading()
+        _patch_threading(threading)
+        for name, patch in (
+            ("concurrent.futures.thread", _patch_thread_pool),
+            ("concurrent.futures.process", _patch_process_pool),
+        ):
+            # Not imported here: importing concurrent.futures.process costs multiprocessing, which an
+            # app that only uses threads (asyncio imports concurrent.futures) should not pay for.
+            if importhooks.already_imported(name):
+                patch(sys.modules[name])
+            else:
+                importhooks.register(name, _if_active(patch))
+
+    def _uninstrument(self, **kwargs: Any) -> None:
+        global _active
+        _active = False
+        while _patched:
+            owner, attribute = _patched.pop()
+            _unwrap(owner, attribute)
+        while _replaced:
+            module, name, original = _replaced.pop()
+            if getattr(getattr(module, name, None), "_logfire_run_original", None) is original:
+                setattr(module, name, original)
+        _hand_back_to_otel_threading()
+
+
+def _if_active(patch: Callable[[Any], None]) -> Callable[[Any], None]:
+    def hook(module: Any) -> None:
+        if _active:
+            patch(module)
+
+    return hook
+
+
+def _wrap(owner: type, attribute: str, wrapper: Callable[..., Any]) -> None:
+    import wrapt
+
+    if getattr(owner.__dict__.get(attribute), "_self_wrapper", None) is wrapper:
+        return  # a hook left from an earlier instrument() ran as well
+    wrapt.wrap_function_wrapper(owner, attribute, wrapper)
+    _patched.append((owner, attribute))
+
+
+def _unwrap(owner: type, attribute: str) -> None:
+    current = owner.__dict__.get(attribute)
+    if getattr(current, "_self_wrapper", None) in _WRAPPERS:
+        setattr(owner, attribute, current.__wrapped__)  # type: ignore[union-attr]
+    else:
+        # Someone wrapped on top of ours; taking their layer off would be worse than leaving ours.
+        report.debug(f"{owner.__qualname__}.{attribute} was wrapped again after us; left as it is")
+
+
+def _innermost(function: object) -> object:
+    while hasattr(function, "__wrapped__"):
+        function = function.__wrapped__
+    return function
+
+
+class _FastContext:
+    """The current-context functions, chosen once per `instrument()` (see `context_functions`)."""
+
+    get: Callable[[], Any]
+    set: Callable[[Any], Any]
+    reset: Callable[[Any], None]
+
+    def load(self) -> None:
+        self.get, self.set, self.reset = context_functions()
+
+
+_fast_context = _FastContext()
+
+
+# Threads
+
+
+_skip_targets: set[object] = set()
+
+
+def _patch_threading(threading: Any) -> None:
+    _wrap(threading.Thread, "start", _thread_start)
+    if not _THREAD_HAS_CONTEXT:
+        _wrap(threading.Thread, "_bootstrap_inner", _thread_bootstrap)
+
+
+# Python 3.14 gave Thread a `context`: the contextvars.Context its run() executes in, chosen in start().
+_THREAD_HAS_CONTEXT = sys.version_info >= (3, 14)
+
+
+def _thread_start(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
+    if getattr(instance, "_target", None) not in _skip_targets:
+        captured = _fast_context.get()
+        if not _THREAD_HAS_CONTEXT:
+            instance.__dict__[_ATTRIBUTE] = captured
+        elif getattr(instance, "_context", 0) is None and not getattr(sys.flags, "thread_inherit_context", 0):
+            import contextvars
+
+            # The thread would run in an empty Context (an explicit `context=` is left alone, and with
+            # thread_inherit_context it copies the starter's, span included): give it one holding the span.
+            fresh = contextvars.Context()
+            fresh.run(_fast_context.set, captured)
+            instance._context = fresh
+    return wrapped(*args, **kwargs)
+
+
+def _thread_bootstrap(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
+    captured = instance.__dict__.pop(_ATTRIBUTE, None)
+    if captured is None:
+        return wrapped(*args, **kwargs)
+    token = _fast_context.set(captured)
+    try:
+        return wrapped(*args, **kwargs)
+    finally:
+        _fast_context.reset(token)
+
+
+# Thread pools
+
+
+def _patch_thread_pool(module: Any) -> None:
+    # The pool's worker threads take no context from whoever happened to start them.
+    worker = getattr(module, "_worker", None)
+    if worker is not None:
+        _skip_targets.add(worker)
+    original = module._WorkItem
+    if getattr(original, "_logfire_run_original", None) is not None:
+        return  # already ours
+    get, attach, detach = _fast_context.get, _fast_context.set, _fast_context.reset
+    original_init, original_run = original.__init__, original.run
+
+    # This one is a subclass put in the module's `_WorkItem` name (which `submit` looks up on every
+    # call) rather than two wrapt wrappers: wrapt binds a wrapper object on every call of a wrapped
+    # method, about 1.2 us each here, which alone would exceed the 2 us budget of a thread hop.
+    # Capturing happens in __init__, in the submitting thread: submit(), map() and run_in_executor()
+    # all come through there. run() resets by token: whatever the task attached and left behind goes
+    # too, so a reused worker starts its next task from its own context; the task's exception is
+    # caught and stored by the original run(), so no frame of ours is in its traceback.
+    if _parameters(original_init) == ("self", "future", "fn", "args", "kwargs") and _parameters(
+        original_run
+    ) == ("self",):
+        # Python 3.10 to 3.13: the same signatures, without packing *args (most of the cost of the override).
+        class WorkItem(original):  # type: ignore[misc,valid-type]
+            _logfire_run_original = original
+
+            def __init__(self, future: Any, fn: Any, args: Any, kwargs: Any) -> None:
+                original_init(self, future, fn, args, kwargs)
+                self._logfire_run_context = get()
+
+            def run(self) -> Any:
+                token = attach(self._logfire_run_context)
+                try:
+                    return original_run(self)
+                finally:
+                    detach(token)
+
+    else:
+
+        class WorkItem(original):  # type: ignore[misc,valid-type,no-redef]
+            _logfire_run_original = original
+
+            def __init__(self, *args: Any, **kwargs: Any) -> None:
+                original_init(self, *args, **kwargs)
+                self._logfire_run_context = get()
+
+            def run(self, *args: Any, **kwargs: Any) -> Any:
+                token = attach(self._logfire_run_context)
+                try:
+                    return original_run(self, *args, **kwargs)
+                finally:
+                    detach(token)
+
+    WorkItem.__name__, WorkItem.__qualname__ = original.__name__, original.__qualname__
+    WorkItem.__module__ = original.__module__
+    module._WorkItem = WorkItem
+    _replaced.append((module, "_WorkItem", original))
+
+
+def _parameters(function: Any) -> tuple[str, ...]:
+    code = getattr(function, "__code__", None)
+    return tuple(code.co_varnames[: code.co_argcount]) if code is not None else ()
+
+
+# Process pools
+
+
+def _patch_process_pool(module: Any) -> None:
+    _wrap(module.ProcessPoolExecutor, "__init__", _process_pool_init)
+    _wrap(module.ProcessPoolExecutor, "submit", _process_submit)
+
+
+_last_carrier: tuple[object, dict[str, str]] = (None, {})
+
+
+def _carrier() -> dict[str, str]:
+    """The current context as a carrier, as `get_context()` writes it; reused while it is unchanged."""
+    global _last_carrier
+    current = _fast_context.get()
+    last = _last_carrier
+    if last[0] is current:
+        return last[1]
+    from opentelemetry import propagate
+
+    # Through the global propagator, which is the agent's policy when the agent runs (injection is
+    # never gated) and OpenTelemetry's own under opentelemetry-instrument.
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier, current)
+    _last_carrier = (current, carrier)
+    return carrier
+
+
+def _process_submit(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
+    if not args:
+        return wrapped(*args, **kwargs)  # the original's own TypeError
+    try:
+        task = TaskInContext(args[0], _carrier())
+    except Exception as error:
+        report.problem("executors:carrier", f"could not read the trace context for a process pool ({error})")
+        return wrapped(*args, **kwargs)
+    return wrapped(task, *args[1:], **kwargs)
+
+
+_INIT_PARAMETERS = ("max_workers", "mp_context", "initializer", "initargs")
+
+
+def _process_pool_init(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
+    try:
+        arguments = _with_worker_setup(args, kwargs)
+    except Exception as error:
+        report.problem(
+            "executors:init", f"could not prepare process pool workers ({type(error).__name__}: {error})"
+        )
+        arguments = None
+    if arguments is None:
+        return wrapped(*args, **kwargs)
+    return wrapped(**arguments)
+
+
+def _with_worker_setup(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any] | None:
+    """The constructor's arguments with `WorkerSetup` as initializer, or None to leave them alone.
+
+    Only for start methods whose workers do not inherit the parent's memory (spawn, forkserver),
+    and only when the agent runs here and its children are meant to be traced. Anything the
+    constructor would refuse is left for it to refuse, with its own message.
+    """
+    if len(args) > len(_INIT_PARAMETERS) or any(name in kwargs for name in _INIT_PARAMETERS[: len(args)]):
+        return None
+    arguments = dict(zip(_INIT_PARAMETERS, args, strict=False))
+    arguments.update(kwargs)
+    initializer = arguments.get("initializer")
+    if initializer is not None and not callable(initializer):
+        return None
+    settings = _settings_for_workers()
+    if settings is None:
+        return None
+    mp_context = arguments.get("mp_context")
+    if mp_context is None:
+        import multiprocessing
+
+        # The executor picks the same default context right after, so asking for it changes nothing.
+        mp_context = multiprocessing.get_context()
+    if mp_context.get_start_method() == "fork":
+        return None  # forked workers have the parent's agent and configuration already
+    import pickle
+
+    try:
+        pickle.dumps(settings)
+    except Exception as error:
+        report.problem(
+            "executors:config-pickle",
+            "the configuration set with logfire_run.configure() cannot be sent to process pool workers "
+            f"({type(error).__name__}: {error}); spawn and forkserver workers of this process run "
+            "with the configuration from the environment only",
+        )
+        return None
+    arguments["initializer"] = WorkerSetup(settings, initializer, arguments.get("initargs", ()))
+    arguments["initargs"] = ()
+    return arguments
+
+
+def _settings_for_workers() -> dict[str, Any] | None:
+    from logfire_run.agent import bootstrap
+
+    if bootstrap.agent() is None:
+        return None  # not our agent (opentelemetry-instrument): workers rely on the environment
+    config = bootstrap.get_config()
+    if not config.inherit:
+        return None
+    settings = {
+        name: getattr(config, name) for name, source in config.sources.items() if source == "configure()"
+    }
+    # A spawned worker's own default name would be the interpreter's ("python"): it is this service.
+    settings.setdefault("service_name", config.resolved_service_name())
+    return settings
+
+
+# OpenTelemetry's threading instrumentor
+
+
+def _take_over_from_otel_threading() -> None:
+    if importhooks.already_imported(_OTEL_THREADING):
+        _neutralize(sys.modules[_OTEL_THREADING])
+    else:
+        importhooks.register(_OTEL_THREADING, _if_active(_neutralize))
+
+
+def _neutralize(module: Any) -> None:
+    instrumentor = getattr(module, "ThreadingInstrumentor", None)
+    if instrumentor is None:
+        return
+    instance = instrumentor()
+    if instance.is_instrumented_by_opentelemetry:
+        instance._uninstrument()  # its patches come off; its flag stays, so a later instrument() is quiet
+        _remove_leftover_timer_start()
+    # Instance attributes shadow its methods: instrumenting it while this one is active does nothing.
+    instance._instrument = _do_nothing
+    instance._uninstrument = _do_nothing
+    report.debug("OpenTelemetry's threading instrumentor is superseded by the executors instrumentor")
+
+
+def _remove_leftover_timer_start() -> None:
+    # Its Timer.start wrapper wraps its own Thread.start wrapper, and its uninstrument puts back only
+    # the latter, as Timer's own attribute: left there, it would hide the real Thread.start from Timer.
+    import threading
+
+    leftover = threading.Timer.__dict__.get("start")
+    if leftover is not None and _innermost(leftover) is _innermost(threading.Thread.__dict__["start"]):
+        del threading.Timer.start
+
+
+def _hand_back_to_otel_threading() -> None:
+    module = sys.modules.get(_OTEL_THREADING)
+    instrumentor = getattr(module, "ThreadingInstrumentor", None)
+    if instrumentor is None:
+        return
+    instance = instrumentor()
+    shadowed = "_instrument" in instance.__dict__
+    instance.__dict__.pop("_instrument", None)
+    instance.__dict__.pop("_uninstrument", None)
+    if shadowed and instance.is_instrumented_by_opentelemetry:
+        instance._instrument()  # it was asked for: it propagates from now on
+
+
+def _do_nothing(**kwargs: Any) -> None:
+    pass
+
+
+_WRAPPERS = (
+    _thread_start,
+    _thread_bootstrap,
+    _process_pool_init,
+    _process_submit,
+)
