@@ -210,7 +210,7 @@ def ensure_sdk() -> bool:
             )
             return False
     _install_sigterm_flush()
-    _install_exit_flush()
+    install_exit_flush()
     _run_deferred()
     return True
 
@@ -292,7 +292,7 @@ EXIT_FLUSH_MILLIS = 5000
 _real_exit = os._exit
 
 
-def _install_exit_flush() -> None:
+def install_exit_flush() -> None:
     os._exit = _flushing_exit
 
 

@@ -216,7 +216,7 @@ def _arrange_flush() -> None:
 
     if bootstrap.started():
         # A task that calls os._exit skips everything above; bootstrap's exit flushes first (5 s max).
-        bootstrap._patch_exit_in_child()
+        bootstrap.install_exit_flush()
     # SIGTERM (a broken pool terminates its workers) is bootstrap's: it flushes when the SDK comes up.
 
 
