@@ -181,3 +181,16 @@ def test_flags_reach_the_app_as_environment() -> None:
     )
     assert result.returncode == 0
     assert result.stdout == "svc link\n"
+
+
+def test_every_setting_is_documented_in_the_readme_and_help() -> None:
+    from logfire_run.agent.settings import SETTINGS
+
+    from conftest import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    help_text = run_launcher(["--help"], agent_env()).stdout
+    for setting in SETTINGS:
+        assert f"`{setting.flag}" in readme, setting.flag
+        assert setting.env in readme, setting.env
+        assert setting.flag in help_text and setting.env in help_text

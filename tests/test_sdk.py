@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -227,3 +228,46 @@ def test_console_exporter_writes_to_stderr_only() -> None:
     assert result.returncode == 0
     assert result.stdout == "out\n"
     assert '"name": "work"' in result.stderr
+
+
+def test_fork_during_an_export_does_not_hang_the_child(tmp_path: Path) -> None:
+    # An export that imports a module lazily (as requests does with netrc) is in flight when the app
+    # forks; the child then imports the same module. Without the guard the child inherits the
+    # module's import lock held by a thread it does not have, and hangs.
+    (tmp_path / "slow_module.py").write_text("import time\ntime.sleep(1.0)\n")
+    code = textwrap.dedent(
+        """
+        import os, signal, sys, threading, time
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+        from logfire_run.agent.sdk import ForkSafeExporter
+
+        class LazyImportingExporter(SpanExporter):
+            def export(self, spans):
+                import slow_module  # noqa: F401
+                return SpanExportResult.SUCCESS
+
+        provider = TracerProvider()
+        provider.add_span_processor(BatchSpanProcessor(ForkSafeExporter(LazyImportingExporter())))
+        with provider.get_tracer("t").start_as_current_span("s"):
+            pass
+        threading.Thread(target=provider.force_flush).start()
+        time.sleep(0.3)  # the export is now importing slow_module
+        pid = os.fork()
+        if pid == 0:
+            signal.alarm(10)
+            import slow_module  # noqa: F401
+            os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        print("child", os.waitstatus_to_exitcode(status))
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=agent_env(),
+    )
+    assert result.stdout == "child 0\n", result.stderr

@@ -11,16 +11,19 @@ the app's spans are exported once, by the agent's exporters. See docs/configurat
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
 import threading
+import weakref
+from collections.abc import Callable, Sequence
 
 from opentelemetry import trace
 from opentelemetry.context import Context, get_value
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.trace import SpanContext
 from opentelemetry.util.types import Attributes
 
@@ -47,7 +50,7 @@ class ExportingSpanProcessor(SpanProcessor):
         for name in names:
             exporter = build_exporter(name, config)
             if exporter is not None:
-                processors.append(BatchSpanProcessor(exporter))
+                processors.append(BatchSpanProcessor(ForkSafeExporter(exporter)))
         with self._lock:
             old, self._processors, self.names = self._processors, tuple(processors), names
         for processor in old:
@@ -67,6 +70,67 @@ class ExportingSpanProcessor(SpanProcessor):
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         return all([processor.force_flush(timeout_millis) for processor in self._processors])
+
+
+class ForkSafeExporter(SpanExporter):
+    """Keeps `fork()` from landing in the middle of an export.
+
+    The batch processor exports from its own thread, and exporting may import a module lazily
+    (requests imports `netrc` on every request). A fork at that moment copies the module's import lock
+    held by a thread that does not exist in the child, and the child's first import of that module
+    hangs for ever. So a fork waits for the export in flight, a bounded time: an export stuck retrying
+    against a dead backend sleeps rather than imports, and the fork goes ahead after the wait.
+    """
+
+    FORK_WAIT_SECONDS = 2.0
+
+    def __init__(self, inner: SpanExporter) -> None:
+        self.inner = inner
+        self._lock = threading.Lock()
+        self._held_for_fork = False
+        _fork_safe_exporters.add(self)
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        with self._lock:
+            return self.inner.export(spans)
+
+    def shutdown(self) -> None:
+        self.inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self.inner.force_flush(timeout_millis)
+
+    def _before_fork(self) -> None:
+        self._held_for_fork = self._lock.acquire(timeout=self.FORK_WAIT_SECONDS)
+
+    def _after_fork_in_parent(self) -> None:
+        if self._held_for_fork:
+            self._held_for_fork = False
+            self._lock.release()
+
+    def _after_fork_in_child(self) -> None:
+        self._held_for_fork = False
+        self._lock = threading.Lock()
+
+
+_fork_safe_exporters: weakref.WeakSet[ForkSafeExporter] = weakref.WeakSet()
+
+
+def _each_fork_safe_exporter(method: str) -> Callable[[], None]:
+    def run() -> None:
+        for exporter in list(_fork_safe_exporters):
+            with contextlib.suppress(Exception):
+                getattr(exporter, method)()
+
+    return run
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(
+        before=_each_fork_safe_exporter("_before_fork"),
+        after_in_parent=_each_fork_safe_exporter("_after_fork_in_parent"),
+        after_in_child=_each_fork_safe_exporter("_after_fork_in_child"),
+    )
 
 
 def build_exporter(name: str, config: Config) -> SpanExporter | None:
