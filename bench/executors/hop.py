@@ -75,11 +75,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--tasks", type=int, default=100_000)
     options = parser.parse_args()
+    tracer = trace.get_tracer("bench")  # the agent's SDK, and with it its executors instrumentor, start here
     ours, theirs = executors.ExecutorInstrumentor(), ThreadingInstrumentor()
     if not ours.is_instrumented_by_opentelemetry:
         sys.exit("run this under logfire-run, with the executors instrumentor enabled")
     results: dict[str, dict[str, list[float]]] = {"thread": {}, "process": {}}
-    with trace.get_tracer("bench").start_as_current_span("bench"):
+    with tracer.start_as_current_span("bench"):
         for _ in range(options.rounds):
             ours.uninstrument()
             results["thread"].setdefault("none", []).append(thread_hop(options.tasks))
