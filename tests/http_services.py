@@ -64,20 +64,8 @@ COMMANDS: dict[str, list[str]] = {
         "warning",
         "--no-access-log",
     ],
-    "uvicorn-workers": [
-        "uvicorn",
-        "service_b:app",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "{port}",
-        "--log-level",
-        "warning",
-        "--no-access-log",
-        "--workers",
-        "2",
-    ],
 }
+COMMANDS["uvicorn-workers"] = [*COMMANDS["uvicorn"], "--workers", "2"]
 
 
 class Service:

@@ -10,9 +10,9 @@ import json
 import sys
 import time
 
-from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
+from spans import make_server_spans
 
 from logfire_run.agent.store import StoreExporter
 
@@ -33,18 +33,7 @@ def main() -> None:
     provider = TracerProvider(resource=Resource.create({"service.name": "ingest"}))
     provider.add_span_processor(keep)
     tracer = provider.get_tracer("bench.store")
-    for index in range(count):
-        with tracer.start_as_current_span(
-            "GET /items/{item_id}",
-            kind=trace.SpanKind.SERVER,
-            attributes={
-                "http.request.method": "GET",
-                "http.route": "/items/{item_id}",
-                "url.path": f"/items/{index}",
-                "http.response.status_code": 200,
-            },
-        ):
-            pass
+    make_server_spans(tracer, count)
     exporter = StoreExporter(path)
     while time.time() < start_at:  # every writer starts together, after all have made their spans
         time.sleep(0.001)
