@@ -33,7 +33,7 @@ def _as_launched(user_dir: Path) -> dict[str, str]:
     These tests run the app's interpreter directly with it: the launcher is a Python process of its
     own, which (like `opentelemetry-instrument`) runs the user's sitecustomize for itself before exec.
     """
-    from logfire_run.agent.bootstrap import SITECUSTOMIZE_DIR
+    from logfire_run.agent.paths import SITECUSTOMIZE_DIR
 
     return agent_env(PYTHONPATH=os.pathsep.join([SITECUSTOMIZE_DIR, str(user_dir)]))
 

@@ -611,15 +611,15 @@ CONFIGURED_IN_CODE_APP = """
     if __name__ == "__main__":
         logfire_run.configure(service_name="configured-in-code", exporters="otlp")
         if sys.argv[1] == "unpicklable":
-            from logfire_run.agent import bootstrap
+            from logfire_run.agent import state
 
             class Unpicklable(str):
                 def __reduce__(self):
                     raise TypeError("this value cannot be pickled")
 
             # No setting can hold such a value today; a future one might.
-            bootstrap.get_config().sources["store_path"] = "configure()"
-            bootstrap.get_config().store_path = Unpicklable("somewhere")
+            state.config().sources["store_path"] = "configure()"
+            state.config().store_path = Unpicklable("somewhere")
         for method in ("spawn", "forkserver"):
             with logfire_run.span(method):
                 with cf.ProcessPoolExecutor(

@@ -118,15 +118,18 @@ def test_the_agent_swaps_in_the_strict_w3c_propagators(tmp_path: Path) -> None:
         "from opentelemetry import propagate\n"
         "policy = propagate.get_global_textmap()\n"
         "inner = policy.inner\n"
-        "print(type(policy).__name__, [type(p).__name__ for p in getattr(inner, '_propagators', [inner])])\n"
+        "def name(kind): return f'{kind.__module__}.{kind.__qualname__}'\n"
+        "print(name(type(policy)), [name(type(p)) for p in getattr(inner, '_propagators', [inner])])\n"
     )
+    ours = "logfire_run.agent.w3c"
+    trace_context, baggage = f"'{ours}.StrictTraceContextPropagator'", f"'{ours}.StrictBaggagePropagator'"
     for propagators, expected in [
-        (None, "['W3CTraceContextPropagator', 'W3CBaggagePropagator']"),
-        ("tracecontext", "['W3CTraceContextPropagator']"),
-        ("baggage,tracecontext", "['W3CBaggagePropagator', 'W3CTraceContextPropagator']"),
+        (None, f"[{trace_context}, {baggage}]"),
+        ("tracecontext", f"[{trace_context}]"),
+        ("baggage,tracecontext", f"[{baggage}, {trace_context}]"),
     ]:
         extra = {} if propagators is None else {"OTEL_PROPAGATORS": propagators}
         result = run_launcher(["--exporter", "none", "python", str(script)], agent_env(**extra))
         assert result.returncode == 0, result.stderr
-        assert result.stdout.strip() == f"DistributedTracingPolicy {expected}"
+        assert result.stdout.strip() == f"logfire_run.agent.policy.DistributedTracingPolicy {expected}"
         assert_clean_stderr(result.stderr)

@@ -18,8 +18,8 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, Trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from logfire_run.agent.w3c import (
-    W3CBaggagePropagator,
-    W3CTraceContextPropagator,
+    StrictBaggagePropagator,
+    StrictTraceContextPropagator,
     W3CTraceState,
     parse_baggage,
     parse_traceparent,
@@ -193,7 +193,7 @@ def _span_context(context: Context) -> SpanContext:
 
 def test_extract_builds_a_remote_parent_with_the_parsed_tracestate() -> None:
     carrier = {"traceparent": VALID, "tracestate": "foo@bar@baz=1,a=1,a=2,Bad=3"}
-    span_context = _span_context(W3CTraceContextPropagator().extract(carrier))
+    span_context = _span_context(StrictTraceContextPropagator().extract(carrier))
     assert span_context.is_valid and span_context.is_remote
     assert (span_context.trace_id, span_context.span_id) == (int(TRACE, 16), int(PARENT, 16))
     assert span_context.trace_flags.sampled
@@ -201,7 +201,7 @@ def test_extract_builds_a_remote_parent_with_the_parsed_tracestate() -> None:
 
 
 def test_tracestate_is_not_read_without_a_valid_traceparent() -> None:
-    context = W3CTraceContextPropagator().extract({"traceparent": "garbage", "tracestate": "a=1"})
+    context = StrictTraceContextPropagator().extract({"traceparent": "garbage", "tracestate": "a=1"})
     assert not _span_context(context).is_valid
 
 
@@ -214,29 +214,29 @@ def test_extract_never_raises() -> None:
             return []
 
     base = Context()
-    assert W3CTraceContextPropagator().extract({}, base, Broken()) is base  # type: ignore[arg-type]
-    assert W3CBaggagePropagator().extract({}, base, Broken()) is base  # type: ignore[arg-type]
+    assert StrictTraceContextPropagator().extract({}, base, Broken()) is base  # type: ignore[arg-type]
+    assert StrictBaggagePropagator().extract({}, base, Broken()) is base  # type: ignore[arg-type]
     generator = random.Random(3)
     alphabet = "0123456789abcdefABCDEF-=,;@ \t%+\x00\x7fé\u0664"
     for _ in range(3000):
         text = "".join(generator.choice(alphabet) for _ in range(generator.randint(0, 80)))
         carrier = {"traceparent": text, "tracestate": text, "baggage": text}
-        W3CTraceContextPropagator().extract(carrier)
-        W3CBaggagePropagator().extract(carrier, Context())
-        W3CTraceContextPropagator().extract({"traceparent": f"00-{TRACE}-{PARENT}-01", "tracestate": text})
+        StrictTraceContextPropagator().extract(carrier)
+        StrictBaggagePropagator().extract(carrier, Context())
+        StrictTraceContextPropagator().extract({"traceparent": f"00-{TRACE}-{PARENT}-01", "tracestate": text})
 
 
 def test_malformed_headers_are_not_logged(caplog: pytest.LogCaptureFixture) -> None:
     # OpenTelemetry's parser logs a warning per malformed tracestate; an attacker could fill logs.
     caplog.set_level(logging.DEBUG)
     carrier = {"traceparent": VALID, "tracestate": "foo@bar@baz=1,BAD=2,a=1,a=2", "baggage": "b c=1,=2"}
-    W3CTraceContextPropagator().extract(carrier)
-    W3CBaggagePropagator().extract(carrier, Context())
+    StrictTraceContextPropagator().extract(carrier)
+    StrictBaggagePropagator().extract(carrier, Context())
     assert caplog.records == []
 
 
 def test_inject_is_byte_for_byte_opentelemetrys() -> None:
-    ours, theirs = W3CTraceContextPropagator(), TraceContextTextMapPropagator()
+    ours, theirs = StrictTraceContextPropagator(), TraceContextTextMapPropagator()
     for flags in (0, 1, 3):
         for state in (None, TraceState([("congo", "t61rcWkgMzE"), ("rojo", "00f067aa0ba902b7")])):
             span_context = SpanContext(int(TRACE, 16), int(PARENT, 16), False, TraceFlags(flags), state)
@@ -254,10 +254,10 @@ def test_inject_is_byte_for_byte_opentelemetrys() -> None:
             )
     with_baggage = baggage.set_baggage("user", "a b+c", baggage.set_baggage("tier", "gold"))
     mine, reference = {}, {}
-    W3CBaggagePropagator().inject(mine, with_baggage)
+    StrictBaggagePropagator().inject(mine, with_baggage)
     OtelBaggagePropagator().inject(reference, with_baggage)
     assert mine == reference
-    assert baggage.get_all(W3CBaggagePropagator().extract(mine, Context())) == {
+    assert baggage.get_all(StrictBaggagePropagator().extract(mine, Context())) == {
         "tier": "gold",
         "user": "a b+c",
     }
@@ -297,7 +297,7 @@ def test_baggage_limits_keep_what_fits() -> None:
 
 def test_baggage_extract_adds_to_the_given_context() -> None:
     base = baggage.set_baggage("existing", "1", Context())
-    context = W3CBaggagePropagator().extract({"baggage": "a=1,a=2"}, base)
+    context = StrictBaggagePropagator().extract({"baggage": "a=1,a=2"}, base)
     assert baggage.get_all(context) == {"existing": "1", "a": "2"}
 
 
@@ -309,8 +309,8 @@ def test_strict_propagator_replaces_opentelemetrys_w3c_propagators_only() -> Non
     strict = strict_propagator(composite)
     assert isinstance(strict, CompositePropagator)
     kinds = [type(item) for item in strict._propagators]  # type: ignore[attr-defined]
-    assert kinds == [W3CTraceContextPropagator, W3CBaggagePropagator]
-    assert type(strict_propagator(TraceContextTextMapPropagator())) is W3CTraceContextPropagator
+    assert kinds == [StrictTraceContextPropagator, StrictBaggagePropagator]
+    assert type(strict_propagator(TraceContextTextMapPropagator())) is StrictTraceContextPropagator
 
     class Custom(TraceContextTextMapPropagator):
         pass
@@ -319,5 +319,5 @@ def test_strict_propagator_replaces_opentelemetrys_w3c_propagators_only() -> Non
     assert strict_propagator(custom) is custom
     empty = CompositePropagator([])
     assert strict_propagator(empty) is empty
-    already = W3CTraceContextPropagator()
+    already = StrictTraceContextPropagator()
     assert strict_propagator(already) is already

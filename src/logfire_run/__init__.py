@@ -81,28 +81,37 @@ def error(message: str, **attributes: Any) -> None:
 
 def force_flush(timeout_millis: int = 30000) -> bool:
     """Export every ended span now; True when all exporters finished in time."""
-    from logfire_run._internal import running_agent
+    from logfire_run._internal import running_sdk
 
-    agent = running_agent()
-    return agent.force_flush(timeout_millis) if agent is not None else True
+    sdk = running_sdk()
+    return sdk.force_flush(timeout_millis) if sdk is not None else True
 
 
 def shutdown() -> None:
     """Flush and stop exporting; spans ended afterwards are dropped. Runs by itself at exit."""
-    from logfire_run.agent import bootstrap
+    from logfire_run.agent import state
 
-    agent = bootstrap.agent()
-    if agent is not None:
-        agent.shutdown()
+    state.shutdown()
+
+
+_cached_tracer: Any = None
 
 
 def _tracer() -> Any:
+    global _cached_tracer
+    tracer = _cached_tracer
+    if tracer is not None:
+        return tracer
     from opentelemetry import trace
 
-    from logfire_run._internal import running_agent
+    from logfire_run._internal import running_sdk
 
-    running_agent()
-    return trace.get_tracer("logfire_run", __version__)
+    sdk = running_sdk()
+    tracer = trace.get_tracer("logfire_run", __version__)
+    if sdk is not None:
+        # Kept once the SDK is up: a tracer from the installed provider stays valid for the process.
+        _cached_tracer = tracer
+    return tracer
 
 
 def _log(level: str, message: str, attributes: dict[str, Any]) -> None:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from logfire_run.agent.sdk import Agent
+    from logfire_run.agent.sdk import TracingSdk
 
 
-def running_agent() -> Agent | None:
-    """The agent of this process, started (with its SDK) if it was not; None when tracing is off."""
-    from logfire_run.agent import bootstrap
+def running_sdk() -> TracingSdk | None:
+    """This process's SDK, set up (and the agent started) if it was not; None when tracing is off."""
+    from logfire_run.agent import bootstrap, state
 
-    if bootstrap.agent() is None:
+    if state.sdk() is None:
         bootstrap.start("api")
-        bootstrap.ensure_sdk()
-    return bootstrap.agent()
+        state.start_sdk()
+    return state.sdk()

@@ -16,14 +16,15 @@ from contextlib import contextmanager
 from opentelemetry import context as context_api
 from opentelemetry import propagate as otel_propagate
 
-from logfire_run._internal import running_agent
+from logfire_run._internal import running_sdk
+from logfire_run.agent import state
 
 __all__ = ["attach_context", "get_context"]
 
 
 def get_context() -> dict[str, str]:
     """The current trace context as a carrier dict; empty when there is no active span or baggage."""
-    running_agent()
+    running_sdk()
     carrier: dict[str, str] = {}
     otel_propagate.inject(carrier)
     return carrier
@@ -38,18 +39,12 @@ def attach_context(carrier: Mapping[str, str] | None, *, third_party: bool = Fal
     have it obey the policy like inbound HTTP. An empty or malformed carrier starts a new trace: spans
     in the block have no parent. It never raises.
     """
-    agent = running_agent()
-    clean = _clean(carrier)
-    empty = context_api.Context()
+    running_sdk()
     try:
-        if agent is None:
-            extracted = otel_propagate.extract(clean, empty)
-        elif third_party:
-            extracted = agent.policy.extract(clean, empty)
-        else:
-            extracted = agent.policy.extract_first_party(clean, empty)
+        # First-party or not, this does not depend on the SDK having started (or failed).
+        extracted = state.extract(_clean(carrier), third_party=third_party)
     except Exception:
-        extracted = empty
+        extracted = context_api.Context()
     token = context_api.attach(extracted)
     try:
         yield

@@ -16,6 +16,7 @@ import os
 import sys
 
 from logfire_run.agent.config import resolve
+from logfire_run.agent.paths import SITECUSTOMIZE_DIR
 from logfire_run.agent.settings import SETTINGS, SETTINGS_BY_FLAG
 
 EXIT_USAGE = 2
@@ -146,8 +147,6 @@ def _find_executable(name: str) -> tuple[str | None, int, str]:
 
 
 def child_environment(settings: dict[str, str], base: dict[str, str]) -> dict[str, str]:
-    from logfire_run.agent.bootstrap import SITECUSTOMIZE_DIR
-
     env = dict(base)
     env.update(settings)
     existing = [entry for entry in env.get("PYTHONPATH", "").split(os.pathsep) if entry]

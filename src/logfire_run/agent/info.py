@@ -11,18 +11,11 @@ import sys
 
 from logfire_run.agent.config import Config
 from logfire_run.agent.settings import SETTINGS
+from logfire_run.instrumentors.loader import GROUPS
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from logfire_run.instrumentors.loader import Instrumentor
-
-
-def _show(value: object) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, tuple):
-        return ",".join(value) or "-"
-    return str(value)
+    from logfire_run.instrumentors.loader import EntryPointRecord
 
 
 def print_info(config: Config, flag_settings: dict[str, str]) -> int:
@@ -32,30 +25,23 @@ def print_info(config: Config, flag_settings: dict[str, str]) -> int:
     out = sys.stdout
     out.write(f"logfire-run {__version__} on Python {sys.version.split()[0]} ({sys.executable})\n\n")
     out.write("configuration:\n")
-    resolved = {
-        "service_name": config.resolved_service_name() if config.service_name else None,
-        "exporters": config.resolved_exporters(),
-        "store_path": config.resolved_store_path(),
-    }
     for setting in SETTINGS:
-        value = getattr(config, setting.name)
         source = config.sources.get(setting.name, "default")
         if setting.env in flag_settings:
             source = f"flag {setting.flag}"
-        shown = _show(resolved.get(setting.name, value)) if value in (None, ()) else _show(value)
-        if setting.name == "distributed_tracing" and value is None:
-            shown = "warn"
-        if setting.name == "service_name" and not config.service_name:
-            shown = "(the script or module name of each process)"
+        if setting.per_process and getattr(config, setting.name) == setting.unset:
+            shown = f"({setting.default} of each process)"
+        else:
+            shown = setting.kind.show(config.effective(setting.name))
         out.write(f"  {setting.name:<27} {shown:<40} {source}\n")
     if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
         out.write("  OTEL_SDK_DISABLED=true: the agent does nothing\n")
     out.write("\ninstrumentors (entry points; each loads when your code first imports its target):\n")
     instrumentors = loader.discover(use_cache=False)
     disabled_by = _disabled_source(config, flag_settings)
-    enabled = {item.value for item in instrumentors if not config.instrumentation_disabled(item.name)}
-    for instrumentor in sorted(instrumentors, key=lambda item: item.name):
-        state, detail = _state(instrumentor, config, disabled_by, enabled)
+    replaced = loader.superseded(instrumentors, config)
+    for instrumentor in sorted(instrumentors, key=lambda item: (item.name, item.group != GROUPS[1])):
+        state, detail = _state(instrumentor, config, disabled_by, replaced)
         out.write(f"  {instrumentor.name:<16} {state:<9} {detail}\n")
     if not instrumentors:
         out.write("  none found: pip install 'logfire-run[http,celery]'\n")
@@ -75,7 +61,7 @@ def _disabled_source(config: Config, flag_settings: dict[str, str]) -> str:
 
 
 def _state(
-    instrumentor: Instrumentor, config: Config, disabled_by: str, enabled: set[str]
+    instrumentor: EntryPointRecord, config: Config, disabled_by: str, replaced: dict[str, str]
 ) -> tuple[str, str]:
     """(state, why) of one instrumentor: enabled, disabled (by which setting), replaced or skipped."""
     from importlib.util import find_spec
@@ -86,10 +72,10 @@ def _state(
     if config.instrumentation_disabled(instrumentor.name):
         how = "'*'" if "*" in config.disabled_instrumentations else "its name"
         return "disabled", f"by {disabled_by} ({how})  {origin}"
-    replacement = loader.SUPERSEDED_BY.get(instrumentor.value)
-    if replacement in enabled:
-        # One of ours does the same and more; both would wrap the same functions.
-        return "replaced", f"by {replacement.partition(':')[0]}  {origin}"
+    replacement = replaced.get(instrumentor.value)
+    if replacement is not None:
+        # One of ours does the same and more (or corrects it and runs it): both would patch the same.
+        return "replaced", f"by logfire-run's {replacement}  {origin}"
     try:
         conflict = loader.version_conflict(instrumentor)
     except Exception as error:

@@ -11,9 +11,9 @@ False      refused: the caller's base context comes back untouched (no parent, n
 "link"     refused as with False; the root span started in the returned context links to the inbound one
 =========  ==================================================================================
 
-First-party extraction (`attach_context()`, Celery task headers) goes through `extract_first_party` or
-runs inside `first_party()`, and always extracts. The policy never nests: installing it again, or
-setting a new global propagator, only swaps what it wraps.
+First-party extraction (`attach_context()`, Celery task headers, pool workers' carriers) runs inside
+`first_party()` (or calls `extract_first_party`), and always extracts. The policy never nests:
+installing it again, or setting a new global propagator, only swaps what it wraps.
 
 This module needs only the OpenTelemetry API: the policy is installed as soon as
 `opentelemetry.propagate` is imported, whether or not the SDK has been set up.
@@ -40,7 +40,6 @@ from opentelemetry.propagators.textmap import (
 )
 
 from logfire_run.agent import report
-from logfire_run.agent.settings import parse_distributed_tracing
 from logfire_run.agent.w3c import strict_propagator
 
 TYPE_CHECKING = False
@@ -98,8 +97,9 @@ class DistributedTracingPolicy(TextMapPropagator):
 
     @mode.setter
     def mode(self, value: DistributedTracing) -> None:
-        if isinstance(value, str):
-            value = parse_distributed_tracing(value)
+        # Parsing is the settings table's (one parser); the process state is the one writer.
+        if not (value is None or value is True or value is False or value == "link"):
+            raise ValueError(f"distributed_tracing mode must be None, True, False or 'link', not {value!r}")
         self._mode = value
 
     def _reset_after_fork(self) -> None:

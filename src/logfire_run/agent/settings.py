@@ -1,15 +1,22 @@
-"""The one table of settings: launcher flag, environment variable, default and accepted values.
+"""The one table of settings: launcher flag, environment variable, type, default and accepted values.
 
 The launcher turns flags into environment variables through this table, the agent reads the same
-variables back through it, and `--help`, `--info` and the README's configuration table are written
-from it. Nothing here imports OpenTelemetry: the launcher and the bootstrap both load this module.
+variables back through it, `configure()` checks its keywords against it, and `--help`, `--info` and
+the README's configuration table are written from it. Everything that differs between two settings
+is a field of its row (`Setting`) or of its type (`Kind`): adding a setting is adding a row.
+
+Nothing here imports OpenTelemetry: the launcher and the bootstrap both load this module in every
+process, so it is stdlib only and defines no dataclasses (their import costs milliseconds).
 """
 
 from __future__ import annotations
 
+import os
+import sys
+
+from logfire_run.agent import paths
 from logfire_run.agent.errors import ConfigError
 
-# The bootstrap runs this module in every process: no typing, dataclasses or collections.abc at run time.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -23,49 +30,188 @@ _FALSE = ("0", "false", "f", "no", "off")
 EXPORTER_NAMES = ("store", "otlp", "console", "none")
 
 
-def parse_distributed_tracing(raw: str) -> DistributedTracing:
-    value = raw.strip().lower()
-    if value in ("", "warn"):
-        return None
-    if value in ("true", "1", "t"):
-        return True
-    if value in ("false", "0", "f"):
-        return False
-    if value == "link":
-        return "link"
-    raise ConfigError(
-        f"invalid distributed tracing value {raw!r}: use warn, true (1, t), false (0, f) or link"
-    )
+# Kinds: how a type of setting is read from text (flag, environment) and from Python (`configure()`).
 
 
-def parse_bool(raw: str) -> bool:
-    value = raw.strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE or value == "":
-        return False
-    raise ConfigError(f"invalid boolean {raw!r}: use one of {', '.join(_TRUE + _FALSE)}")
+class Kind:
+    """Text: the value as given, without surrounding whitespace."""
+
+    def parse(self, raw: str) -> object:
+        """The value of an environment variable or flag; raises ConfigError when it is not accepted."""
+        return raw.strip()
+
+    def coerce(self, value: object) -> object:
+        """The value of a `configure()` keyword: text is parsed as `parse` does, other types checked."""
+        if isinstance(value, str) or value is None:
+            return self.parse(value or "")
+        raise ConfigError(f"expected a string, got {value!r}")
+
+    def show(self, value: object) -> str:
+        """The value as `--info` prints it."""
+        if value is None or value == "" or value == ():
+            return "-"
+        return str(value)
 
 
-def parse_name_list(raw: str) -> tuple[str, ...]:
-    return tuple(item.strip() for item in raw.split(",") if item.strip())
+class BoolKind(Kind):
+    def parse(self, raw: str) -> object:
+        value = raw.strip().lower()
+        if value in _TRUE:
+            return True
+        if value in _FALSE or value == "":
+            return False
+        raise ConfigError(f"invalid boolean {raw!r}: use one of {', '.join(_TRUE + _FALSE)}")
+
+    def coerce(self, value: object) -> object:
+        if isinstance(value, bool):
+            return value
+        return super().coerce(value)
+
+    def show(self, value: object) -> str:
+        return "on" if value else "off"
 
 
-def parse_exporters(raw: str) -> tuple[str, ...]:
-    names = tuple(name.lower() for name in parse_name_list(raw))
-    unknown = [name for name in names if name not in EXPORTER_NAMES]
-    if unknown:
+class NameListKind(Kind):
+    """A comma-separated list of names; `configure()` also takes a list or tuple."""
+
+    def parse(self, raw: str) -> object:
+        return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+    def coerce(self, value: object) -> object:
+        if isinstance(value, (list, tuple)):
+            return self.parse(",".join(str(item) for item in value))
+        return super().coerce(value)
+
+    def show(self, value: object) -> str:
+        return ",".join(value) if isinstance(value, tuple) and value else "-"
+
+
+class ExportersKind(NameListKind):
+    def parse(self, raw: str) -> object:
+        names = tuple(dict.fromkeys(str(name).lower() for name in super().parse(raw)))  # type: ignore[attr-defined]
+        unknown = [name for name in names if name not in EXPORTER_NAMES]
+        if unknown:
+            raise ConfigError(
+                f"unknown exporter {', '.join(map(repr, unknown))}: use a comma-separated list of "
+                f"{', '.join(EXPORTER_NAMES)}"
+            )
+        if "none" in names and len(names) > 1:
+            raise ConfigError("exporter 'none' cannot be combined with other exporters")
+        return names
+
+
+class OtelTracesExporterKind(NameListKind):
+    """OTEL_TRACES_EXPORTER: OpenTelemetry's spelling, which also names exporters the agent lacks."""
+
+    def parse(self, raw: str) -> object:
+        names = super().parse(raw)
+        return tuple(name.lower() for name in names if name.lower() in ("otlp", "console", "none"))  # type: ignore[attr-defined]
+
+
+class DistributedTracingKind(Kind):
+    def parse(self, raw: str) -> object:
+        value = raw.strip().lower()
+        if value in ("", "warn"):
+            return None
+        if value in ("true", "1", "t"):
+            return True
+        if value in ("false", "0", "f"):
+            return False
+        if value == "link":
+            return "link"
         raise ConfigError(
-            f"unknown exporter {', '.join(map(repr, unknown))}: use a comma-separated list of "
-            f"{', '.join(EXPORTER_NAMES)}"
+            f"invalid distributed tracing value {raw!r}: use warn, true (1, t), false (0, f) or link"
         )
-    if "none" in names and len(names) > 1:
-        raise ConfigError("exporter 'none' cannot be combined with other exporters")
-    return names
+
+    def coerce(self, value: object) -> object:
+        if value is None or isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            return self.parse(value)
+        raise ConfigError(f"expected None, True, False or 'link', got {value!r}")
+
+    def show(self, value: object) -> str:
+        return "warn" if value is None else str(value)
 
 
-def parse_text(raw: str) -> str:
-    return raw.strip()
+TEXT = Kind()
+BOOL = BoolKind()
+NAME_LIST = NameListKind()
+EXPORTERS = ExportersKind()
+DISTRIBUTED_TRACING = DistributedTracingKind()
+
+
+def parse_distributed_tracing(raw: str) -> DistributedTracing:
+    """`LOGFIRE_DISTRIBUTED_TRACING` as the policy's mode; the one parser of that value."""
+    return DISTRIBUTED_TRACING.parse(raw)  # type: ignore[return-value]
+
+
+# Resolvers: a setting's effective value when it is left unset (or needs the environment to be read).
+
+
+def resolve_service_name(value: object, environ: Mapping[str, str]) -> object:
+    """service.name: the setting, else `service.name` in OTEL_RESOURCE_ATTRIBUTES, else the program."""
+    if value:
+        return value
+    for pair in environ.get("OTEL_RESOURCE_ATTRIBUTES", "").split(","):
+        key, sep, found = pair.partition("=")
+        if sep and key.strip() == "service.name" and found.strip():
+            return found.strip()
+    return default_service_name()
+
+
+_OTLP_ENDPOINT_VARS = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
+
+
+def resolve_exporters(value: object, environ: Mapping[str, str]) -> object:
+    if value:
+        return value
+    if any(environ.get(name) for name in _OTLP_ENDPOINT_VARS):
+        return ("otlp",)
+    return ("store",)
+
+
+def resolve_store_path(value: object, environ: Mapping[str, str]) -> object:
+    if value:
+        return os.path.abspath(os.path.expanduser(str(value)))
+    return os.path.join(paths.data_dir(), "traces.db")
+
+
+def default_service_name() -> str:
+    """The program as a person would name it: the script's stem, the `-m` module, or the executable.
+
+    `sys.argv[0]` first: runpy sets it to the module's path for `-m`, and multiprocessing's spawn and
+    forkserver children take their parent's argv, so pool workers share their parent's name.
+    """
+    argv0 = sys.argv[0] if sys.argv else ""
+    if argv0 and argv0 not in ("-c", "-m"):
+        return _stem(argv0) or "python"
+    argv: list[str] = list(getattr(sys, "orig_argv", None) or sys.argv)
+    args = argv[1:]
+    index = 0
+    while index < len(args):
+        arg = args[index]
+        if arg == "-m" and index + 1 < len(args):
+            return args[index + 1]
+        if arg.startswith("-m") and len(arg) > 2:
+            return arg[2:]
+        if arg == "-c":
+            break
+        if arg in ("-W", "-X", "--check-hash-based-pycs"):
+            index += 2
+            continue
+        if arg.startswith("-"):
+            index += 1
+            continue
+        return _stem(arg)
+    return _stem(argv[0]) if argv else "python"
+
+
+def _stem(path: str) -> str:
+    name = os.path.basename(path.rstrip(os.sep))
+    if name in ("__main__.py", "__init__.py"):
+        name = os.path.basename(os.path.dirname(os.path.abspath(path)))
+    return name[:-3] if name.endswith(".py") else name
 
 
 class Setting:
@@ -73,15 +219,20 @@ class Setting:
 
     __slots__ = (
         "accepted",
+        "applies",
         "default",
         "env",
+        "fallback_kind",
         "fallbacks",
         "flag",
         "help",
+        "kind",
         "name",
-        "parse",
+        "per_process",
+        "resolve",
         "switch",
         "switch_value",
+        "unset",
     )
 
     def __init__(
@@ -90,26 +241,45 @@ class Setting:
         name: str,
         flag: str,
         env: str,
-        parse: Callable[[str], object],
+        kind: Kind,
         default: str,
         accepted: str,
         help: str,
         switch: bool = False,
         switch_value: str = "1",
         fallbacks: tuple[str, ...] = (),
+        fallback_kind: Kind | None = None,
+        resolve: Callable[[object, Mapping[str, str]], object] | None = None,
+        applies: str = "",
+        per_process: bool = False,
+        unset: object = None,
     ) -> None:
         self.name = name
         self.flag = flag
         self.env = env
-        self.parse = parse
+        self.kind = kind
         self.default = default
         self.accepted = accepted
         self.help = help
         #: Takes no argument on the command line; the flag sets the env var to `switch_value`.
         self.switch = switch
         self.switch_value = switch_value
-        #: Other variables read, in order, when `env` is unset (OpenTelemetry's own spellings).
+        #: Other variables read, in order, when `env` is unset (OpenTelemetry's own spellings) ...
         self.fallbacks = fallbacks
+        #: ... and how they are read, when not as `kind`.
+        self.fallback_kind = fallback_kind
+        #: (value, environ) -> the value in effect; None when the value is used as it is.
+        self.resolve = resolve
+        #: What a change at run time (`configure()`) must be applied to in a running SDK:
+        #: "exporters" (rebuilt), "resource" (its attributes replaced), "policy" (its mode), or "".
+        self.applies = applies
+        #: Left unset, its value differs per process (the service name): `--info` shows `default`.
+        self.per_process = per_process
+        #: The value while nothing sets it.
+        self.unset = unset
+
+    def parse(self, raw: str) -> object:
+        return self.kind.parse(raw)
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -117,80 +287,94 @@ SETTINGS: tuple[Setting, ...] = (
         name="service_name",
         flag="--service-name",
         env="LOGFIRE_SERVICE_NAME",
-        parse=parse_text,
+        kind=TEXT,
         default="the script or module name",
         accepted="any text",
         help="service.name of every span; OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES are read too",
         fallbacks=("OTEL_SERVICE_NAME",),
+        resolve=resolve_service_name,
+        applies="resource",
+        per_process=True,
     ),
     Setting(
         name="distributed_tracing",
         flag="--distributed-tracing",
         env="LOGFIRE_DISTRIBUTED_TRACING",
-        parse=parse_distributed_tracing,
+        kind=DISTRIBUTED_TRACING,
         default="warn",
         accepted="warn, true, false, link",
         help="whether inbound trace context from third parties is accepted (see docs/distributed-tracing.md)",
+        applies="policy",
     ),
     Setting(
         name="celery_third_party",
         flag="--celery-third-party",
         env="LOGFIRE_CELERY_THIRD_PARTY",
-        parse=parse_bool,
+        kind=BOOL,
         default="off",
         accepted="1/true/on or 0/false/off",
         help="trace context in Celery task messages obeys distributed_tracing like inbound HTTP "
         "(for brokers shared with untrusted producers; see docs/celery.md)",
         switch=True,
+        unset=False,
     ),
     Setting(
         name="exporters",
         flag="--exporter",
         env="LOGFIRE_EXPORTER",
-        parse=parse_exporters,
+        kind=EXPORTERS,
         default="store; otlp when OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT is set",
         accepted="comma list of store, otlp, console, none",
         help="where spans go; OTEL_TRACES_EXPORTER is read when this is unset",
         fallbacks=("OTEL_TRACES_EXPORTER",),
+        fallback_kind=OtelTracesExporterKind(),
+        resolve=resolve_exporters,
+        applies="exporters",
+        unset=(),
     ),
     Setting(
         name="disabled_instrumentations",
         flag="--disable",
         env="OTEL_PYTHON_DISABLED_INSTRUMENTATIONS",
-        parse=parse_name_list,
+        kind=NAME_LIST,
         default="none disabled",
         accepted="comma list of entry-point names, or *",
         help="instrumentors not to load (names as in `logfire-run --info`)",
+        unset=(),
     ),
     Setting(
         name="store_path",
         flag="--store",
         env="LOGFIRE_STORE",
-        parse=parse_text,
+        kind=TEXT,
         default="$XDG_DATA_HOME/logfire-run/traces.db",
         accepted="a file path",
         help="the SQLite trace store used by the store exporter and the viewer",
+        resolve=resolve_store_path,
+        applies="exporters",
     ),
     Setting(
         name="debug",
         flag="--debug",
         env="LOGFIRE_DEBUG",
-        parse=parse_bool,
+        kind=BOOL,
         default="off",
         accepted="1/true/on or 0/false/off",
         help="explain on stderr what the agent does in each process",
         switch=True,
+        unset=False,
     ),
     Setting(
         name="inherit",
         flag="--no-inherit",
         env="LOGFIRE_RUN_INHERIT",
-        parse=parse_bool,
+        kind=BOOL,
         default="on",
         accepted="1/true/on or 0/false/off",
         help="with 0, child processes started by the app run without the agent",
         switch=True,
         switch_value="0",
+        unset=True,
     ),
 )
 
@@ -205,3 +389,10 @@ def lookup(setting: Setting, environ: Mapping[str, str]) -> tuple[str, str] | No
         if raw is not None and raw.strip() != "":
             return raw, variable
     return None
+
+
+def store_path_from_environment(environ: Mapping[str, str]) -> str:
+    """The trace store's path as the agent resolves it (`LOGFIRE_STORE`, else the default), absolute."""
+    setting = SETTINGS_BY_NAME["store_path"]
+    found = lookup(setting, environ)
+    return str(resolve_store_path(setting.parse(found[0]) if found else None, environ))

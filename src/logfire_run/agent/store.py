@@ -1,9 +1,11 @@
-"""The local trace store: a `SpanExporter` that writes spans into one SQLite file (WAL mode).
+"""The local trace store's exporter: a `SpanExporter` that writes spans into the store file.
 
 It is the default exporter when neither an exporter nor an OTLP endpoint is configured, and the
-viewer (`logfire-run-view`) reads the same file. Every process of every service the user starts
-writes into it at once, so each write is one short `BEGIN IMMEDIATE` transaction per batch, tried
-again after a short jittered wait while another process holds the write lock.
+viewer (`logfire-run-view`) reads the same file. The file format (schema, opening, retention, lock
+retries) is `store_format`'s; this module turns finished OpenTelemetry spans into its rows. Every
+process of every service the user starts writes into one file at once, so each batch is one short
+`BEGIN IMMEDIATE` transaction, tried again after a short jittered wait while another process holds
+the write lock.
 
 Where it stops:
 - Writes happen in the BatchSpanProcessor's worker thread, never on the request path; when the
@@ -13,8 +15,8 @@ Where it stops:
 - The connection belongs to one process: a forked child opens its own and never touches (nor
   closes) the one it inherited, which SQLite forbids.
 - Retention: the newest `DEFAULT_MAX_SPANS` spans written less than `DEFAULT_MAX_AGE_SECONDS` ago
-  are kept. Pruning runs when a process first opens the store and then every `PRUNE_EVERY` spans it writes;
-  a trace cut by pruning shows its surviving spans as orphans in the viewer.
+  are kept. Pruning runs when a process first opens the store and then every `PRUNE_EVERY` spans it
+  writes; a trace cut by pruning shows its surviving spans as orphans in the viewer.
 """
 
 from __future__ import annotations
@@ -22,10 +24,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import random
 import sqlite3
 import threading
-import time
 import weakref
 from collections.abc import Sequence
 from typing import Any
@@ -37,182 +37,20 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import SpanKind, StatusCode
 
 from logfire_run.agent import report
+from logfire_run.agent.store_format import (
+    DEFAULT_MAX_AGE_SECONDS,
+    DEFAULT_MAX_SPANS,
+    Row,
+    insert_batch,
+    open_store,
+    prune,
+    with_retries,
+)
 
-__all__ = [
-    "DEFAULT_MAX_AGE_SECONDS",
-    "DEFAULT_MAX_SPANS",
-    "SCHEMA_VERSION",
-    "NotAStoreError",
-    "StoreExporter",
-    "open_store",
-]
+__all__ = ["PRUNE_EVERY", "StoreExporter", "span_row"]
 
-#: Retention: at most this many spans are kept (60 MB with small HTTP spans, more with big attributes) ...
-DEFAULT_MAX_SPANS = 200_000
-#: ... and none older than this (7 days).
-DEFAULT_MAX_AGE_SECONDS = 7 * 24 * 3600
 #: A writing process prunes after writing this many spans (and once when it opens the store).
 PRUNE_EVERY = 5_000
-#: Readers (the viewer) let SQLite wait this long for a lock before "database is locked".
-BUSY_TIMEOUT_SECONDS = 10.0
-#: Writers retry a batch that finds the write lock taken for this long, then drop it (reported).
-WRITE_PATIENCE_SECONDS = 30.0
-#: Writers' waits between attempts grow from the first to the last value (seconds, jittered).
-_RETRY_DELAYS = (0.0005, 0.02)
-
-SCHEMA_VERSION = 1
-_SQLITE_BUSY, _SQLITE_LOCKED = 5, 6  # primary result codes (extended codes keep them in the low byte)
-# No secondary index on spans: trace ids are random, so an index on them puts every span of a
-# batch on a different B-tree page, and in WAL mode each touched page is written out again at each
-# commit (measured at 200,000 stored spans: about 30 us per span with such an index, 10 without).
-# Rows are appended in id order instead; the viewer finds a trace with one scan (about 0.1 s at the
-# retention cap), and age pruning uses the small `batches` table: each batch's last row id and time.
-_SCHEMA = (
-    """
-    CREATE TABLE IF NOT EXISTS spans (
-        id INTEGER PRIMARY KEY,
-        trace_key INTEGER NOT NULL,
-        trace_id TEXT NOT NULL,
-        span_id TEXT NOT NULL,
-        parent_id TEXT,
-        name TEXT NOT NULL,
-        kind TEXT NOT NULL,
-        service TEXT,
-        start_ns INTEGER NOT NULL,
-        end_ns INTEGER NOT NULL,
-        status TEXT NOT NULL,
-        status_message TEXT,
-        attributes TEXT,
-        events TEXT,
-        links TEXT,
-        scope TEXT,
-        pid INTEGER
-    )
-    """,
-    "CREATE TABLE IF NOT EXISTS batches"
-    " (id INTEGER PRIMARY KEY, last_span INTEGER NOT NULL, written_ns INTEGER NOT NULL)",
-    # Short-lived processes write small batches, so this table can grow large: age pruning, run
-    # by every process that opens the store, must not scan it.
-    "CREATE INDEX IF NOT EXISTS batches_written ON batches (written_ns)",
-)
-_INSERT = (
-    "INSERT INTO spans (trace_key, trace_id, span_id, parent_id, name, kind, service, start_ns, end_ns,"
-    " status, status_message, attributes, events, links, scope, pid) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
-)
-_RECORD_BATCH = "INSERT INTO batches (last_span, written_ns) SELECT max(id), ? FROM spans"
-
-
-def trace_key(trace_id: int) -> int:
-    """A trace's integer key, its top 63 bits (a signed 64-bit integer): scans compare it, not text."""
-    return trace_id >> 65
-
-
-Row = tuple[Any, ...]
-
-
-def open_store(
-    path: str, *, create: bool = True, busy_timeout: float = BUSY_TIMEOUT_SECONDS
-) -> sqlite3.Connection:
-    """A connection to the store at `path` (autocommit; transactions are explicit), schema in place.
-
-    With `create=False` a missing file raises FileNotFoundError instead of creating an empty store.
-    Writers pass `busy_timeout=0` and retry themselves (`_with_retries`): SQLite's own busy handler
-    sleeps in steps growing to 100 ms, long enough to leave the lock idle while writers queue up.
-    """
-    if create:
-        directory = os.path.dirname(os.path.abspath(path))
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-    elif not os.path.exists(path):
-        raise FileNotFoundError(path)
-    connection = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
-    try:
-        _with_retries(lambda: _prepare(connection, path, create))
-    except BaseException:
-        connection.close()
-        raise
-    return connection
-
-
-class NotAStoreError(Exception):
-    """The file is an SQLite database, but not a trace store of this version of logfire-run."""
-
-
-def _check_version(connection: sqlite3.Connection, path: str) -> bool:
-    """True when the store's schema is in place; False for an empty database; raises otherwise."""
-    # One statement, so one snapshot: read apart, the version and the tables could straddle another
-    # process's commit of the schema, and a store being created would look like a foreign database.
-    version, tables = connection.execute(
-        "SELECT user_version, (SELECT count(*) FROM sqlite_master) FROM pragma_user_version"
-    ).fetchone()
-    if version == SCHEMA_VERSION:
-        return True
-    if version == 0:
-        if tables == 0:
-            return False
-        raise NotAStoreError(f"{path} is an SQLite database but not a logfire-run trace store")
-    raise NotAStoreError(
-        f"{path} is a trace store of another logfire-run version (schema {version}, this one reads "
-        f"{SCHEMA_VERSION}); give another --store path"
-    )
-
-
-def _prepare(connection: sqlite3.Connection, path: str, create: bool) -> None:
-    # Checked before anything is written: the viewer never changes a file that is not a store.
-    if _check_version(connection, path):
-        ready = True
-    elif not create:
-        raise NotAStoreError(f"{path} holds no traces yet")
-    else:
-        ready = False
-    # WAL lets the viewer read while services write, and writers never block readers. Switching
-    # an existing WAL store is a no-op; a filesystem without shared memory keeps its journal mode.
-    connection.execute("PRAGMA journal_mode=WAL")
-    # NORMAL in WAL mode never corrupts the file; a power cut may lose the last batches only.
-    connection.execute("PRAGMA synchronous=NORMAL")
-    if ready:
-        return
-    connection.execute("BEGIN IMMEDIATE")
-    try:
-        # Another process may have created the schema while this one waited for the lock.
-        if not _check_version(connection, path):
-            for statement in _SCHEMA:
-                connection.execute(statement)
-            connection.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        connection.execute("COMMIT")
-    except BaseException:
-        _rollback(connection)
-        raise
-
-
-def _rollback(connection: sqlite3.Connection) -> None:
-    with contextlib.suppress(sqlite3.Error):
-        if connection.in_transaction:
-            connection.execute("ROLLBACK")
-
-
-def _is_busy(error: sqlite3.OperationalError) -> bool:
-    code = getattr(error, "sqlite_errorcode", None)
-    if code is not None:
-        return (code & 0xFF) in (_SQLITE_BUSY, _SQLITE_LOCKED)
-    text = str(error)
-    return "locked" in text or "busy" in text
-
-
-def _with_retries(action: Any) -> Any:
-    """Run `action` (a whole transaction), again while another process holds the lock."""
-    deadline = time.monotonic() + WRITE_PATIENCE_SECONDS
-    delay, longest = _RETRY_DELAYS
-    while True:
-        try:
-            return action()
-        except sqlite3.OperationalError as error:
-            if not _is_busy(error) or time.monotonic() > deadline:
-                raise
-        # Short, jittered waits: a batch holds the lock for milliseconds, and jitter keeps the
-        # waiting writers from retrying in lockstep.
-        time.sleep(delay * (0.5 + random.random()))
-        delay = min(delay * 1.5, longest)
-
 
 # One encoder for every row: json.dumps() with options builds a new encoder on each call.
 _encode = json.JSONEncoder(separators=(",", ":"), default=str, ensure_ascii=False).encode
@@ -378,7 +216,7 @@ class StoreExporter(SpanExporter):
             if connection is None:
                 return SpanExportResult.FAILURE
             try:
-                _with_retries(lambda: _insert(connection, rows))
+                with_retries(lambda: insert_batch(connection, rows))
             except Exception as error:
                 report.problem(
                     "store:write",
@@ -392,39 +230,9 @@ class StoreExporter(SpanExporter):
         return SpanExportResult.SUCCESS
 
     def _prune(self, connection: sqlite3.Connection) -> None:
-        """Apply the retention caps: range deletes on row ids, cheap when little is due."""
         self._since_prune = 0
-        oldest_kept_ns = time.time_ns() - int(self.max_age_seconds * 1e9)
-
-        # A batch's last_span bounds the ids of the spans written up to that batch. Should age
-        # pruning empty the table, SQLite starts ids again at 1; the batches pointing at the deleted
-        # ids go in the same transaction, so no stale bound is left behind.
-        def due() -> int:
-            """The highest row id to delete (0: nothing is due)."""
-            newest = connection.execute("SELECT max(id) FROM spans").fetchone()[0]
-            cut = newest - self.max_spans if newest is not None else 0
-            aged = connection.execute(
-                "SELECT max(last_span) FROM batches WHERE written_ns < ?", (oldest_kept_ns,)
-            ).fetchone()[0]
-            return max(cut, aged or 0)
-
-        def prune() -> None:
-            # Read first, without the write lock: most calls find nothing to do.
-            if due() <= 0:
-                return
-            connection.execute("BEGIN IMMEDIATE")
-            try:
-                cut = due()
-                if cut > 0:
-                    connection.execute("DELETE FROM spans WHERE id <= ?", (cut,))
-                    connection.execute("DELETE FROM batches WHERE last_span <= ?", (cut,))
-                connection.execute("COMMIT")
-            except BaseException:
-                _rollback(connection)
-                raise
-
         try:
-            _with_retries(prune)
+            prune(connection, self.max_spans, self.max_age_seconds)
         except Exception as error:
             report.debug(f"trace store pruning failed: {error}")
 
@@ -438,17 +246,6 @@ class StoreExporter(SpanExporter):
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         return True  # every export is committed before it returns
-
-
-def _insert(connection: sqlite3.Connection, rows: list[Row]) -> None:
-    connection.execute("BEGIN IMMEDIATE")
-    try:
-        connection.executemany(_INSERT, rows)
-        connection.execute(_RECORD_BATCH, (time.time_ns(),))
-        connection.execute("COMMIT")
-    except BaseException:
-        _rollback(connection)
-        raise
 
 
 #: Connections inherited through fork: never used, never closed (see StoreExporter._after_fork).

@@ -1,6 +1,6 @@
 """Strict inbound parsing of W3C Trace Context (Level 2) and W3C Baggage headers.
 
-`W3CTraceContextPropagator` and `W3CBaggagePropagator` subclass OpenTelemetry's two W3C propagators
+`StrictTraceContextPropagator` and `StrictBaggagePropagator` subclass OpenTelemetry's two W3C propagators
 and replace only `extract`: `inject` is inherited, so outbound headers are byte for byte what
 OpenTelemetry writes. `strict_propagator()` swaps them in for OpenTelemetry's own, alone or inside a
 `CompositePropagator` (what `OTEL_PROPAGATORS` unset, or naming `tracecontext`/`baggage`, builds); the
@@ -40,7 +40,7 @@ from urllib.parse import unquote_plus
 
 from opentelemetry import baggage as baggage_api
 from opentelemetry import trace
-from opentelemetry.baggage.propagation import W3CBaggagePropagator as OtelBaggagePropagator
+from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.context import Context, get_current
 from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.propagators.textmap import CarrierT, Getter, TextMapPropagator, default_getter
@@ -48,8 +48,8 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, Trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 __all__ = [
-    "W3CBaggagePropagator",
-    "W3CTraceContextPropagator",
+    "StrictBaggagePropagator",
+    "StrictTraceContextPropagator",
     "W3CTraceState",
     "parse_baggage",
     "parse_traceparent",
@@ -203,7 +203,7 @@ class W3CTraceState(TraceState):
         return W3CTraceState([(other, value) for other, value in self._dict.items() if other != key])
 
 
-class W3CTraceContextPropagator(TraceContextTextMapPropagator):
+class StrictTraceContextPropagator(TraceContextTextMapPropagator):
     """OpenTelemetry's `traceparent`/`tracestate` propagator with a strict Level 2 `extract`."""
 
     def extract(
@@ -273,7 +273,7 @@ def parse_baggage(values: Sequence[str]) -> list[tuple[str, str]]:
     return found
 
 
-class W3CBaggagePropagator(OtelBaggagePropagator):
+class StrictBaggagePropagator(W3CBaggagePropagator):
     """OpenTelemetry's `baggage` propagator with an `extract` that keeps valid members and limits."""
 
     def extract(
@@ -296,9 +296,9 @@ class W3CBaggagePropagator(OtelBaggagePropagator):
 def strict_propagator(propagator: TextMapPropagator) -> TextMapPropagator:
     """`propagator` with OpenTelemetry's W3C propagators replaced by the strict ones (alone or composed)."""
     if type(propagator) is TraceContextTextMapPropagator:
-        return W3CTraceContextPropagator()
-    if type(propagator) is OtelBaggagePropagator:
-        return W3CBaggagePropagator()
+        return StrictTraceContextPropagator()
+    if type(propagator) is W3CBaggagePropagator:
+        return StrictBaggagePropagator()
     if type(propagator) is CompositePropagator:
         inner = getattr(propagator, "_propagators", None)
         if isinstance(inner, (list, tuple)):

@@ -180,10 +180,10 @@ if hasattr(os, "register_at_fork"):
 
 
 def _sdk_mode() -> str:
-    from logfire_run.agent import bootstrap
+    from logfire_run.agent import state
 
-    if bootstrap.started():
-        return "agent" if bootstrap.ensure_sdk() else "off"
+    if state.started():
+        return "agent" if state.start_sdk() else "off"
     # Not our agent: a worker of an app run by opentelemetry-instrument, or instrumented by hand.
     from opentelemetry import trace
 
@@ -195,12 +195,10 @@ def _extract(carrier: Mapping[str, str], mode: str) -> Context:
     from opentelemetry.context import Context
 
     if mode == "agent":
-        from logfire_run.agent import bootstrap
+        from logfire_run.agent import state
 
-        agent = bootstrap.agent()
-        if agent is not None:
-            # First-party: the carrier was written by this app's own parent process.
-            return agent.policy.extract_first_party(dict(carrier), Context())
+        # First-party: the carrier was written by this app's own parent process.
+        return state.extract(dict(carrier), third_party=False)
     from opentelemetry import propagate
 
     return propagate.extract(dict(carrier), Context())
@@ -212,22 +210,19 @@ def _arrange_flush() -> None:
 
     # Process._bootstrap runs the finalizers for every start method, before a forked worker's os._exit.
     util.Finalize(None, _flush, exitpriority=0)
-    from logfire_run.agent import bootstrap
+    from logfire_run.agent import state
 
-    if bootstrap.started():
-        # A task that calls os._exit skips everything above; bootstrap's exit flushes first (5 s max).
-        bootstrap.install_exit_flush()
-    # SIGTERM (a broken pool terminates its workers) is bootstrap's: it flushes when the SDK comes up.
+    if state.started():
+        # A task that calls os._exit skips everything above; the state's exit flushes first (5 s max),
+        # and so does SIGTERM (a broken pool terminates its workers).
+        state.install_exit_flushes()
 
 
 def _flush() -> None:
     try:
-        from opentelemetry import trace
+        from logfire_run.agent import state
 
-        provider = getattr(trace, "_TRACER_PROVIDER", None)
-        flush = getattr(provider, "force_flush", None)
-        if callable(flush):
-            flush(WORKER_FLUSH_MILLIS)
+        state.flush(WORKER_FLUSH_MILLIS)
     except Exception:
         pass
 

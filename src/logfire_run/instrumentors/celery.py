@@ -1,60 +1,71 @@
 """Celery: task context is first-party, and every publish span ends; on top of OpenTelemetry's instrumentor.
 
-OpenTelemetry's Celery instrumentor (entry point `celery`, opentelemetry-instrumentation-celery) does the
-tracing: a PRODUCER span around each publish (the `before_task_publish`/`after_task_publish` signals)
-that injects `traceparent` into the message headers, and a CONSUMER span around each run
-(`task_prerun`/`task_postrun`) whose parent it extracts from the task request. This module is
-registered under the same name, `celery`, in the `logfire_run_instrumentor` entry-point group, so it
-activates on the same `import celery` and `--disable celery` turns both off. It corrects three things:
+OpenTelemetry's Celery instrumentor (opentelemetry-instrumentation-celery) does the tracing: a
+PRODUCER span around each publish (the `before_task_publish`/`after_task_publish` signals) that
+injects `traceparent` into the message headers, and a CONSUMER span around each run
+(`task_prerun`/`task_postrun`) whose parent it extracts from the task request. This one supersedes
+it under the same entry-point name, `celery`, corrects three things, then runs it.
 
-1. Trust. The instrumentor extracts with `opentelemetry.propagate.extract`, which the
-   distributed_tracing policy treats as third-party: a worker running with `false` (often the same
-   image as a public web tier) would start a new trace for every task, and one left at the default
-   would warn. Task headers are written by the app's own producers, so that extraction runs inside
-   `policy.first_party()`. With `celery_third_party` (`LOGFIRE_CELERY_THIRD_PARTY=1`), for brokers
-   shared with producers you do not trust, it obeys the policy like inbound HTTP. The setting is read
-   at each extraction, so `configure(celery_third_party=...)` applies to the next task.
-2. Tasks published by name. For `send_task("name")`, or a signature of a task the producer does not
-   import, the instrumentor finds no Task object to keep the publish span on, so `after_task_publish`
-   cannot end it. In CPython it ends anyway, when the abandoned activation is garbage-collected at
-   the end of `before_task_publish`: before the message is sent, so the span misses the publish
-   itself; without reference counting (PyPy) it would stay open, and current, until collected. A
-   stand-in object per unknown task name keeps the span until `after_task_publish` ends it.
-3. Two runs of one task id at once. The instrumentor keeps a run's span on the Task object under
-   the task id. A retry (`self.retry(countdown=0)`) is the same task id, and in a threads (or gevent)
-   pool it can start before the attempt that published it has finished. The second run's entry then
-   replaces the first's: the first attempt's `task_postrun` ends the second attempt's span, too early
-   and from the wrong thread, the second's finds nothing ("no existing span found"), and the first
-   span ends whenever its abandoned activation is collected, without its attributes. The signals of
-   one run (prerun, failure, retry, postrun; before and after publish) all fire in the thread that
-   runs it, so the key also names that thread.
+What it patches:
+    Module-level names OpenTelemetry's instrumentor looks up when a signal fires: `extract` in its
+    module; `retrieve_task_from_sender`, `attach_context`, `retrieve_context` and `detach_context` in
+    its `utils`. They fix:
 
-How: these are module-level names the instrumentor looks up when a signal fires (`extract` in its
-module; `retrieve_task_from_sender`, `attach_context`, `retrieve_context` and `detach_context` in its
-`utils`), so they are replaced there and put back by `uninstrument()`; which of the two instrumentors
-activates first does not matter. Where it stops: a release of the instrumentor without those names
-is left as it is (one `--debug` line says so), and a publish that raises (broker down) never reaches
-`after_task_publish`, so its span is not ended.
+    1. Trust. The instrumentor extracts with `opentelemetry.propagate.extract`, which the
+       distributed_tracing policy treats as third-party: a worker running with `false` (often the
+       same image as a public web tier) would start a new trace for every task, and one left at the
+       default would warn. Task headers are written by the app's own producers, so that extraction
+       runs inside `policy.first_party()`. With `celery_third_party` (`LOGFIRE_CELERY_THIRD_PARTY=1`),
+       for brokers shared with producers you do not trust, it obeys the policy like inbound HTTP. The
+       setting is read at each extraction, so `configure(celery_third_party=...)` applies to the
+       next task.
+    2. Tasks published by name. For `send_task("name")`, or a signature of a task the producer does
+       not import, the instrumentor finds no Task object to keep the publish span on, so
+       `after_task_publish` cannot end it: it would end when the abandoned activation is collected,
+       before the message is sent. A stand-in object per unknown task name keeps the span until
+       `after_task_publish` ends it.
+    3. Two runs of one task id at once. The instrumentor keeps a run's span on the Task object under
+       the task id. A retry (`self.retry(countdown=0)`) is the same task id, and in a threads (or
+       gevent) pool it can start before the attempt that published it has finished, so the runs
+       would end each other's spans. The signals of one run all fire in the thread that runs it, so
+       the key also names that thread.
 
-Flushing is not here: Celery's prefork children (billiard) leave through `os._exit`, which the
-bootstrap makes flush in every forked child, recycled ones (`--max-tasks-per-child`) included.
+When it is enabled:
+    When the app first imports `celery`, for the versions OpenTelemetry's instrumentor supports.
+    `--disable celery` turns it off together with OpenTelemetry's (same name);
+    `--celery-third-party` changes only point 1.
+
+How it refuses:
+    Without opentelemetry-instrumentation-celery, or with a release of it that lacks one of the names
+    above, it changes nothing (one `--debug` line) and OpenTelemetry's instrumentor runs as it is (or
+    not at all).
+
+Where it stops:
+    A publish that raises (broker down) never reaches `after_task_publish`, so its span is not ended.
+    Flushing is not here: Celery's prefork children (billiard) leave through `os._exit`, which the
+    process state makes flush in every forked child, recycled ones (`--max-tasks-per-child`) included.
 """
 
 from __future__ import annotations
 
 import importlib
 import threading
-from collections.abc import Callable, Collection
-from typing import Any
+from collections.abc import Callable
+from typing import Any, ClassVar
 
-from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
-
-from logfire_run.agent import report
+from logfire_run.agent import report, state
 from logfire_run.agent.policy import first_party
+from logfire_run.instrumentors._base import (
+    Instrumentor,
+    run_opentelemetry_instrumentor,
+    stop_opentelemetry_instrumentor,
+)
+from logfire_run.instrumentors._patch import Patches
 
 __all__ = ["CeleryContextInstrumentor"]
 
 _OTEL_MODULE = "opentelemetry.instrumentation.celery"
+_OTEL_INSTRUMENTOR = "opentelemetry.instrumentation.celery:CeleryInstrumentor"
 
 
 class _UnregisteredTask:
@@ -71,23 +82,35 @@ class _UnregisteredTask:
         return f"<unregistered task {self.name!r}>"
 
 
-class CeleryContextInstrumentor(BaseInstrumentor):  # type: ignore[misc]
-    """Patches OpenTelemetry's Celery instrumentor module; see the module docstring."""
+class CeleryContextInstrumentor(Instrumentor):
+    """Corrects OpenTelemetry's Celery instrumentor, then runs it; see the module docstring."""
+
+    targets = ("celery",)
+    supported = ("celery >= 4.0, < 6.0",)
+    options: ClassVar[dict[str, Any]] = {}
+    supersedes = (_OTEL_INSTRUMENTOR,)
 
     def __init__(self) -> None:
         super().__init__()
         # BaseInstrumentor makes every instance the same object: keep the state of the first one.
-        if hasattr(self, "_restore"):
+        if hasattr(self, "_patches"):
             return
-        self._restore: list[tuple[object, str, object]] = []
+        self._patches = Patches("celery")
+        self._otel: Any = None
         # One stand-in per task name: the set of names an app publishes is finite.
         self._stand_ins: dict[str, _UnregisteredTask] = {}
         self._stand_ins_lock = threading.Lock()
 
-    def instrumentation_dependencies(self) -> Collection[str]:
-        return ("celery >= 4.0, < 6.0",)
-
     def _instrument(self, **kwargs: Any) -> None:
+        self._correct()
+        self._otel = run_opentelemetry_instrumentor(_OTEL_INSTRUMENTOR, **kwargs)
+
+    def _uninstrument(self, **kwargs: Any) -> None:
+        stop_opentelemetry_instrumentor(self._otel)
+        self._otel = None
+        self._patches.restore()
+
+    def _correct(self) -> None:
         try:
             otel_celery = importlib.import_module(_OTEL_MODULE)
         except ImportError:
@@ -104,21 +127,12 @@ class CeleryContextInstrumentor(BaseInstrumentor):  # type: ignore[misc]
                 "follows the distributed_tracing policy"
             )
             return
-        self._replace(otel_celery, "extract", _task_context_extract(otel_celery.extract))
+        self._patches.replace(otel_celery, "extract", _task_context_extract(otel_celery.extract))
         retrieve = utils.retrieve_task_from_sender
-        self._replace(utils, "retrieve_task_from_sender", self._with_stand_ins(retrieve))
+        self._patches.replace(utils, "retrieve_task_from_sender", self._with_stand_ins(retrieve))
         for name in _KEYED_BY_TASK_ID:
-            self._replace(utils, name, _keyed_by_thread(getattr(utils, name)))
+            self._patches.replace(utils, name, _keyed_by_thread(getattr(utils, name)))
         report.debug("Celery: task context is first-party; publish and run spans kept per thread")
-
-    def _uninstrument(self, **kwargs: Any) -> None:
-        while self._restore:
-            owner, name, original = self._restore.pop()
-            setattr(owner, name, original)
-
-    def _replace(self, owner: object, name: str, replacement: object) -> None:
-        self._restore.append((owner, name, getattr(owner, name)))
-        setattr(owner, name, replacement)
 
     def _with_stand_ins(self, retrieve: Callable[[Any], Any]) -> Callable[[Any], Any]:
         stand_ins, lock = self._stand_ins, self._stand_ins_lock
@@ -135,7 +149,6 @@ class CeleryContextInstrumentor(BaseInstrumentor):  # type: ignore[misc]
                     stand_in = stand_ins[sender] = _UnregisteredTask(sender)
             return stand_in
 
-        retrieve_task_from_sender.__wrapped__ = retrieve  # type: ignore[attr-defined]
         return retrieve_task_from_sender
 
 
@@ -149,8 +162,6 @@ def _keyed_by_thread(helper: Callable[..., Any]) -> Callable[..., Any]:
     def keyed(task: Any, task_id: Any, *args: Any, **kwargs: Any) -> Any:
         return helper(task, (task_id, threading.get_ident()), *args, **kwargs)
 
-    keyed.__wrapped__ = helper  # type: ignore[attr-defined]
-    keyed.__name__ = getattr(helper, "__name__", "keyed")
     return keyed
 
 
@@ -163,14 +174,11 @@ def _task_context_extract(extract: Callable[..., Any]) -> Callable[..., Any]:
         with first_party():
             return extract(*args, **kwargs)
 
-    extract_task_context.__wrapped__ = extract  # type: ignore[attr-defined]
     return extract_task_context
 
 
 def _third_party() -> bool:
-    from logfire_run.agent import bootstrap
-
     try:
-        return bool(bootstrap.get_config().celery_third_party)
+        return bool(state.config().celery_third_party)
     except Exception:
         return False

@@ -1,48 +1,54 @@
 """Thread and process pools, and plain threads: work runs as a child of the span that handed it over.
 
-What it patches (with wrapt unless said otherwise, when `instrument()` runs; each module when it is
-first imported):
+What it patches:
+    - `threading.Thread.start` (wrapt) records the starting thread's OpenTelemetry context, and the
+      new thread runs with it (around `Thread._bootstrap_inner`, so `Timer` and subclasses
+      overriding `run` are covered). A pool's own worker threads are left out: they serve every
+      submitter, not the first one.
+    - `concurrent.futures.thread._WorkItem` (replaced by a subclass, for speed): created by
+      `ThreadPoolExecutor.submit` in the submitting thread, it records the context there, and its
+      `run` makes it current in the worker and restores the worker's own afterwards. Everything that
+      creates a work item is covered: `submit`, `map`, `loop.run_in_executor`, subclasses that
+      override `submit` and call `super()`. The callable, its arguments, its return value and its
+      exception (with its traceback) are never touched.
+    - `ProcessPoolExecutor.submit` (wrapt) sends the callable to the worker inside `TaskInContext`
+      with the carrier of the current context (what `get_context()` returns);
+      `ProcessPoolExecutor.__init__` (wrapt) adds a once-per-worker initializer that brings
+      configuration set in code into spawn and forkserver workers. See `_executors_worker` for the
+      worker side and how spans get out of workers.
+    - OpenTelemetry's own `threading` instrumentor, which does a subset of this (without process
+      pools, without subclasses overriding `run`, and at about twice the cost per submit): the two
+      never both propagate. The loader does not load it while this one is enabled (`supersedes`),
+      and if it is instrumented anyway (`opentelemetry-instrument` loads both, or the app calls it),
+      this one undoes its patches if it came first and makes its `instrument()` a no-op if it comes
+      later. Its patches come back when this instrumentor is uninstrumented.
 
-- `threading.Thread.start` records the starting thread's OpenTelemetry context, and the new thread
-  runs with it (around `Thread._bootstrap_inner`, so `Timer` and subclasses overriding `run` are
-  covered). A pool's own worker threads are left out: they serve every submitter, not the first one.
-- `concurrent.futures.thread._WorkItem` (replaced by a subclass, for speed): created by
-  `ThreadPoolExecutor.submit` in the submitting thread, it records the context there, and its `run`
-  makes it current in the worker and restores the worker's own afterwards. Everything that creates
-  a work item is covered: `submit`, `map`, `loop.run_in_executor`, subclasses that override `submit`
-  and call `super()`. The callable, its arguments, its return value and its exception (with its
-  traceback) are never touched.
-- `ProcessPoolExecutor.submit` sends the callable to the worker inside `TaskInContext` with the
-  carrier of the current context (what `get_context()` returns); `ProcessPoolExecutor.__init__` adds
-  a once-per-worker initializer that brings configuration set in code into spawn and forkserver
-  workers. See `_executors_worker` for the worker side and how spans get out of workers.
+When it is enabled:
+    When `threading` or `concurrent.futures` is first imported, once the SDK is up (standard-library
+    targets wait for it). It is also an `opentelemetry_instrumentor` entry point, so
+    `opentelemetry-instrument` loads it too. `--disable executors` turns it off.
 
-When it is enabled: `logfire-run` activates it when `threading` or `concurrent.futures` is first
-imported (once the SDK is up); it is an `opentelemetry_instrumentor` entry point, so
-`opentelemetry-instrument` loads it too. `OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=executors` turns it off.
+How it refuses:
+    It needs nothing but the standard library and wrapt; `concurrent.futures.process` is patched
+    only if the app imports it (importing it costs multiprocessing, which an app that only uses
+    threads, as asyncio does, should not pay for).
 
-OpenTelemetry's own `threading` instrumentor does a subset of this (without process pools, without
-subclasses overriding `run`, and at about twice the cost per submit). The two never both propagate:
-logfire-run's loader does not load it while this one is enabled, and if it is instrumented anyway
-(`opentelemetry-instrument` loads both, or the app calls it), this instrumentor takes its place: it
-undoes its patches if it came first and makes its `instrument()` a no-op if it comes later. Its
-patches come back when this instrumentor is uninstrumented. See docs/executors.md.
-
-Where it stops: executors that do not use `concurrent.futures`' work items or `ProcessPoolExecutor`
-(a hand-written pool over `queue.Queue`, `multiprocessing.Pool`) are not covered; `get_context()` and
-`attach_context()` are there for those.
+Where it stops:
+    Executors that do not use `concurrent.futures`' work items or `ProcessPoolExecutor` (a
+    hand-written pool over `queue.Queue`, `multiprocessing.Pool`) are not covered; `get_context()`
+    and `attach_context()` are there for those. See docs/executors.md.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Collection
-from typing import Any
+from collections.abc import Callable
+from typing import Any, ClassVar
 
-from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
-
-from logfire_run.agent import importhooks, report
+from logfire_run.agent import importhooks, report, state
+from logfire_run.instrumentors._base import Instrumentor
 from logfire_run.instrumentors._executors_worker import TaskInContext, WorkerSetup, context_functions
+from logfire_run.instrumentors._patch import Patches
 
 __all__ = ["ExecutorInstrumentor"]
 
@@ -51,17 +57,17 @@ _OTEL_THREADING = "opentelemetry.instrumentation.threading"
 # The attribute that carries a captured context on Thread and _WorkItem objects.
 _ATTRIBUTE = "_logfire_run_context"
 
-# Patched (owner, attribute) pairs and replaced (module, name, original) globals, for uninstrument.
-_patched: list[tuple[type, str]] = []
-_replaced: list[tuple[Any, str, Any]] = []
+_patches = Patches("executors")
 _active = False
 
 
-class ExecutorInstrumentor(BaseInstrumentor):  # type: ignore[misc]
+class ExecutorInstrumentor(Instrumentor):
     """Context propagation into threads, thread pools and process pools; see the module docstring."""
 
-    def instrumentation_dependencies(self) -> Collection[str]:
-        return ()
+    targets = ("threading", "concurrent.futures")
+    supported = ()
+    options: ClassVar[dict[str, Any]] = {}
+    supersedes = ("opentelemetry.instrumentation.threading:ThreadingInstrumentor",)
 
     def _instrument(self, **kwargs: Any) -> None:
         global _active
@@ -85,13 +91,7 @@ class ExecutorInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     def _uninstrument(self, **kwargs: Any) -> None:
         global _active
         _active = False
-        while _patched:
-            owner, attribute = _patched.pop()
-            _unwrap(owner, attribute)
-        while _replaced:
-            module, name, original = _replaced.pop()
-            if getattr(getattr(module, name, None), "_logfire_run_original", None) is original:
-                setattr(module, name, original)
+        _patches.restore()
         _hand_back_to_otel_threading()
 
 
@@ -101,24 +101,6 @@ def _if_active(patch: Callable[[Any], None]) -> Callable[[Any], None]:
             patch(module)
 
     return hook
-
-
-def _wrap(owner: type, attribute: str, wrapper: Callable[..., Any]) -> None:
-    import wrapt
-
-    if getattr(owner.__dict__.get(attribute), "_self_wrapper", None) is wrapper:
-        return  # a hook left from an earlier instrument() ran as well
-    wrapt.wrap_function_wrapper(owner, attribute, wrapper)
-    _patched.append((owner, attribute))
-
-
-def _unwrap(owner: type, attribute: str) -> None:
-    current = owner.__dict__.get(attribute)
-    if getattr(current, "_self_wrapper", None) in _WRAPPERS:
-        setattr(owner, attribute, current.__wrapped__)  # type: ignore[union-attr]
-    else:
-        # Someone wrapped on top of ours; taking their layer off would be worse than leaving ours.
-        report.debug(f"{owner.__qualname__}.{attribute} was wrapped again after us; left as it is")
 
 
 def _innermost(function: object) -> object:
@@ -148,9 +130,9 @@ _skip_targets: set[object] = set()
 
 
 def _patch_threading(threading: Any) -> None:
-    _wrap(threading.Thread, "start", _thread_start)
+    _patches.wrap(threading.Thread, "start", _thread_start)
     if not _THREAD_HAS_CONTEXT:
-        _wrap(threading.Thread, "_bootstrap_inner", _thread_bootstrap)
+        _patches.wrap(threading.Thread, "_bootstrap_inner", _thread_bootstrap)
 
 
 # Python 3.14 gave Thread a `context`: the contextvars.Context its run() executes in, chosen in start().
@@ -239,10 +221,7 @@ def _patch_thread_pool(module: Any) -> None:
                 finally:
                     detach(token)
 
-    WorkItem.__name__, WorkItem.__qualname__ = original.__name__, original.__qualname__
-    WorkItem.__module__ = original.__module__
-    module._WorkItem = WorkItem
-    _replaced.append((module, "_WorkItem", original))
+    _patches.replace(module, "_WorkItem", WorkItem)
 
 
 def _parameters(function: Any) -> tuple[str, ...]:
@@ -254,8 +233,8 @@ def _parameters(function: Any) -> tuple[str, ...]:
 
 
 def _patch_process_pool(module: Any) -> None:
-    _wrap(module.ProcessPoolExecutor, "__init__", _process_pool_init)
-    _wrap(module.ProcessPoolExecutor, "submit", _process_submit)
+    _patches.wrap(module.ProcessPoolExecutor, "__init__", _process_pool_init)
+    _patches.wrap(module.ProcessPoolExecutor, "submit", _process_submit)
 
 
 _last_carrier: tuple[object, dict[str, str]] = (None, {})
@@ -348,11 +327,9 @@ def _with_worker_setup(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[st
 
 
 def _settings_for_workers() -> dict[str, Any] | None:
-    from logfire_run.agent import bootstrap
-
-    if bootstrap.agent() is None:
+    if state.sdk() is None:
         return None  # not our agent (opentelemetry-instrument): workers rely on the environment
-    config = bootstrap.get_config()
+    config = state.config()
     if not config.inherit:
         return None
     settings = {
@@ -373,17 +350,22 @@ def _take_over_from_otel_threading() -> None:
         importhooks.register(_OTEL_THREADING, _if_active(_neutralize))
 
 
+_neutralized = False
+
+
 def _neutralize(module: Any) -> None:
+    global _neutralized
     instrumentor = getattr(module, "ThreadingInstrumentor", None)
     if instrumentor is None:
         return
+    _neutralized = True
     instance = instrumentor()
     if instance.is_instrumented_by_opentelemetry:
         instance._uninstrument()  # its patches come off; its flag stays, so a later instrument() is quiet
         _remove_leftover_timer_start()
     # Instance attributes shadow its methods: instrumenting it while this one is active does nothing.
-    instance._instrument = _do_nothing
-    instance._uninstrument = _do_nothing
+    _patches.replace(instance, "_instrument", _do_nothing, copy_metadata=False)
+    _patches.replace(instance, "_uninstrument", _do_nothing, copy_metadata=False)
     report.debug("OpenTelemetry's threading instrumentor is superseded by the executors instrumentor")
 
 
@@ -398,25 +380,17 @@ def _remove_leftover_timer_start() -> None:
 
 
 def _hand_back_to_otel_threading() -> None:
+    global _neutralized
+    neutralized, _neutralized = _neutralized, False
     module = sys.modules.get(_OTEL_THREADING)
     instrumentor = getattr(module, "ThreadingInstrumentor", None)
     if instrumentor is None:
         return
+    # Our shadowing attributes were taken off by `_patches.restore()`.
     instance = instrumentor()
-    shadowed = "_instrument" in instance.__dict__
-    instance.__dict__.pop("_instrument", None)
-    instance.__dict__.pop("_uninstrument", None)
-    if shadowed and instance.is_instrumented_by_opentelemetry:
+    if neutralized and instance.is_instrumented_by_opentelemetry:
         instance._instrument()  # it was asked for: it propagates from now on
 
 
 def _do_nothing(**kwargs: Any) -> None:
     pass
-
-
-_WRAPPERS = (
-    _thread_start,
-    _thread_bootstrap,
-    _process_pool_init,
-    _process_submit,
-)

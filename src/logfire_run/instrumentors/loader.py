@@ -1,15 +1,18 @@
 """Discovery of instrumentors through entry points, cached, and their lazy activation on first import.
 
 Discovery reads the `opentelemetry_instrumentor` entry-point group (what OpenTelemetry's packages
-register) and this project's `logfire_run_instrumentor` group, and works out which module each one
-instruments from its distribution's `instruments` extras. That scan reads every installed
-distribution's metadata, tens of milliseconds, so its result is kept in a cache file keyed by the
-interpreter and `sys.path`, and checked against the modification times of the `sys.path` directories:
-installing or removing a distribution changes its directory, which invalidates the cache. A warm start
-is one `marshal.load` and a stat per `sys.path` entry.
+register) and this project's `logfire_run_instrumentor` group. What an OpenTelemetry instrumentor
+instruments comes from its distribution's `instruments` extras; what one of this project's does
+comes from the declarations next to its class (`targets`, `supported`, `options`, `supersedes`; see
+`instrumentors._base`), read from its source file without importing it. That scan reads every
+installed distribution's metadata, tens of milliseconds, so its result is kept in a cache file
+keyed by the interpreter and `sys.path`, and checked against the modification times of the
+`sys.path` directories: installing or removing a distribution changes its directory, which
+invalidates the cache. A warm start is one `marshal.load` and a stat per `sys.path` entry.
 
-Activation registers one post-import hook per target module. When the app first imports it, the hook
-sets the SDK up, checks the installed version against the instrumentor's requirements, and calls
+Activation registers one post-import hook per target module. When the app first imports it, the
+hook asks the process state to run the instrumentor once the SDK is up (`state.when_sdk_ready`),
+which checks the installed version against the instrumentor's requirements and calls
 `instrument()`. An instrumentor that fails is reported once and the others still run.
 
 Stdlib only at import time: the bootstrap imports this module in every process.
@@ -21,43 +24,38 @@ import marshal
 import os
 import sys
 
-from logfire_run.agent import importhooks, report
+from logfire_run.agent import importhooks, paths, report, state
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from types import ModuleType
+    from typing import Any
 
     from logfire_run.agent.config import Config
 
 GROUPS = ("opentelemetry_instrumentor", "logfire_run_instrumentor")
-_CACHE_FORMAT = 1
-
-#: Our own instrumentors say here what they instrument; OpenTelemetry's say it in their metadata.
-OWN_TARGETS: dict[str, tuple[str, ...]] = {
-    "logfire_run.instrumentors.executors": ("threading", "concurrent.futures"),
-    "logfire_run.instrumentors.celery": ("celery",),
-}
-
-#: Keyword arguments given to `instrument()`, by entry-point name. The ASGI middleware's per-message
-#: `http send` / `http receive` spans are left out: a request is one server span, as under WSGI, and a
-#: trace across services reads client -> server -> client -> server (docs/http.md).
-INSTRUMENT_OPTIONS: dict[str, dict[str, object]] = {
-    "fastapi": {"exclude_spans": ["receive", "send"]},
-}
-
-#: OpenTelemetry instrumentors that one of ours replaces: not loaded while ours is enabled.
-SUPERSEDED_BY: dict[str, str] = {
-    # The executors instrumentor propagates into threads and thread pools too; both would wrap twice.
-    "opentelemetry.instrumentation.threading:ThreadingInstrumentor": (
-        "logfire_run.instrumentors.executors:ExecutorInstrumentor"
-    ),
-}
+_CACHE_FORMAT = 2
+#: Entry points whose value starts with this are this project's: their declarations are read.
+_OWN_PREFIX = "logfire_run."
+#: What this project's instrumentors declare, next to their class (see instrumentors._base).
+DECLARATIONS = ("targets", "supported", "options", "supersedes")
 
 
-class Instrumentor:
-    """What the cache knows about one entry point, without importing it."""
+class EntryPointRecord:
+    """What the cache knows about one instrumentor's entry point, without importing it."""
 
-    __slots__ = ("dist", "group", "modules", "name", "requires", "requires_any", "value", "version")
+    __slots__ = (
+        "dist",
+        "group",
+        "modules",
+        "name",
+        "options",
+        "requires",
+        "requires_any",
+        "supersedes",
+        "value",
+        "version",
+    )
 
     def __init__(
         self,
@@ -69,27 +67,39 @@ class Instrumentor:
         modules: tuple[str, ...],
         requires: tuple[str, ...],
         requires_any: tuple[str, ...],
+        options: dict[str, object],
+        supersedes: tuple[str, ...],
     ) -> None:
         self.name = name
         self.group = group
         self.value = value
         self.dist = dist
         self.version = version
+        #: The modules whose first import activates it.
         self.modules = modules
         self.requires = requires
         self.requires_any = requires_any
+        #: Keyword arguments for its `instrument()`.
+        self.options = options
+        #: Entry-point values of the instrumentors it replaces while enabled.
+        self.supersedes = supersedes
 
     def as_tuple(self) -> tuple[object, ...]:
-        return (
-            self.name,
-            self.group,
-            self.value,
-            self.dist,
-            self.version,
-            self.modules,
-            self.requires,
-            self.requires_any,
-        )
+        return tuple(getattr(self, name) for name in _FIELDS)
+
+
+_FIELDS = (
+    "name",
+    "group",
+    "value",
+    "dist",
+    "version",
+    "modules",
+    "requires",
+    "requires_any",
+    "options",
+    "supersedes",
+)
 
 
 # Discovery and its cache
@@ -106,9 +116,8 @@ def _fingerprint() -> tuple[tuple[str, int], ...]:
 
 
 def cache_path() -> str:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     key = _fnv1a(repr((sys.executable, sys.version, sys.path)))
-    return os.path.join(base, "logfire-run", f"instrumentors-{key:08x}.marshal")
+    return os.path.join(paths.cache_dir(), f"instrumentors-{key:08x}.marshal")
 
 
 def _fnv1a(text: str) -> int:
@@ -119,7 +128,7 @@ def _fnv1a(text: str) -> int:
     return value
 
 
-def discover(*, use_cache: bool = True) -> list[Instrumentor]:
+def discover(*, use_cache: bool = True) -> list[EntryPointRecord]:
     """Every instrumentor installed for this interpreter, from the cache when it is still valid."""
     fingerprint = _fingerprint()
     path = cache_path()
@@ -128,7 +137,7 @@ def discover(*, use_cache: bool = True) -> list[Instrumentor]:
             with open(path, "rb") as file:
                 cached = marshal.load(file)
             if cached[0] == _CACHE_FORMAT and cached[1] == fingerprint:
-                return [Instrumentor(*row) for row in cached[2]]
+                return [EntryPointRecord(*row) for row in cached[2]]
         except (OSError, EOFError, ValueError, TypeError, IndexError):
             pass
     found = scan()
@@ -136,9 +145,9 @@ def discover(*, use_cache: bool = True) -> list[Instrumentor]:
     return found
 
 
-def _write_cache(path: str, fingerprint: tuple[tuple[str, int], ...], found: list[Instrumentor]) -> None:
+def _write_cache(path: str, fingerprint: tuple[tuple[str, int], ...], found: list[EntryPointRecord]) -> None:
     try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
         temporary = f"{path}.{os.getpid()}.tmp"
         with open(temporary, "wb") as file:
             marshal.dump((_CACHE_FORMAT, fingerprint, [row.as_tuple() for row in found]), file)
@@ -148,14 +157,14 @@ def _write_cache(path: str, fingerprint: tuple[tuple[str, int], ...], found: lis
         report.debug(f"could not write the instrumentor cache {path}: {error}")
 
 
-def scan() -> list[Instrumentor]:
+def scan() -> list[EntryPointRecord]:
     """Read the entry points and distribution metadata (slow: tens of milliseconds)."""
     from importlib import metadata
 
     from packaging.requirements import InvalidRequirement, Requirement
 
     module_names = _top_level_modules(metadata)
-    found: list[Instrumentor] = []
+    found: list[EntryPointRecord] = []
     seen_values: set[str] = set()
     for group in GROUPS:
         for entry_point in metadata.entry_points(group=group):
@@ -165,24 +174,39 @@ def scan() -> list[Instrumentor]:
             dist = getattr(entry_point, "dist", None)
             dist_name = dist.metadata["Name"] if dist is not None else ""
             version = dist.version if dist is not None else ""
+            options: dict[str, object] = {}
+            supersedes: tuple[str, ...] = ()
+            modules: tuple[str, ...]
             requires: list[str] = []
             requires_any: list[str] = []
-            for line in (dist.requires if dist is not None else None) or ():
+            if entry_point.value.startswith(_OWN_PREFIX):
                 try:
-                    requirement = Requirement(line)
-                except InvalidRequirement:
+                    declared = read_declarations(entry_point.value)
+                except (OSError, SyntaxError, ValueError) as error:
+                    report.problem(
+                        f"declarations:{entry_point.value}",
+                        f"instrumentor {entry_point.name} ({entry_point.value}) cannot be read ({error}); "
+                        "the app runs on without it",
+                    )
                     continue
-                marker = str(requirement.marker or "")
-                if "instruments-any" in marker:
-                    requires_any.append(_without_marker(requirement))
-                elif "'instruments'" in marker or '"instruments"' in marker:
-                    requires.append(_without_marker(requirement))
-            module = entry_point.value.partition(":")[0]
-            modules = OWN_TARGETS.get(module) or _targets(
-                entry_point.name, requires + requires_any, module_names, Requirement
-            )
+                modules = declared["targets"]
+                requires = list(declared["supported"])
+                options = declared["options"]
+                supersedes = declared["supersedes"]
+            else:
+                for line in (dist.requires if dist is not None else None) or ():
+                    try:
+                        requirement = Requirement(line)
+                    except InvalidRequirement:
+                        continue
+                    marker = str(requirement.marker or "")
+                    if "instruments-any" in marker:
+                        requires_any.append(_without_marker(requirement))
+                    elif "'instruments'" in marker or '"instruments"' in marker:
+                        requires.append(_without_marker(requirement))
+                modules = _targets(entry_point.name, requires + requires_any, module_names, Requirement)
             found.append(
-                Instrumentor(
+                EntryPointRecord(
                     entry_point.name,
                     group,
                     entry_point.value,
@@ -191,9 +215,81 @@ def scan() -> list[Instrumentor]:
                     modules,
                     tuple(requires),
                     tuple(requires_any),
+                    options,
+                    supersedes,
                 )
             )
     return found
+
+
+def read_declarations(value: str) -> dict[str, Any]:
+    """The declarations of one of this project's instrumentors (`module:Class`), from its source.
+
+    Read with `ast`, not by importing the module: its import would load OpenTelemetry's
+    instrumentation package. Each declaration must be a literal; a missing one is its base class's
+    default (empty). Raises ValueError when the class is not found or a value is not a literal.
+    """
+    import ast
+    from importlib.util import find_spec
+
+    module_name, _, class_name = value.partition(":")
+    spec = find_spec(module_name)
+    if spec is None or not spec.origin:
+        raise ValueError(f"{module_name} is not installed")
+    with open(spec.origin, encoding="utf-8") as file:
+        tree = ast.parse(file.read(), spec.origin)
+    declared: dict[str, Any] = {"targets": (), "supported": (), "options": {}, "supersedes": ()}
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.name == class_name:
+            break
+    else:
+        raise ValueError(f"{value}: no class {class_name} in {spec.origin}")
+    constants = _module_constants(tree)
+    for statement in node.body:
+        if isinstance(statement, ast.Assign) and len(statement.targets) == 1:
+            target, expression = statement.targets[0], statement.value
+        elif isinstance(statement, ast.AnnAssign) and statement.value is not None:
+            target, expression = statement.target, statement.value
+        else:
+            continue
+        if isinstance(target, ast.Name) and target.id in DECLARATIONS:
+            declared[target.id] = _literal(expression, constants, f"{value}.{target.id}")
+    for name in ("targets", "supported", "supersedes"):
+        if not isinstance(declared[name], tuple) or not all(isinstance(item, str) for item in declared[name]):
+            raise ValueError(f"{value}.{name} must be a tuple of strings")
+    if not isinstance(declared["options"], dict):
+        raise ValueError(f"{value}.options must be a dict")
+    return declared
+
+
+def _module_constants(tree: object) -> dict[str, object]:
+    """Module-level `NAME = literal` assignments (a declaration may name one, like `_OTEL_INSTRUMENTOR`)."""
+    import ast
+    import contextlib
+
+    constants: dict[str, object] = {}
+    for statement in getattr(tree, "body", ()):
+        if isinstance(statement, ast.Assign) and len(statement.targets) == 1:
+            target = statement.targets[0]
+            if isinstance(target, ast.Name):
+                with contextlib.suppress(ValueError):
+                    constants[target.id] = ast.literal_eval(statement.value)
+    return constants
+
+
+def _literal(expression: object, constants: dict[str, object], where: str) -> object:
+    import ast
+
+    if isinstance(expression, ast.Name) and expression.id in constants:
+        return constants[expression.id]
+    if isinstance(expression, ast.Tuple):
+        return tuple(_literal(item, constants, where) for item in expression.elts)
+    if isinstance(expression, ast.List):
+        return [_literal(item, constants, where) for item in expression.elts]
+    try:
+        return ast.literal_eval(expression)  # type: ignore[arg-type]
+    except ValueError:
+        raise ValueError(f"{where} must be a literal") from None
 
 
 def _without_marker(requirement: object) -> str:
@@ -233,87 +329,84 @@ def _targets(
 # Activation
 
 
-def register_hooks(config: Config) -> list[Instrumentor]:
+def superseded(records: list[EntryPointRecord], config: Config) -> dict[str, str]:
+    """Entry-point value -> name of the enabled instrumentor that replaces it."""
+    replaced: dict[str, str] = {}
+    for record in records:
+        if not config.instrumentation_disabled(record.name):
+            for value in record.supersedes:
+                replaced.setdefault(value, record.name)
+    return replaced
+
+
+def register_hooks(config: Config) -> list[EntryPointRecord]:
     """Register a post-import hook for each enabled instrumentor; return the ones registered."""
-    registered: list[Instrumentor] = []
+    registered: list[EntryPointRecord] = []
     found = discover()
-    enabled = {item.value for item in found if not config.instrumentation_disabled(item.name)}
-    for instrumentor in found:
-        if config.instrumentation_disabled(instrumentor.name):
-            report.debug(f"instrumentor {instrumentor.name} is disabled")
+    replaced = superseded(found, config)
+    for record in found:
+        if config.instrumentation_disabled(record.name):
+            report.debug(f"instrumentor {record.name} is disabled")
             continue
-        if SUPERSEDED_BY.get(instrumentor.value) in enabled:
-            report.debug(
-                f"instrumentor {instrumentor.name} is superseded by {SUPERSEDED_BY[instrumentor.value]}"
-            )
+        if record.value in replaced:
+            report.debug(f"instrumentor {record.value} is superseded by {replaced[record.value]}")
             continue
-        for module_name in instrumentor.modules:
-            importhooks.register(module_name, _hook_for(instrumentor))
-        registered.append(instrumentor)
+        for module_name in record.modules:
+            importhooks.register(module_name, _hook_for(record))
+        registered.append(record)
     return registered
 
 
-def _hook_for(instrumentor: Instrumentor) -> importhooks.Hook:
+def _hook_for(record: EntryPointRecord) -> importhooks.Hook:
     def activate(module: ModuleType) -> None:
-        from logfire_run.agent import bootstrap
-
         # A standard-library target (threading, concurrent.futures) is often imported half-way through
         # another stdlib import that the SDK itself needs, and it needs no import-time class swap: it
-        # waits until the SDK is up. So does a target imported while the SDK is being set up, or by
-        # OpenTelemetry's own code (the OTLP exporter imports requests): an app that imports the exporter
-        # to build its own TracerProvider must still be able to install it.
+        # waits until the SDK is up. So does a target imported by OpenTelemetry's own code (the OTLP
+        # exporter imports requests): an app that imports the exporter to build its own
+        # TracerProvider must still be able to install it.
         stdlib = module.__name__.partition(".")[0] in getattr(sys, "stdlib_module_names", ())
         by_opentelemetry = importhooks.importer().startswith("opentelemetry")
-        if not bootstrap.sdk_ready() and (stdlib or by_opentelemetry or bootstrap.sdk_starting()):
-            bootstrap.defer(lambda: activate_now(instrumentor))
-            return
-        activate_now(instrumentor)
+        state.when_sdk_ready(lambda: activate_now(record), start=not (stdlib or by_opentelemetry))
 
-    activate.__name__ = f"activate_{instrumentor.name}"
+    activate.__name__ = f"activate_{record.name}"
     return activate
 
 
 _activated: set[str] = set()
 
 
-def activate_now(instrumentor: Instrumentor) -> bool:
-    """Set the SDK up and run one instrumentor; a failure is reported once and returns False."""
-    from logfire_run.agent import bootstrap
-
-    if instrumentor.value in _activated:
+def activate_now(record: EntryPointRecord) -> bool:
+    """Run one instrumentor (the SDK is up); a failure is reported once and returns False."""
+    if record.value in _activated:
         return True
-    _activated.add(instrumentor.value)
+    _activated.add(record.value)
     try:
-        if not bootstrap.ensure_sdk():
-            if bootstrap.sdk_may_start():
-                _activated.discard(instrumentor.value)
-                bootstrap.defer(lambda: activate_now(instrumentor))
-            return False
-        conflict = version_conflict(instrumentor)
+        conflict = version_conflict(record)
         if conflict:
-            report.debug(f"instrumentor {instrumentor.name} skipped: {conflict}")
+            report.debug(f"instrumentor {record.name} skipped: {conflict}")
             return False
-        target = _load(instrumentor.value)
+        target = _load(record.value)
         instance = target()
-        instance.instrument(skip_dep_check=True, **INSTRUMENT_OPTIONS.get(instrumentor.name, {}))
-        report.debug(f"instrumented {', '.join(instrumentor.modules)} with {instrumentor.name}")
+        # Its requirements were checked just above, with a debug line instead of OpenTelemetry's error.
+        instance.instrument(skip_dep_check=True, **record.options)
+        report.debug(f"instrumented {', '.join(record.modules)} with {record.name}")
         return True
     except Exception as error:
         report.problem(
-            f"instrumentor:{instrumentor.name}",
-            f"instrumentor {instrumentor.name} ({instrumentor.value}) failed: "
+            f"instrumentor:{record.name}",
+            f"instrumentor {record.name} ({record.value}) failed: "
             f"{type(error).__name__}: {error}; the app runs on without it",
         )
         return False
 
 
-def version_conflict(instrumentor: Instrumentor) -> str | None:
+def version_conflict(record: EntryPointRecord) -> str | None:
     """Why the installed library does not fit the instrumentor's requirements, or None when it does."""
-    if not instrumentor.requires and not instrumentor.requires_any:
+    if not record.requires and not record.requires_any:
         return None
     from opentelemetry.instrumentation.dependencies import get_dependency_conflicts
 
-    conflict = get_dependency_conflicts(list(instrumentor.requires), list(instrumentor.requires_any) or None)
+    conflict = get_dependency_conflicts(list(record.requires), list(record.requires_any) or None)
     if conflict is None:
         return None
     required = conflict.required or " or ".join(str(item) for item in conflict.required_any or ())

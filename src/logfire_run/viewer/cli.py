@@ -20,14 +20,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from logfire_run.agent.store_format import NotAStoreError, default_path, open_store
 from logfire_run.viewer import model, text
-
-
-def _default_store() -> str:
-    from logfire_run.agent.config import resolve
-
-    config, _errors = resolve(os.environ)
-    return config.resolved_store_path()
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -65,9 +59,7 @@ def _fail(message: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    path = os.path.expanduser(args.store) if args.store else _default_store()
-    from logfire_run.agent.store import NotAStoreError, open_store
-
+    path = os.path.expanduser(args.store) if args.store else default_path()
     try:
         connection = open_store(path, create=False)
     except FileNotFoundError:

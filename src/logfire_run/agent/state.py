@@ -1,0 +1,303 @@
+"""The process state: the one owner of this process's config, policy, SDK lifecycle, deferred work and
+exit flushes.
+
+Everything that exists once per process and lives as long as it does is here, and only here: other
+modules ask through these functions and never keep a copy.
+
+- The config: resolved from the environment on first use; `configure()` is its one writer after that.
+- The policy: one `DistributedTracingPolicy`, built from the config; its mode is written here only.
+- The SDK lifecycle: off -> starting -> on | failed | disabled. `start_sdk()` moves it;
+  `when_sdk_ready(action)` is the one way to run something that needs the SDK: now if it is up,
+  else as soon as it comes up (never, if it cannot).
+- The exit flushes: at interpreter exit, on SIGTERM left at its default, and on `os._exit`.
+
+First-party extraction (`extract(carrier, third_party=False)`) needs only OpenTelemetry's API: it
+works the same whether the SDK started, failed or is still off.
+
+Stdlib only at import time, like the bootstrap that imports it in every process. Nothing here raises
+into the app: failures are reported once on stderr (`report`) and the app runs on.
+"""
+
+from __future__ import annotations
+
+import _thread
+import os
+
+from logfire_run.agent import config as config_module
+from logfire_run.agent import importhooks, report
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+    from typing import NoReturn
+
+    from opentelemetry.context import Context
+
+    from logfire_run.agent.config import Config
+    from logfire_run.agent.policy import DistributedTracingPolicy
+    from logfire_run.agent.sdk import TracingSdk
+
+_lock = _thread.RLock()
+_started_via: str | None = None
+_config: Config | None = None
+_policy: DistributedTracingPolicy | None = None
+_sdk: TracingSdk | None = None
+_sdk_state = "off"  # off -> starting -> on | failed | disabled
+_deferred: list[Callable[[], object]] = []
+
+
+# The agent in this process
+
+
+def mark_started(via: str) -> bool:
+    """Record that the agent starts in this process (`via` says who asked); False if it already had."""
+    global _started_via
+    with _lock:
+        if _started_via is not None:
+            return False
+        _started_via = via
+        return True
+
+
+def started() -> bool:
+    """Whether the agent was started in this process (or inherited running through fork)."""
+    return _started_via is not None
+
+
+def started_via() -> str | None:
+    return _started_via
+
+
+# Config and policy
+
+
+def config() -> Config:
+    """The process's one config object, resolved from the environment on first use."""
+    global _config
+    with _lock:
+        if _config is None:
+            resolved, errors = config_module.resolve(os.environ)
+            report.debug_enabled = resolved.debug
+            for error in errors:
+                report.problem(f"config:{error}", f"{error}; using the default")
+            _config = resolved
+        return _config
+
+
+def policy() -> DistributedTracingPolicy:
+    """The process's one `DistributedTracingPolicy` (needs only the OpenTelemetry API)."""
+    global _policy
+    with _lock:
+        if _policy is None:
+            from logfire_run.agent.policy import new_policy
+
+            _policy = new_policy(config().distributed_tracing)
+        return _policy
+
+
+def install_policy() -> None:
+    """Make the policy the global propagator (once; later propagators are wrapped, never nested)."""
+    from logfire_run.agent.policy import install_as_global
+
+    install_as_global(policy())
+
+
+def configure(settings: Mapping[str, object]) -> None:
+    """Apply `configure()` keywords: the config, then whatever each changed setting applies to."""
+    current = config()
+    changed, errors = config_module.update(current, settings, "configure()")
+    for error in errors:
+        report.problem(f"configure:{error}", f"{error}; the setting is left as it was")
+    report.debug_enabled = current.debug
+    applies = {setting.applies for setting in changed if setting.applies}
+    if "policy" in applies and _policy is not None:
+        _policy.mode = current.distributed_tracing  # the policy's one writer
+    if _sdk is not None:
+        _sdk.apply(applies)
+
+
+def extract(carrier: Mapping[str, str], *, third_party: bool) -> Context:
+    """The context in `carrier`: first-party (always extracted) or third-party (the policy decides).
+
+    Through OpenTelemetry's global propagator, which is the policy once the agent runs here; the
+    SDK's state does not matter.
+    """
+    from opentelemetry import propagate
+    from opentelemetry.context import Context
+
+    from logfire_run.agent.policy import first_party
+
+    if started() and not sdk_disabled():
+        install_policy()
+    if third_party:
+        return propagate.extract(carrier, Context())
+    with first_party():
+        return propagate.extract(carrier, Context())
+
+
+# The SDK lifecycle and deferred work
+
+
+def sdk_disabled() -> bool:
+    return os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true"
+
+
+def sdk() -> TracingSdk | None:
+    """The SDK objects of this process once they are set up, else None."""
+    return _sdk
+
+
+def sdk_running() -> bool:
+    return _sdk_state == "on"
+
+
+def start_sdk() -> bool:
+    """Set the OpenTelemetry SDK up if it is not yet; False when tracing is off, failed or must wait.
+
+    It must wait (False, nothing changed) while an OpenTelemetry module is half-imported (the app
+    imported `opentelemetry.sdk.trace`, which imported `opentelemetry.trace`, whose hook called us):
+    setting up then would read half-initialized modules. The next trigger tries again.
+    """
+    global _sdk_state, _sdk
+    if _sdk_state == "on":
+        return True
+    with _lock:
+        if _sdk_state != "off":
+            # "starting": our own imports during setup fired a hook; the SDK is not ready yet.
+            return _sdk_state == "on"
+        if sdk_disabled():
+            _sdk_state = "disabled"
+            _deferred.clear()
+            return False
+        if importhooks.initializing("opentelemetry", but="opentelemetry.propagate"):
+            return False
+        _sdk_state = "starting"
+        try:
+            from logfire_run.agent.sdk import TracingSdk
+
+            tracing = TracingSdk(config(), policy())
+            tracing.install()
+            _sdk = tracing
+            _sdk_state = "on"
+        except Exception as error:
+            _sdk_state = "failed"
+            _deferred.clear()
+            report.problem(
+                "sdk", f"OpenTelemetry could not be set up ({type(error).__name__}: {error}); no spans"
+            )
+            return False
+    install_exit_flushes()
+    _run_deferred()
+    return True
+
+
+def when_sdk_ready(action: Callable[[], object], *, start: bool = True) -> None:
+    """Run `action` now if the SDK is up, else as soon as it comes up (never, if it cannot).
+
+    With `start`, an SDK that is off is set up now (a library the app imported needs it); without,
+    the action waits for whatever starts it (a standard-library module imported half-way through
+    another import, which the SDK's own set-up may need).
+    """
+    with _lock:
+        state = _sdk_state
+        if state in ("off", "starting"):
+            # Queued under the lock that start_sdk() sets "on" under: no action can fall between.
+            _deferred.append(action)
+    if state == "on":
+        _run(action)
+    elif state == "off" and start:
+        start_sdk()
+
+
+def _run_deferred() -> None:
+    while True:
+        with _lock:
+            if not _deferred:
+                return
+            action = _deferred.pop(0)
+        # Run without the lock: an action imports modules, and another thread importing one of them
+        # may be waiting in when_sdk_ready() for this lock.
+        _run(action)
+
+
+def _run(action: Callable[[], object]) -> None:
+    try:
+        action()
+    except Exception as error:
+        report.problem(f"deferred:{action}", f"deferred instrumentation failed ({error}); the app runs on")
+
+
+# Exit flushes. The agent's provider is shut down (flushing every exporter) at interpreter exit.
+# SIGTERM's default action skips that, so when the app leaves SIGTERM at its default the agent
+# flushes first, then dies by the same signal: the exit status the parent sees is unchanged.
+# os._exit() skips it too; forked children leave that way (multiprocessing fork and forkserver
+# workers, Celery's prefork children, gunicorn workers), so once the SDK is up os._exit flushes
+# first, for a bounded time, in whichever process calls it: the child may have set the SDK up after
+# the fork.
+
+EXIT_FLUSH_MILLIS = 5000
+_real_exit = os._exit
+_exit_flushes_installed = False
+
+
+def flush(timeout_millis: int) -> bool:
+    """Export every ended span of this process's tracer provider (the agent's or the app's) now."""
+    from opentelemetry import trace
+
+    # The API has no public "is one set?"; get_tracer_provider() would hand back a proxy instead.
+    force_flush = getattr(getattr(trace, "_TRACER_PROVIDER", None), "force_flush", None)
+    return bool(force_flush(timeout_millis)) if callable(force_flush) else True
+
+
+def shutdown() -> None:
+    """Flush and stop the SDK of this process; spans ended afterwards are dropped."""
+    if _sdk is not None:
+        _sdk.shutdown()
+
+
+def install_exit_flushes() -> None:
+    """The SIGTERM and `os._exit` flushes (interpreter exit is the provider's own atexit)."""
+    global _exit_flushes_installed
+    os._exit = _flushing_exit
+    if _exit_flushes_installed:
+        return
+    _exit_flushes_installed = True
+    try:
+        import signal
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal.signal() works only there; atexit still covers normal exits
+        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, _flush_on_sigterm)
+    except Exception as error:
+        report.debug(f"no SIGTERM flush: {error}")
+
+
+def _flushing_exit(status: int) -> NoReturn:
+    try:
+        if _sdk is not None:
+            _sdk.force_flush(EXIT_FLUSH_MILLIS)
+    except BaseException:
+        pass
+    _real_exit(status)
+
+
+_sigterm_flushing = False
+
+
+def _flush_on_sigterm(signum: int, frame: object) -> None:
+    global _sigterm_flushing
+    import signal
+
+    if _sigterm_flushing:
+        # A second SIGTERM during the flush (a broken ProcessPoolExecutor terminates its workers twice
+        # on Python 3.12+) would cut it short: the first one finishes and ends the process.
+        return
+    _sigterm_flushing = True
+    try:
+        if _sdk is not None:
+            _sdk.shutdown()
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)

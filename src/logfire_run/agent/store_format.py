@@ -1,0 +1,269 @@
+"""The trace store's file format, shared by the exporter (writer) and the viewer (reader).
+
+One SQLite file in WAL mode: the schema and its version, opening (and creating) it, the version check,
+retention, the retry rules for a lock another process holds, and where the file is by default. The
+exporter (`store.py`) turns OpenTelemetry spans into rows of this format; the viewer reads them. This
+module is stdlib only so that `logfire-run-view` never loads OpenTelemetry.
+
+Where it stops: it knows nothing of spans as OpenTelemetry objects, and nothing of processes (the
+exporter owns connections across forks).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import sqlite3
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+from logfire_run.agent.settings import store_path_from_environment
+
+__all__ = [
+    "COLUMNS",
+    "DEFAULT_MAX_AGE_SECONDS",
+    "DEFAULT_MAX_SPANS",
+    "SCHEMA_VERSION",
+    "NotAStoreError",
+    "default_path",
+    "insert_batch",
+    "open_store",
+    "prune",
+    "trace_key",
+    "with_retries",
+]
+
+#: Retention: at most this many spans are kept (60 MB with small HTTP spans, more with big attributes) ...
+DEFAULT_MAX_SPANS = 200_000
+#: ... and none older than this (7 days).
+DEFAULT_MAX_AGE_SECONDS = 7 * 24 * 3600
+#: Readers (the viewer) let SQLite wait this long for a lock before "database is locked".
+BUSY_TIMEOUT_SECONDS = 10.0
+#: Writers retry a transaction that finds the write lock taken for this long, then give up (reported).
+WRITE_PATIENCE_SECONDS = 30.0
+#: Writers' waits between attempts grow from the first to the last value (seconds, jittered).
+_RETRY_DELAYS = (0.0005, 0.02)
+
+SCHEMA_VERSION = 1
+_SQLITE_BUSY, _SQLITE_LOCKED = 5, 6  # primary result codes (extended codes keep them in the low byte)
+
+#: The columns of a span row, in the order `insert_batch` takes them.
+COLUMNS = (
+    "trace_key",
+    "trace_id",
+    "span_id",
+    "parent_id",
+    "name",
+    "kind",
+    "service",
+    "start_ns",
+    "end_ns",
+    "status",
+    "status_message",
+    "attributes",
+    "events",
+    "links",
+    "scope",
+    "pid",
+)
+
+# No secondary index on spans: trace ids are random, so an index on them puts every span of a
+# batch on a different B-tree page, and in WAL mode each touched page is written out again at each
+# commit (measured at 200,000 stored spans: about 30 us per span with such an index, 10 without).
+# Rows are appended in id order instead; the viewer finds a trace with one scan (about 0.1 s at the
+# retention cap), and age pruning uses the small `batches` table: each batch's last row id and time.
+_SCHEMA = (
+    """
+    CREATE TABLE IF NOT EXISTS spans (
+        id INTEGER PRIMARY KEY,
+        trace_key INTEGER NOT NULL,
+        trace_id TEXT NOT NULL,
+        span_id TEXT NOT NULL,
+        parent_id TEXT,
+        name TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        service TEXT,
+        start_ns INTEGER NOT NULL,
+        end_ns INTEGER NOT NULL,
+        status TEXT NOT NULL,
+        status_message TEXT,
+        attributes TEXT,
+        events TEXT,
+        links TEXT,
+        scope TEXT,
+        pid INTEGER
+    )
+    """,
+    "CREATE TABLE IF NOT EXISTS batches"
+    " (id INTEGER PRIMARY KEY, last_span INTEGER NOT NULL, written_ns INTEGER NOT NULL)",
+    # Short-lived processes write small batches, so this table can grow large: age pruning, run
+    # by every process that opens the store, must not scan it.
+    "CREATE INDEX IF NOT EXISTS batches_written ON batches (written_ns)",
+)
+_INSERT = f"INSERT INTO spans ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+_RECORD_BATCH = "INSERT INTO batches (last_span, written_ns) SELECT max(id), ? FROM spans"
+
+Row = tuple[Any, ...]
+_T = TypeVar("_T")
+
+
+def default_path(environ: Mapping[str, str] | None = None) -> str:
+    """The store the agent writes to: `LOGFIRE_STORE`, else `$XDG_DATA_HOME/logfire-run/traces.db`."""
+    return store_path_from_environment(os.environ if environ is None else environ)
+
+
+def trace_key(trace_id: int) -> int:
+    """A trace's integer key, its top 63 bits (a signed 64-bit integer): scans compare it, not text."""
+    return trace_id >> 65
+
+
+class NotAStoreError(Exception):
+    """The file is an SQLite database, but not a trace store of this version of logfire-run."""
+
+
+def open_store(
+    path: str, *, create: bool = True, busy_timeout: float = BUSY_TIMEOUT_SECONDS
+) -> sqlite3.Connection:
+    """A connection to the store at `path` (autocommit; transactions are explicit), schema in place.
+
+    With `create=False` a missing file raises FileNotFoundError instead of creating an empty store.
+    Writers pass `busy_timeout=0` and retry themselves (`with_retries`): SQLite's own busy handler
+    sleeps in steps growing to 100 ms, long enough to leave the lock idle while writers queue up.
+    """
+    if create:
+        directory = os.path.dirname(os.path.abspath(path))
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+    elif not os.path.exists(path):
+        raise FileNotFoundError(path)
+    connection = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
+    try:
+        with_retries(lambda: _prepare(connection, path, create))
+    except BaseException:
+        connection.close()
+        raise
+    return connection
+
+
+def _check_version(connection: sqlite3.Connection, path: str) -> bool:
+    """True when the store's schema is in place; False for an empty database; raises otherwise."""
+    # One statement, so one snapshot: read apart, the version and the tables could straddle another
+    # process's commit of the schema, and a store being created would look like a foreign database.
+    version, tables = connection.execute(
+        "SELECT user_version, (SELECT count(*) FROM sqlite_master) FROM pragma_user_version"
+    ).fetchone()
+    if version == SCHEMA_VERSION:
+        return True
+    if version == 0:
+        if tables == 0:
+            return False
+        raise NotAStoreError(f"{path} is an SQLite database but not a logfire-run trace store")
+    raise NotAStoreError(
+        f"{path} is a trace store of another logfire-run version (schema {version}, this one reads "
+        f"{SCHEMA_VERSION}); give another --store path"
+    )
+
+
+def _prepare(connection: sqlite3.Connection, path: str, create: bool) -> None:
+    # Checked before anything is written: the viewer never changes a file that is not a store.
+    if _check_version(connection, path):
+        ready = True
+    elif not create:
+        raise NotAStoreError(f"{path} holds no traces yet")
+    else:
+        ready = False
+    # WAL lets the viewer read while services write, and writers never block readers. Switching
+    # an existing WAL store is a no-op; a filesystem without shared memory keeps its journal mode.
+    connection.execute("PRAGMA journal_mode=WAL")
+    # NORMAL in WAL mode never corrupts the file; a power cut may lose the last batches only.
+    connection.execute("PRAGMA synchronous=NORMAL")
+    if ready:
+        return
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        # Another process may have created the schema while this one waited for the lock.
+        if not _check_version(connection, path):
+            for statement in _SCHEMA:
+                connection.execute(statement)
+            connection.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        connection.execute("COMMIT")
+    except BaseException:
+        _rollback(connection)
+        raise
+
+
+def _rollback(connection: sqlite3.Connection) -> None:
+    with contextlib.suppress(sqlite3.Error):
+        if connection.in_transaction:
+            connection.execute("ROLLBACK")
+
+
+def _is_busy(error: sqlite3.OperationalError) -> bool:
+    code = getattr(error, "sqlite_errorcode", None)
+    if code is not None:
+        return (code & 0xFF) in (_SQLITE_BUSY, _SQLITE_LOCKED)
+    text = str(error)
+    return "locked" in text or "busy" in text
+
+
+def with_retries(action: Callable[[], _T]) -> _T:
+    """Run `action` (a whole transaction), again while another process holds the lock."""
+    deadline = time.monotonic() + WRITE_PATIENCE_SECONDS
+    delay, longest = _RETRY_DELAYS
+    while True:
+        try:
+            return action()
+        except sqlite3.OperationalError as error:
+            if not _is_busy(error) or time.monotonic() > deadline:
+                raise
+        # Short, jittered waits: a batch holds the lock for milliseconds, and jitter keeps the
+        # waiting writers from retrying in lockstep.
+        time.sleep(delay * (0.5 + random.random()))
+        delay = min(delay * 1.5, longest)
+
+
+def insert_batch(connection: sqlite3.Connection, rows: list[Row]) -> None:
+    """Write `rows` (in `COLUMNS` order) and their batch record, in one transaction."""
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        connection.executemany(_INSERT, rows)
+        connection.execute(_RECORD_BATCH, (time.time_ns(),))
+        connection.execute("COMMIT")
+    except BaseException:
+        _rollback(connection)
+        raise
+
+
+def prune(connection: sqlite3.Connection, max_spans: int, max_age_seconds: float) -> None:
+    """Apply the retention caps: range deletes on row ids, cheap when little is due."""
+    oldest_kept_ns = time.time_ns() - int(max_age_seconds * 1e9)
+
+    # A batch's last_span bounds the ids of the spans written up to that batch. Should age
+    # pruning empty the table, SQLite starts ids again at 1; the batches pointing at the deleted
+    # ids go in the same transaction, so no stale bound is left behind.
+    def due() -> int:
+        """The highest row id to delete (0: nothing is due)."""
+        newest = connection.execute("SELECT max(id) FROM spans").fetchone()[0]
+        cut = newest - max_spans if newest is not None else 0
+        aged = connection.execute(
+            "SELECT max(last_span) FROM batches WHERE written_ns < ?", (oldest_kept_ns,)
+        ).fetchone()[0]
+        return max(cut, aged or 0)
+
+    def run() -> None:
+        # Read first, without the write lock: most calls find nothing to do.
+        if due() <= 0:
+            return
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            cut = due()
+            if cut > 0:
+                connection.execute("DELETE FROM spans WHERE id <= ?", (cut,))
+                connection.execute("DELETE FROM batches WHERE last_span <= ?", (cut,))
+            connection.execute("COMMIT")
+        except BaseException:
+            _rollback(connection)
+            raise
+
+    with_retries(run)
