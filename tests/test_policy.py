@@ -7,6 +7,8 @@ server instrumentation does), through `attach_context(carrier)` and through
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -209,3 +211,41 @@ def test_attach_context_restores_the_previous_context_on_error(
     assert result.returncode == 0, result.stderr
     spans = {span.name: span for span in receiver.wait_count(2)}
     assert spans["after"].parent_id == spans["outer"].span_id
+
+
+@pytest.mark.parametrize("mode", ["", "false", "link"])
+def test_first_party_carriers_do_not_depend_on_the_sdk(tmp_path: Path, mode: str) -> None:
+    # The SDK fails to come up in this process (its set-up raises); first-party carriers are still
+    # attached whole, without a warning, and a third-party one still obeys the policy.
+    code = textwrap.dedent(
+        f"""
+        import warnings
+        warnings.simplefilter("error")  # the policy's warning would raise here
+        from logfire_run.agent import sdk
+        def broken(self):
+            raise RuntimeError("set-up failed on purpose")
+        sdk.TracingSdk.install = broken
+        from opentelemetry import baggage, trace
+        from logfire_run.propagate import attach_context
+        carrier = {{"traceparent": "00-{TRACE_ID}-{SPAN_ID}-01", "baggage": "tenant=7"}}
+        def seen():
+            return (f"{{trace.get_current_span().get_span_context().trace_id:032x}}",
+                    dict(baggage.get_all()))
+        with attach_context(carrier):
+            print(*seen())
+        with attach_context(carrier, third_party=True):
+            print(*seen())
+        """
+    )
+    env = agent_env(LOGFIRE_RUN="1", LOGFIRE_DISTRIBUTED_TRACING=mode)
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    first, third = result.stdout.splitlines()
+    assert first == f"{TRACE_ID} {{'tenant': '7'}}"
+    if mode == "":
+        # Default: third-party context is accepted with a warning, which `-W error` turned into one line.
+        assert third == first
+        assert "logfire-run accepted trace context" in result.stderr
+    else:
+        assert third == f"{0:032x} {{}}"
+    assert "set-up failed on purpose" in result.stderr
