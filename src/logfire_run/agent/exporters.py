@@ -64,6 +64,17 @@ class ExportingSpanProcessor(SpanProcessor):
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         return all([processor.force_flush(timeout_millis) for processor in self._processors])
 
+    def unsent(self) -> int:
+        """Spans not exported yet: queued in the batch processors, or in an export still running."""
+        total = 0
+        for processor in self._processors:
+            # OpenTelemetry keeps the queue in its shared batch processor; read it where it is, else 0.
+            queue = getattr(getattr(processor, "_batch_processor", None), "_queue", ())
+            total += len(queue)
+            exporter = getattr(processor, "span_exporter", None)
+            total += getattr(exporter, "in_flight", 0)
+        return total
+
 
 class ForkSafeExporter(SpanExporter):
     """Keeps `fork()` from landing in the middle of an export.
@@ -81,11 +92,17 @@ class ForkSafeExporter(SpanExporter):
         self.inner = inner
         self._lock = threading.Lock()
         self._held_for_fork = False
+        #: Spans of the export running now (counted as unsent if the process exits meanwhile).
+        self.in_flight = 0
         _fork_safe_exporters.add(self)
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         with self._lock:
-            return self.inner.export(spans)
+            self.in_flight = len(spans)
+            try:
+                return self.inner.export(spans)
+            finally:
+                self.in_flight = 0
 
     def shutdown(self) -> None:
         self.inner.shutdown()
@@ -103,6 +120,7 @@ class ForkSafeExporter(SpanExporter):
 
     def _after_fork_in_child(self) -> None:
         self._held_for_fork = False
+        self.in_flight = 0
         self._lock = threading.Lock()
 
 
