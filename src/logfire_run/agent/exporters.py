@@ -176,20 +176,37 @@ class _ExportProblemHandler(logging.Handler):
 
     Attached to the exporters' loggers, it also stops Python's last-resort handler from printing every
     retry when the app has not configured logging; an app that has keeps receiving the records.
+    An exporter's warnings are retries ("transient error ..., retrying"): a retry that succeeds is not
+    a problem, so they are kept, and named as the cause when the export fails for good (an error) or
+    when the exit budget drops what they held up.
     """
 
     def emit(self, record: logging.LogRecord) -> None:
+        global _last_transient
         try:
             message = record.getMessage()
         except Exception:
             message = str(record.msg)
-        if record.levelno >= logging.WARNING:
-            report.problem(
-                f"export:{record.name}",
-                f"exporting spans failed: {message} (reported once per process; the app runs on, "
-                "spans beyond the bounded queue are dropped; LOGFIRE_DEBUG=1 shows every occurrence)",
-            )
         report.debug(f"{record.name}: {message}")
+        if record.levelno < logging.WARNING:
+            return
+        if record.levelno < logging.ERROR and record.name.startswith("opentelemetry.exporter"):
+            _last_transient = message
+            return
+        cause = f" (last error: {_last_transient})" if _last_transient and _last_transient != message else ""
+        report.problem(
+            f"export:{record.name}",
+            f"exporting spans failed: {message}{cause} (reported once per process; the app runs on, "
+            "spans beyond the bounded queue are dropped; LOGFIRE_DEBUG=1 shows every occurrence)",
+        )
+
+
+_last_transient: str | None = None
+
+
+def last_transient_error() -> str | None:
+    """The last retry an exporter logged in this process, if any: why spans are still unsent."""
+    return _last_transient
 
 
 EXPORT_LOGGERS = (

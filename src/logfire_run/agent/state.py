@@ -257,14 +257,29 @@ def shutdown() -> None:
         _sdk.shutdown()
 
 
-def install_exit_hook() -> None:
-    """Make `os._exit` flush first. Done when the agent starts, before the app runs, so that an app
-    binding it early (`from os import _exit`) gets the flushing one too; it costs nothing until then."""
+def install_exit_hooks() -> None:
+    """Make `os._exit` and a default SIGTERM flush first. Done when the agent starts, before the app
+    runs: an app binding `os._exit` early (`from os import _exit`) gets the flushing one, and a server
+    that saves the SIGTERM handler and puts it back before re-raising the signal at its own shutdown
+    (uvicorn does) puts back ours. Neither costs anything until the SDK is up."""
     os._exit = _flushing_exit
+    _install_sigterm_flush()
+
+
+def _install_sigterm_flush() -> None:
+    # `_signal`, not `signal`: the latter imports enum, milliseconds at every start.
+    import _signal  # type: ignore[import-not-found]
+
+    try:
+        if _signal.getsignal(_signal.SIGTERM) == _signal.SIG_DFL:
+            _signal.signal(_signal.SIGTERM, _flush_on_sigterm)
+    except (ValueError, OSError) as error:
+        # Not the main thread (configure() called from a thread): atexit still covers normal exits.
+        report.debug(f"no SIGTERM flush: {error}")
 
 
 def install_exit_flushes() -> None:
-    """The interpreter-exit and SIGTERM flushes, once the SDK is up (and `os._exit`'s, again)."""
+    """The interpreter-exit flush once the SDK is up (and the `os._exit` and SIGTERM ones, if not yet)."""
     global _exit_flushes_installed
     os._exit = _flushing_exit
     if _exit_flushes_installed:
@@ -273,16 +288,7 @@ def install_exit_flushes() -> None:
     import atexit
 
     atexit.register(_flush_at_exit)
-    try:
-        import signal
-        import threading
-
-        if threading.current_thread() is not threading.main_thread():
-            return  # signal.signal() works only there; atexit still covers normal exits
-        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-            signal.signal(signal.SIGTERM, _flush_on_sigterm)
-    except Exception as error:
-        report.debug(f"no SIGTERM flush: {error}")
+    _install_sigterm_flush()
 
 
 def exit_flush(reason: str) -> None:
@@ -317,10 +323,14 @@ def exit_flush(reason: str) -> None:
     if not done.is_set():
         unsent = tracing.unsent()
         if unsent:
+            from logfire_run.agent.exporters import last_transient_error
+
+            cause = last_transient_error()
             report.problem(
                 "exit-budget",
                 f"{unsent} spans were not sent within the exit budget ({budget:g} s, at {reason}) and "
-                "are dropped; LOGFIRE_EXIT_BUDGET (--exit-budget) sets the budget",
+                "are dropped" + (f" (the backend: {cause})" if cause else "") + "; "
+                "LOGFIRE_EXIT_BUDGET (--exit-budget) sets the budget",
             )
 
 
@@ -341,7 +351,7 @@ _sigterm_flushing = False
 
 def _flush_on_sigterm(signum: int, frame: object) -> None:
     global _sigterm_flushing
-    import signal
+    import _signal
 
     if _sigterm_flushing:
         # A second SIGTERM during the flush (a broken ProcessPoolExecutor terminates its workers twice
@@ -351,5 +361,6 @@ def _flush_on_sigterm(signum: int, frame: object) -> None:
     try:
         exit_flush("SIGTERM")
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGTERM)
+        # The default action again, and the same signal: the parent sees the status it would have.
+        _signal.signal(_signal.SIGTERM, _signal.SIG_DFL)
+        os.kill(os.getpid(), _signal.SIGTERM)
