@@ -313,6 +313,18 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 StderrExpectation = Union[str, "re.Pattern[str]", Callable[[str], object], None]
 
 
+#: From Python 3.12, a process with more than one thread that calls os.fork() from `__main__` gets a
+#: DeprecationWarning (python/cpython#100229), once per line that forks, followed by that line when
+#: Python can show it; earlier Pythons say nothing.
+FORK_WARNINGS = (
+    re.compile(
+        r"(?:[^\n]*: DeprecationWarning: This process \(pid=\d+\) is multi-threaded, use of fork\(\) "
+        r"may lead to deadlocks in the child\.\n(?:  [^\n]*\n)?)*"
+    )
+    if sys.version_info >= (3, 12)
+    else ""
+)
+
 #: Only the agent's own `--debug` lines (`logfire-run[PID]: ...`), however many.
 DEBUG_LINES = re.compile(r"(logfire-run\[\d+\]: [^\n]*\n)*")
 

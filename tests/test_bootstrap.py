@@ -163,6 +163,7 @@ def test_interpreter_without_the_agent_runs_silently(tmp_path: Path) -> None:
     assert debug.returncode == 0
 
 
+@pytest.mark.slow
 def test_children_are_traced_once_each(receiver: OtlpReceiver, tmp_path: Path) -> None:
     script = tmp_path / "parent.py"
     script.write_text(

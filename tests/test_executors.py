@@ -389,7 +389,7 @@ MANUAL_ORDER = """
 """
 
 
-@pytest.mark.parametrize("order", ["otel-first", "ours-first"])
+@pytest.mark.parametrize("order", ["otel-first", pytest.param("ours-first", marks=pytest.mark.slow)])
 def test_with_opentelemetry_threading_instrumentor_in_either_order(
     tmp_path: Path, receiver: OtlpReceiver, order: str
 ) -> None:
@@ -672,6 +672,7 @@ CONFIGURED_IN_CODE_APP = """
 """
 
 
+@pytest.mark.slow
 def test_configuration_set_in_code_reaches_spawned_workers_once_per_worker(
     tmp_path: Path, receiver: OtlpReceiver
 ) -> None:
@@ -696,6 +697,7 @@ def test_configuration_set_in_code_reaches_spawned_workers_once_per_worker(
     assert set(starts.values()) == {1} and set(initializers.values()) == {1}
 
 
+@pytest.mark.slow
 def test_unpicklable_configuration_warns_once_and_tasks_still_run(
     tmp_path: Path, receiver: OtlpReceiver
 ) -> None:
@@ -717,6 +719,7 @@ def test_unpicklable_configuration_warns_once_and_tasks_still_run(
     assert len([line for line in result.stdout.splitlines() if line.startswith("pids")]) == 2
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.version_info < (3, 11), reason="max_tasks_per_child is new in Python 3.11")
 def test_recycled_workers_deliver_their_spans(tmp_path: Path, receiver: OtlpReceiver) -> None:
     # max_tasks_per_child=1: with more than 1, CPython's ProcessPoolExecutor hangs when it replaces a
@@ -794,6 +797,7 @@ def test_under_opentelemetry_instrument_process_pools_work_too(
         assert sorted(span.attributes["i"] for span in children) == list(range(300)), method
 
 
+@pytest.mark.slow
 def test_example_runs(tmp_path: Path, receiver: OtlpReceiver) -> None:
     example = ROOT / "examples" / "executors.py"
     result = run_launcher(["python", str(example)], agent_env(receiver), cwd=tmp_path, timeout=120)

@@ -92,6 +92,7 @@ def test_a_broken_instrumentor_is_reported_once_and_the_others_run(
     assert [span.kind for span in spans] == ["CLIENT"] * 3  # the requests instrumentor ran
 
 
+@pytest.mark.slow
 def test_an_unsupported_library_version_is_skipped_with_one_debug_line(
     receiver: OtlpReceiver, tmp_path: Path, site: Path
 ) -> None:
@@ -117,9 +118,11 @@ def test_an_unsupported_library_version_is_skipped_with_one_debug_line(
     ("flags", "env", "client_spans"),
     [
         (["--disable", "requests"], {}, 0),
-        (["--disable", "*"], {}, 0),
-        ([], {"OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": "flask, requests"}, 0),
-        (["--disable", "flask,httpx"], {}, 3),
+        pytest.param(["--disable", "*"], {}, 0, marks=pytest.mark.slow),
+        pytest.param(
+            [], {"OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": "flask, requests"}, 0, marks=pytest.mark.slow
+        ),
+        pytest.param(["--disable", "flask,httpx"], {}, 3, marks=pytest.mark.slow),
     ],
 )
 def test_disabling_by_entry_point_name_and_star(

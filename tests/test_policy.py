@@ -79,7 +79,9 @@ def test_default_warns_once_and_extracts(tmp_path: Path, receiver: OtlpReceiver)
     assert _joined(spans["first party"]) and _joined(spans["third party"])
 
 
-@pytest.mark.parametrize("value", ["true", "1", "T", "TRUE"])
+@pytest.mark.parametrize(
+    "value", ["true", *(pytest.param(v, marks=pytest.mark.slow) for v in ("1", "T", "TRUE"))]
+)
 def test_true_extracts_silently(tmp_path: Path, receiver: OtlpReceiver, value: str) -> None:
     _, spans = _run(tmp_path, receiver, LOGFIRE_DISTRIBUTED_TRACING=value)
     assert all(_joined(span) for span in spans.values())
@@ -88,7 +90,11 @@ def test_true_extracts_silently(tmp_path: Path, receiver: OtlpReceiver, value: s
 
 @pytest.mark.parametrize(
     "flags",
-    [("--distributed-tracing", "false"), ("--distributed-tracing=0",), ("--distributed-tracing", "F")],
+    [
+        ("--distributed-tracing", "false"),
+        pytest.param(("--distributed-tracing=0",), marks=pytest.mark.slow),
+        pytest.param(("--distributed-tracing", "F"), marks=pytest.mark.slow),
+    ],
 )
 def test_false_refuses_context_and_baggage(
     tmp_path: Path, receiver: OtlpReceiver, flags: tuple[str, ...]
@@ -200,12 +206,17 @@ def test_injection_is_never_affected(tmp_path: Path, receiver: OtlpReceiver) -> 
 @pytest.mark.parametrize(
     "carrier",
     [
-        "None",
-        "{}",
         "{'traceparent': 'garbage'}",
-        "{'traceparent': 5}",
-        "[1, 2]",
-        "{'traceparent': '00-' + 'f' * 200}",
+        *(
+            pytest.param(carrier, marks=pytest.mark.slow)
+            for carrier in (
+                "None",
+                "{}",
+                "{'traceparent': 5}",
+                "[1, 2]",
+                "{'traceparent': '00-' + 'f' * 200}",
+            )
+        ),
     ],
 )
 def test_malformed_carrier_starts_a_new_trace(tmp_path: Path, receiver: OtlpReceiver, carrier: str) -> None:

@@ -151,6 +151,7 @@ def test_unknown_trace_reference(stored_trace: tuple[Path, str]) -> None:
     assert result.returncode == 1
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed")
 def test_html_waterfall_renders_in_headless_chromium(stored_trace: tuple[Path, str], tmp_path: Path) -> None:
     store, trace_id = stored_trace
@@ -212,6 +213,7 @@ def test_a_database_that_is_not_a_store_is_refused_and_left_unchanged(tmp_path: 
     assert sorted(path.name for path in tmp_path.iterdir()) == ["app.db"]
 
 
+@pytest.mark.slow
 def test_plain_text_on_a_terminal_when_rich_is_not_installed(
     stored_trace: tuple[Path, str], tmp_path: Path
 ) -> None:
