@@ -17,6 +17,7 @@ import sys
 import threading
 import weakref
 from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
@@ -24,6 +25,9 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 from logfire_run.agent import destination, report
 from logfire_run.agent.config import Config
 from logfire_run.agent.destination import OtlpDestination
+
+if TYPE_CHECKING:
+    import requests
 
 
 class ExportingSpanProcessor(SpanProcessor):
@@ -202,6 +206,7 @@ def build_otlp_exporter(where: OtlpDestination) -> SpanExporter:
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
 
     return HttpExporter(
+        session=_session_keeping_certificate() if where.certificate else None,
         endpoint=where.endpoint,
         certificate_file=where.certificate,
         client_key_file=where.client_key,
@@ -212,6 +217,26 @@ def build_otlp_exporter(where: OtlpDestination) -> SpanExporter:
             where.compression, Compression.NoCompression
         ),
     )
+
+
+def _session_keeping_certificate() -> requests.Session:
+    """A requests session whose CA file (OTEL_EXPORTER_OTLP_CERTIFICATE) beats REQUESTS_CA_BUNDLE.
+
+    requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE in the environment override a session's
+    `verify`, so in an image that sets them (many do) OpenTelemetry's HTTP exporter would ignore the
+    configured certificate and fail to verify a private CA. Proxies from the environment still apply.
+    """
+    import requests
+
+    class CertificateSession(requests.Session):
+        def merge_environment_settings(
+            self, url: Any, proxies: Any, stream: Any, verify: Any, cert: Any
+        ) -> Any:
+            settings = super().merge_environment_settings(url, proxies, stream, verify, cert)
+            settings["verify"] = self.verify
+            return settings
+
+    return CertificateSession()
 
 
 def _read(path: str | None) -> bytes | None:
