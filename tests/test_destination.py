@@ -385,7 +385,9 @@ def test_bad_value_in_env_only_mode_is_one_line_and_spans_flow(
 ) -> None:
     script = tmp_path / "app.py"
     script.write_text(ONE_SPAN)
-    result = env_only(script, agent_env(receiver, **{variable: value}))
+    env = agent_env(receiver, **{variable: value})
+    del env["LOGFIRE_EXPORTER"]  # OTEL_EXPORTER_OTLP_ENDPOINT chooses otlp; OTEL_TRACES_EXPORTER is read
+    result = env_only(script, env)
     assert result.returncode == 0 and result.stdout == "app ran\n", result.stderr
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr

@@ -261,7 +261,7 @@ def resolve(
         variable = destination.sources["client_key" if destination.client_key else "client_certificate"]
         errors.append(
             ConfigError(
-                f"{variable.removeprefix('env ')}: a client {present.lower().replace('_', ' ')} needs "
+                f"{variable.removeprefix('env ')}: a {present.lower().replace('_', ' ')} needs "
                 f"OTEL_EXPORTER_OTLP_{missing} (or the {signal.upper()} one) too, for mTLS",
                 variable=variable.removeprefix("env "),
             )
