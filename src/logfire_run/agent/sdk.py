@@ -120,7 +120,7 @@ class TracingSdk:
 def distribution_attributes() -> dict[str, str]:
     """Which agent made the spans: semantic conventions' `telemetry.distro.*`, and the
     `telemetry.auto.version` that opentelemetry-instrument sets (opentelemetry-instrumentation's)."""
-    from logfire_run import __version__
+    from logfire_run._version import __version__
 
     attributes = {"telemetry.distro.name": "logfire-run", "telemetry.distro.version": __version__}
     try:
