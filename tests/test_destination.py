@@ -575,3 +575,32 @@ def test_destination_rules_for_traces_and_logs(tmp_path: Path) -> None:
     assert grpc.grpc_target() == "c.example:4318" and grpc.insecure is False  # the https scheme wins
     default, _ = destination.resolve("traces", {"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"})
     assert default.endpoint == "http://localhost:4317" and default.insecure is True
+
+
+# The demo, pointed at a backend: it sends there and still prints its tree from the store.
+
+
+@pytest.mark.slow
+def test_demo_sends_over_otlp_and_prints_from_the_store(tmp_path: Path) -> None:
+    from conftest import ROOT
+
+    receiver = ThirdPartyReceiver("grpc")
+    try:
+        store = tmp_path / "traces.db"
+        env = {key: value for key, value in os.environ.items() if not key.startswith(("LOGFIRE_", "OTEL_"))}
+        command = [sys.executable, str(ROOT / "examples" / "demo" / "run.py"), "--store", str(store)]
+        command += ["--no-celery", "--otlp", receiver.endpoint, "--otlp-protocol", "grpc"]
+        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+        report = f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+        assert result.returncode == 0, report
+        assert f"demo: otlp: {receiver.endpoint} (grpc) accepted a test span" in result.stderr, report
+        header = next(line for line in result.stdout.splitlines() if line.startswith("trace "))
+        assert "services: client, frontend, backend" in header, report
+        trace_id = header.split()[1]
+        stored = store_spans(store)
+        received = receiver.wait_for(
+            lambda spans: len([s for s in spans if s.trace_id == trace_id]) >= len(stored)
+        )
+        assert render_tree([s for s in received if s.trace_id == trace_id]) == render_tree(stored)
+    finally:
+        receiver.close()
