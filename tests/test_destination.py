@@ -361,6 +361,8 @@ BAD_VALUES = [
     ("OTEL_EXPORTER_OTLP_TIMEOUT", "10s", "positive whole number of milliseconds"),
     ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "no-equals-sign", "invalid header 'no-equals-sign'"),
     ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/no/such/ca.pem", "is not a readable file"),
+    ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "localhost:4318", "use an http:// or https:// URL"),
+    ("OTEL_EXPORTER_OTLP_INSECURE", "maybe", "use true or false"),
     ("OTEL_TRACES_EXPORTER", "otlp,zipkin", "unknown exporter 'zipkin'"),
 ]
 
