@@ -95,12 +95,29 @@ def resolve(environ: Mapping[str, str]) -> tuple[Config, list[ConfigError]]:
     return config, errors
 
 
+#: The OTLP variables of the traces signal (its own and the general spelling of each option).
+_OTLP_TRACES_VARIABLES = tuple(
+    f"OTEL_EXPORTER_OTLP_{part}{option}"
+    for option in (
+        "ENDPOINT",
+        "HEADERS",
+        "COMPRESSION",
+        "TIMEOUT",
+        "CERTIFICATE",
+        "CLIENT_KEY",
+        "CLIENT_CERTIFICATE",
+        "INSECURE",
+    )
+    for part in ("TRACES_", "")
+)
+
+
 def _opentelemetry_errors(environ: Mapping[str, str]) -> list[ConfigError]:
     """OpenTelemetry's own variables that the agent reads, checked (a few lookups when none is set)."""
     from logfire_run.agent import otel_env
 
     errors = otel_env.validate(environ)
-    if any(key.startswith("OTEL_EXPORTER_OTLP_") for key in environ):
+    if any(name in environ for name in _OTLP_TRACES_VARIABLES):
         from logfire_run.agent import destination
 
         # The protocol is a setting (its errors are reported above): resolve the rest with it.
