@@ -606,3 +606,24 @@ def test_demo_sends_over_otlp_and_prints_from_the_store(tmp_path: Path) -> None:
         assert render_tree([s for s in received if s.trace_id == trace_id]) == render_tree(stored)
     finally:
         receiver.close()
+
+
+def test_http_to_a_grpc_port_says_so_in_one_line() -> None:
+    # What a new user does first: the Collector's default port is 4317 (gRPC), the default protocol HTTP.
+    receiver = ThirdPartyReceiver("grpc")
+    try:
+        env = destination_env(
+            OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint, OTEL_EXPORTER_OTLP_TIMEOUT="2000"
+        )
+        result = run_launcher(["python", "-c", ONE_SPAN], env)
+        assert result.returncode == 0 and result.stdout == "app ran\n"
+        lines = result.stderr.splitlines()
+        assert len(lines) == 1, result.stderr
+        assert lines[0].startswith(
+            "logfire-run: exporting spans failed: the server there does not speak OTLP/HTTP"
+        )
+        assert "set the protocol to grpc" in lines[0]
+        check = run_launcher(["--info", "--check"], env)
+        assert check.returncode == 1 and "set the protocol to grpc" in check.stdout, check.stdout
+    finally:
+        receiver.close()

@@ -281,3 +281,32 @@ def exporter_missing(protocol: str) -> str | None:
     except (ImportError, ValueError):
         pass
     return f"OTLP over {protocol} needs OpenTelemetry's exporter for it: pip install '{extra}'"
+
+
+#: (text in an exporter's error, what it means): the usual failures, in words a person can act on.
+_EXPLANATIONS = (
+    ("connection refused", "nothing is listening there (connection refused)"),
+    ("failed to connect", "nothing is listening there (connection refused)"),
+    ("certificate verify failed", "its TLS certificate is not trusted (set OTEL_EXPORTER_OTLP_CERTIFICATE)"),
+    ("handshake", "the TLS handshake failed (TLS against a plaintext port, or the reverse?)"),
+    ("wrong version number", "the TLS handshake failed (https:// against a plaintext port?)"),
+    ("badstatusline", "the server there does not speak OTLP/HTTP (a gRPC port? set the protocol to grpc)"),
+    ("remotedisconnected", "the server closed the connection (a gRPC port? set the protocol to grpc)"),
+    ("401", "the backend refused the credentials (check OTEL_EXPORTER_OTLP_HEADERS)"),
+    ("403", "the backend refused the credentials (check OTEL_EXPORTER_OTLP_HEADERS)"),
+    ("unauthenticated", "the backend refused the credentials (check OTEL_EXPORTER_OTLP_HEADERS)"),
+    ("404", "the backend has no OTLP endpoint at that path (check the endpoint's path)"),
+    ("unimplemented", "the server there does not speak OTLP over gRPC (an HTTP port? use http/protobuf)"),
+    ("timed out", "no answer within the timeout"),
+    ("deadline", "no answer within the timeout"),
+)
+
+
+def explain(message: str) -> str:
+    """An exporter's error with what it usually means in front, when it is a usual one."""
+    text = message.strip()[:300]
+    lowered = message.lower()
+    for needle, meaning in _EXPLANATIONS:
+        if needle in lowered:
+            return f"{meaning} [{text}]"
+    return text

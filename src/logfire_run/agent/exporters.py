@@ -276,8 +276,9 @@ class _ExportProblemHandler(logging.Handler):
         if record.levelno >= logging.WARNING:
             report.problem(
                 f"export:{record.name}",
-                f"exporting spans failed: {message} (reported once per process; the app runs on, "
-                "spans beyond the bounded queue are dropped; LOGFIRE_DEBUG=1 shows every occurrence)",
+                f"exporting spans failed: {destination.explain(message)} (reported once per process; "
+                "the app runs on, spans beyond the bounded queue are dropped; LOGFIRE_DEBUG=1 shows "
+                "every occurrence)",
             )
         report.debug(f"{record.name}: {message}")
 

@@ -146,6 +146,7 @@ def check_destinations(config: Config, env: Mapping[str, str]) -> int:
     from opentelemetry.sdk.trace.export import SpanExportResult
 
     from logfire_run.agent import exporters as exporters_module
+    from logfire_run.agent.destination import explain
 
     os.environ.update(env)  # the exporters read the environment the command would run with
     out = sys.stdout
@@ -170,13 +171,15 @@ def check_destinations(config: Config, env: Mapping[str, str]) -> int:
                 exporter.shutdown()
             except Exception as error:
                 failed += 1
-                out.write(f"{name}: could not send to {where}: {_plain(str(error))}\n")
+                out.write(f"{name}: could not send to {where}: {explain(str(error))}\n")
                 continue
             if result is SpanExportResult.SUCCESS:
                 out.write(f"{name}: {where} accepted a test span (service {service!r})\n")
             else:
                 failed += 1
-                reason = "; ".join(_plain(message) for message in problems.messages[-2:]) or "no reason given"
+                reason = (
+                    "; ".join(explain(message) for message in problems.messages[-2:]) or "no reason given"
+                )
                 out.write(f"{name}: {where} did not accept the test span: {reason}\n")
     finally:
         logger.removeHandler(problems)
@@ -192,31 +195,6 @@ def _describe(name: str, config: Config) -> str:
     if name == "store":
         return config.resolved_store_path()
     return name
-
-
-def _plain(message: str) -> str:
-    """The usual failures in words a person can act on; the exporter's own text after them."""
-    lowered = message.lower()
-    hints = (
-        ("connection refused", "nothing is listening there (connection refused)"),
-        ("failed to connect", "nothing is listening there (connection refused)"),
-        (
-            "certificate verify failed",
-            "its TLS certificate is not trusted (set OTEL_EXPORTER_OTLP_CERTIFICATE)",
-        ),
-        ("handshake", "the TLS handshake failed (https or TLS against a plaintext port, or the reverse?)"),
-        ("401", "the backend refused the credentials (check OTEL_EXPORTER_OTLP_HEADERS)"),
-        ("unauthenticated", "the backend refused the credentials (check OTEL_EXPORTER_OTLP_HEADERS)"),
-        ("404", "the backend has no OTLP endpoint at that path (check the endpoint's path)"),
-        ("timed out", "no answer within the timeout"),
-        ("deadline", "no answer within the timeout"),
-        ("unimplemented", "the server there does not speak OTLP over this protocol"),
-        ("badstatusline", "the server there does not speak OTLP/HTTP (a gRPC port?)"),
-    )
-    for needle, hint in hints:
-        if needle in lowered:
-            return f"{hint} [{message.strip()[:300]}]"
-    return message.strip()[:300]
 
 
 class _ExportLog(logging.Handler):
