@@ -101,12 +101,19 @@ class ThirdPartyReceiver(_Collecting):
 class GrpcReceiver(_Collecting):
     """An OTLP/gRPC server on 127.0.0.1, TLS when given certificates (mutual when given a client CA)."""
 
-    def __init__(self, certificate: Certificates | None = None, client_ca: Path | None = None) -> None:
+    def __init__(
+        self, certificate: Certificates | None = None, client_ca: Path | None = None, stall: bool = False
+    ) -> None:
         super().__init__()
         receiver = self
+        #: With `stall`, every export waits (until the receiver closes) before it is answered.
+        self.released = threading.Event()
+        if not stall:
+            self.released.set()
 
         class Servicer(trace_service_pb2_grpc.TraceServiceServicer):  # type: ignore[misc]
             def Export(self, request: Any, context: Any) -> Any:
+                receiver.released.wait(60)
                 receiver.collect(request, dict(context.invocation_metadata()))
                 return trace_service_pb2.ExportTraceServiceResponse()
 
@@ -127,6 +134,7 @@ class GrpcReceiver(_Collecting):
         self.endpoint = f"{scheme}://127.0.0.1:{self.port}"
 
     def close(self) -> None:
+        self.released.set()
         self.server.stop(grace=None)
 
 

@@ -627,3 +627,35 @@ def test_http_to_a_grpc_port_says_so_in_one_line() -> None:
         assert check.returncode == 1 and "set the protocol to grpc" in check.stdout, check.stdout
     finally:
         receiver.close()
+
+
+def test_the_timeout_is_in_milliseconds() -> None:
+    # A receiver that never answers: with the timeout read as seconds (opentelemetry-python's reading)
+    # the check would wait 500 s and this test would hit its own limit instead of seeing the answer.
+    receiver = GrpcReceiver(stall=True)
+    try:
+        env = destination_env(
+            OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint,
+            OTEL_EXPORTER_OTLP_PROTOCOL="grpc",
+            OTEL_EXPORTER_OTLP_TRACES_TIMEOUT="500",
+        )
+        result = run_launcher(["--info", "--check"], env, timeout=120)
+        assert result.returncode == 1
+        assert "no answer within the timeout" in result.stdout, result.stdout
+    finally:
+        receiver.close()
+
+
+def test_configure_chooses_the_protocol_in_code(tmp_path: Path) -> None:
+    receiver = ThirdPartyReceiver("grpc")
+    try:
+        script = tmp_path / "app.py"
+        script.write_text("import logfire_run\nlogfire_run.configure(otlp_protocol='grpc')\n" + ONE_SPAN)
+        result = run_launcher(
+            ["python", str(script)], destination_env(OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint)
+        )
+        assert result.returncode == 0, result.stderr
+        assert_clean_stderr(result.stderr)
+        assert [span.name for span in receiver.wait_count(1)] == ["hello"]
+    finally:
+        receiver.close()
