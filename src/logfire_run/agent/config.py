@@ -32,6 +32,7 @@ class Config:
     otlp_protocol: str | None
     disabled_instrumentations: tuple[str, ...]
     store_path: str | None
+    exit_budget: float
     debug: bool
     inherit: bool
 

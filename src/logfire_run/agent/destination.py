@@ -304,7 +304,7 @@ _EXPLANATIONS = (
 
 def explain(message: str) -> str:
     """An exporter's error with what it usually means in front, when it is a usual one."""
-    text = message.strip()[:300]
+    text = message.strip()
     lowered = message.lower()
     for needle, meaning in _EXPLANATIONS:
         if needle in lowered:
