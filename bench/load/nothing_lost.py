@@ -128,7 +128,10 @@ def gunicorn_run(receiver: OtlpReceiver) -> tuple[int, int]:
         threads = [threading.Thread(target=client) for _ in range(2)]
         for thread in threads:
             thread.start()
-        time.sleep(2)  # mid-load: the clients have been sending for two seconds
+        # Mid-load: both workers are up and the clients have had 200 answers (or 30 s went by).
+        waited_until = time.monotonic() + 30
+        while answered < 200 and time.monotonic() < waited_until:
+            time.sleep(0.05)
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=60)
         stop.set()
