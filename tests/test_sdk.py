@@ -234,7 +234,7 @@ def test_backend_down_is_reported_once_and_the_app_is_unchanged() -> None:
     env = agent_env(
         OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{free_port()}",
         LOGFIRE_EXPORTER="otlp",
-        OTEL_EXPORTER_OTLP_TIMEOUT="2",
+        OTEL_EXPORTER_OTLP_TIMEOUT="2000",  # milliseconds, as the specification says
         OTEL_BSP_SCHEDULE_DELAY="50",
         OTEL_BSP_MAX_EXPORT_BATCH_SIZE="10",
     )

@@ -15,9 +15,10 @@ from __future__ import annotations
 import os
 import sys
 
-from logfire_run.agent.config import resolve
+from logfire_run.agent.config import Config, resolve
+from logfire_run.agent.errors import ConfigError
 from logfire_run.agent.paths import SITECUSTOMIZE_DIR
-from logfire_run.agent.settings import SETTINGS, SETTINGS_BY_FLAG
+from logfire_run.agent.settings import SETTINGS, SETTINGS_BY_FLAG, SETTINGS_BY_NAME
 
 EXIT_USAGE = 2
 EXIT_NOT_EXECUTABLE = 126
@@ -52,6 +53,7 @@ def _usage() -> str:
     lines += [
         f"  {'--info':<28} print the resolved configuration, where each value came from, and the",
         f"  {'':<28} instrumentors that would load; run nothing",
+        f"  {'--info --check':<28} send one test span to each destination and say whether it was accepted",
         f"  {'--version':<28} print the version",
         f"  {'-h, --help':<28} print this help",
         "",
@@ -171,14 +173,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     env = child_environment(settings, dict(os.environ))
     config, errors = resolve(env)
+    errors.extend(_exporter_errors(config, env))
     if errors:
         for config_error in errors:
             _error(str(config_error))
         return EXIT_USAGE
     if action == "info":
-        from logfire_run.agent.info import print_info
+        from logfire_run.agent.info import check_destinations, print_info
 
-        return print_info(config, settings)
+        if command[:1] == ["--check"]:
+            return check_destinations(config, env)
+        return print_info(config, settings, env)
     if not command:
         _error("no command to run\n" + _usage().split("\n\n")[0])
         return EXIT_USAGE
@@ -192,6 +197,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         _error(f"{command[0]}: {error.strerror}")
         return EXIT_NOT_EXECUTABLE
     return 0  # not reached: execve replaced this process
+
+
+def _exporter_errors(config: Config, env: dict[str, str]) -> list[ConfigError]:
+    """The otlp exporter chosen with a protocol whose OpenTelemetry exporter is not installed."""
+    if "otlp" not in config.effective("exporters", env):  # type: ignore[operator]
+        return []
+    from logfire_run.agent.destination import exporter_missing
+
+    protocol = config.resolved_otlp_protocol()
+    missing = exporter_missing(protocol)
+    if missing is None:
+        return []
+    setting = SETTINGS_BY_NAME["otlp_protocol"]
+    source = config.sources.get("otlp_protocol", "")
+    variable = source.removeprefix("env ") if source.startswith("env ") else setting.env
+    return [ConfigError(f"{variable}={protocol}: {missing}")]
 
 
 def _error(message: str) -> None:

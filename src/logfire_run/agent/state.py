@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from opentelemetry.context import Context
 
     from logfire_run.agent.config import Config
+    from logfire_run.agent.errors import ConfigError
     from logfire_run.agent.policy import DistributedTracingPolicy
     from logfire_run.agent.sdk import TracingSdk
 
@@ -80,9 +81,28 @@ def config() -> Config:
             resolved, errors = config_module.resolve(os.environ)
             report.debug_enabled = resolved.debug
             for error in errors:
-                report.problem(f"config:{error}", f"{error}; using the default")
+                _set_aside(error)
             _config = resolved
         return _config
+
+
+def _set_aside(error: ConfigError) -> None:
+    """Report a value that is not accepted, and keep OpenTelemetry from reading it.
+
+    OpenTelemetry reads its own variables itself (and raises on some bad ones, deep in set-up), so the
+    variable is rewritten with what is usable or removed: its readers, here and in the children
+    started afterwards, see the value the agent uses. The agent's own variables are left as they are.
+    """
+    variable = error.variable
+    if error.usable_raw:
+        report.problem(f"config:{error}", f"{error}; using {variable}={error.usable_raw}")
+    else:
+        report.problem(f"config:{error}", f"{error}; using the default")
+    if variable and variable.startswith("OTEL_"):
+        if error.usable_raw:
+            os.environ[variable] = error.usable_raw
+        else:
+            os.environ.pop(variable, None)
 
 
 def policy() -> DistributedTracingPolicy:
