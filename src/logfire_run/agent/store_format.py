@@ -17,6 +17,7 @@ import random
 import sqlite3
 import time
 from collections.abc import Callable, Mapping
+from itertools import chain
 from typing import Any, TypeVar
 
 from logfire_run.agent.settings import store_path_from_environment
@@ -26,6 +27,7 @@ __all__ = [
     "DEFAULT_MAX_AGE_SECONDS",
     "DEFAULT_MAX_SPANS",
     "SCHEMA_VERSION",
+    "ROWS_PER_STATEMENT",
     "NotAStoreError",
     "default_path",
     "insert_batch",
@@ -102,7 +104,8 @@ _SCHEMA = (
     # by every process that opens the store, must not scan it.
     "CREATE INDEX IF NOT EXISTS batches_written ON batches (written_ns)",
 )
-_INSERT = f"INSERT INTO spans ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+_INSERT_HEAD = f"INSERT INTO spans ({', '.join(COLUMNS)}) VALUES "
+_ROW_PLACEHOLDERS = f"({', '.join('?' * len(COLUMNS))})"
 _RECORD_BATCH = "INSERT INTO batches (last_span, written_ns) SELECT max(id), ? FROM spans"
 
 Row = tuple[Any, ...]
@@ -223,11 +226,45 @@ def with_retries(action: Callable[[], _T]) -> _T:
         delay = min(delay * 1.5, longest)
 
 
+def _max_bound_parameters() -> int:
+    # SQLITE_MAX_VARIABLE_NUMBER: 999 before SQLite 3.32.0, 32766 since (both are the defaults of a
+    # build; a build may lower them, which the fallback in `insert_batch` copes with).
+    version = tuple(int(part) for part in sqlite3.sqlite_version.split(".")[:2])
+    return 32766 if version >= (3, 32) else 999
+
+
+#: The most rows one INSERT statement carries.
+ROWS_PER_STATEMENT = _max_bound_parameters() // len(COLUMNS)
+
+
+def _insert_statement(count: int) -> str:
+    return _INSERT_HEAD + ",".join([_ROW_PLACEHOLDERS] * count)
+
+
 def insert_batch(connection: sqlite3.Connection, rows: list[Row]) -> None:
-    """Write `rows` (in `COLUMNS` order) and their batch record, in one transaction."""
+    """Write `rows` (in `COLUMNS` order) and their batch record, in one transaction.
+
+    The rows go in as one multi-row INSERT (a few for a batch past the bound-parameter limit), not
+    one statement per row: Python's sqlite3 releases and retakes the GIL around every statement
+    step, and behind a busy application thread each retake waits, so `executemany` of a 512-span
+    batch took hundreds of milliseconds of wall time while the bounded span queue overflowed.
+    """
+    global ROWS_PER_STATEMENT
     connection.execute("BEGIN IMMEDIATE")
     try:
-        connection.executemany(_INSERT, rows)
+        step = ROWS_PER_STATEMENT
+        offset = 0
+        while offset < len(rows):
+            chunk = rows[offset : offset + step]
+            try:
+                connection.execute(_insert_statement(len(chunk)), list(chain.from_iterable(chunk)))
+            except sqlite3.OperationalError as error:
+                # A build compiled with a lower SQLITE_MAX_VARIABLE_NUMBER: use the floor from then on.
+                if "too many SQL variables" not in str(error) or step <= 999 // len(COLUMNS):
+                    raise
+                step = ROWS_PER_STATEMENT = 999 // len(COLUMNS)
+                continue
+            offset += len(chunk)
         connection.execute(_RECORD_BATCH, (time.time_ns(),))
         connection.execute("COMMIT")
     except BaseException:
