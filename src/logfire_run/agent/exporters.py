@@ -136,7 +136,7 @@ def build_exporter(name: str, config: Config) -> SpanExporter | None:
 
             return ConsoleSpanExporter(out=sys.stderr)
         if name == "otlp":
-            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+            from logfire_run.agent.otlp_http import OTLPSpanExporter
 
             return OTLPSpanExporter()
         if name == "store":

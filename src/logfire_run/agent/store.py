@@ -139,7 +139,9 @@ def span_rows(spans: Sequence[ReadableSpan], pid: int) -> list[Row]:
                 span.end_time or start,
                 status_names.get(status.status_code) or str(status.status_code),
                 status.description,
-                encode(attributes._dict if type(attributes) is BoundedAttributes else _plain_mapping(attributes))
+                encode(
+                    attributes._dict if type(attributes) is BoundedAttributes else _plain_mapping(attributes)
+                )
                 if attributes
                 else None,
                 encode([_event(event) for event in events]) if events else None,
