@@ -152,7 +152,9 @@ def sdk_spans() -> list[ReadableSpan]:
             pass
     # Another tracer object for an equal scope, and another Resource object equal to the first:
     # OpenTelemetry groups by equality, so must we.
-    again = TracerProvider(resource=Resource.create({"service.name": "shop", "deployment.environment": "ünïcode ✓"}))
+    again = TracerProvider(
+        resource=Resource.create({"service.name": "shop", "deployment.environment": "ünïcode ✓"})
+    )
     again.add_span_processor(keep)
     with again.get_tracer("plain").start_as_current_span("equal resource, new object"):
         pass
@@ -234,9 +236,7 @@ contexts = st.builds(
     span_id=ids,
     is_remote=st.booleans(),
     trace_flags=st.sampled_from([TraceFlags(0), TraceFlags(1)]),
-    trace_state=st.one_of(
-        st.none(), st.sampled_from([TraceState(), TraceState([("a", "1"), ("b@c", "2")])])
-    ),
+    trace_state=st.one_of(st.none(), st.sampled_from([TraceState(), TraceState([("a", "1"), ("b@c", "2")])])),
 )
 resources = st.sampled_from(
     [Resource({"service.name": "a"}), Resource({"service.name": "b", "n": 1}, "https://s"), Resource({})]

@@ -27,6 +27,7 @@ from typing import Any
 from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.util import BoundedList
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanKind
 
@@ -125,27 +126,53 @@ def _key_value(tag: int, key: str, value: Any) -> bytes:
     return _field(tag, key_field + _field(0x12, _any_value(value)))
 
 
-_pair_fields: dict[tuple[str, Any, type], bytes] = {}
-_CACHED_TYPES = (str, int, bool, float)
+# Encoded span attributes by (key, value): text values in one cache, numbers and booleans keyed by
+# their type too in the other (1, 1.0 and True are equal keys, but are encoded differently).
+_text_pairs: dict[tuple[str, str], bytes] = {}
+_number_pairs: dict[tuple[str, Any, type], bytes] = {}
 
 
 def _span_attributes(attributes: Any, out: list[bytes]) -> None:
     """Append the span's tagged attribute fields to `out`; most (key, value) pairs recur span to span."""
     items: Any = attributes._dict.items() if type(attributes) is BoundedAttributes else attributes.items()
-    cache = _pair_fields
+    text_pairs, number_pairs = _text_pairs, _number_pairs
     for key, value in items:
         kind = type(value)
-        if kind in _CACHED_TYPES and (kind is not str or len(value) <= _CACHED_TEXT_LIMIT):
-            pair = (key, value, kind)
-            encoded = cache.get(pair)
+        if kind is str:
+            encoded = text_pairs.get((key, value))
+            if encoded is None:
+                encoded = _text_attribute(key, value)
+                if len(value) <= _CACHED_TEXT_LIMIT:
+                    if len(text_pairs) >= _CACHE_LIMIT:
+                        text_pairs.clear()
+                    text_pairs[key, value] = encoded
+        elif kind is int or kind is bool or kind is float:
+            encoded = number_pairs.get((key, value, kind))
             if encoded is None:
                 encoded = _attribute_or_nothing(_SPAN_ATTRIBUTE, key, value)
-                if len(cache) >= _CACHE_LIMIT:
-                    cache.clear()
-                cache[pair] = encoded
-            out.append(encoded)
+                if len(number_pairs) >= _CACHE_LIMIT:
+                    number_pairs.clear()
+                number_pairs[key, value, kind] = encoded
         else:
-            out.append(_attribute_or_nothing(_SPAN_ATTRIBUTE, key, value))
+            encoded = _attribute_or_nothing(_SPAN_ATTRIBUTE, key, value)
+        out.append(encoded)
+
+
+def _text_attribute(key: str, value: str) -> bytes:
+    """`_attribute_or_nothing(_SPAN_ATTRIBUTE, key, value)` for a text value, the common case, inlined."""
+    key_field = _key_fields.get(key)
+    if key_field is None:
+        return _attribute_or_nothing(_SPAN_ATTRIBUTE, key, value)
+    try:
+        text = value.encode("utf-8")
+    except UnicodeEncodeError:
+        return _attribute_or_nothing(_SPAN_ATTRIBUTE, key, value)
+    size = len(text)
+    # Up to 125 bytes, the AnyValue and its field both take a one-byte length.
+    value_field = (
+        bytes((0x12, size + 2, 0x0A, size)) + text if size < 126 else _field(0x12, _field(0x0A, text))
+    )
+    return _field(_SPAN_ATTRIBUTE, key_field + value_field)
 
 
 def _attribute_or_nothing(tag: int, key: str, value: Any) -> bytes:
@@ -204,18 +231,23 @@ def _span(span: ReadableSpan) -> bytes:
             out.append(b"\x50" + _varint(attributes.dropped))
     else:
         out.append(_dropped(b"\x50", span.dropped_attributes))
+    # BoundedList: its length is cheap, iterating it takes a lock and copies; most spans have none.
     events = getattr(span, "_events", None)
     if events is None:
         events = span.events
-    for event in events:
-        out.append(_field(0x5A, _event(event)))
-    out.append(_dropped(b"\x60", span.dropped_events))
+    if len(events):
+        out.extend([_field(0x5A, _event(event)) for event in events])
+    dropped = events.dropped if type(events) is BoundedList else span.dropped_events
+    if dropped:
+        out.append(b"\x60" + _varint(dropped))
     links = getattr(span, "_links", None)
     if links is None:
         links = span.links
-    for link in links:
-        out.append(_field(0x6A, _link(link)))
-    out.append(_dropped(b"\x70", span.dropped_links))
+    if len(links):
+        out.extend([_field(0x6A, _link(link)) for link in links])
+    dropped = links.dropped if type(links) is BoundedList else span.dropped_links
+    if dropped:
+        out.append(b"\x70" + _varint(dropped))
     status = span.status
     if status is not None:
         description, code = status.description, status.status_code.value
@@ -339,26 +371,24 @@ def encode_export_request(spans: Sequence[ReadableSpan]) -> bytes:
             by_resource[id(resource)] = group
         encoded = _span(span)
         group.spans_of(span.instrumentation_scope or None).append(_field(0x12, encoded))
-    out = []
+    out: list[bytes] = []
     for group in groups:
-        scope_spans = []
+        resource_spans = [_resource_field(group.resource)]
         for scope, scope_group in group.scopes:
             schema_url = scope.schema_url if scope is not None else None
-            scope_spans.append(
-                _field(
-                    0x12,
-                    _scope_field(scope)
-                    + b"".join(scope_group)
-                    + (_text(0x1A, schema_url) if schema_url else b""),
-                )
-            )
+            scope_spans = [_scope_field(scope), *scope_group]
+            if schema_url:
+                scope_spans.append(_text(0x1A, schema_url))
+            _append_field(resource_spans, 0x12, scope_spans)
         schema_url = group.resource.schema_url
-        out.append(
-            _field(
-                0x0A,
-                _resource_field(group.resource)
-                + b"".join(scope_spans)
-                + (_text(0x1A, schema_url) if schema_url else b""),
-            )
-        )
+        if schema_url:
+            resource_spans.append(_text(0x1A, schema_url))
+        _append_field(out, 0x0A, resource_spans)
     return b"".join(out)
+
+
+def _append_field(out: list[bytes], tag: int, parts: list[bytes]) -> None:
+    """Append a length-delimited field made of `parts` to `out`, joining them only once."""
+    payload = b"".join(parts)
+    out.append(bytes((tag,)) + _varint(len(payload)))
+    out.append(payload)
