@@ -26,7 +26,6 @@ __all__ = [
     "COLUMNS",
     "DEFAULT_MAX_AGE_SECONDS",
     "DEFAULT_MAX_SPANS",
-    "ROWS_PER_STATEMENT",
     "SCHEMA_VERSION",
     "NotAStoreError",
     "default_path",
@@ -226,15 +225,19 @@ def with_retries(action: Callable[[], _T]) -> _T:
         delay = min(delay * 1.5, longest)
 
 
-def _max_bound_parameters() -> int:
-    # SQLITE_MAX_VARIABLE_NUMBER: 999 before SQLite 3.32.0, 32766 since (both are the defaults of a
-    # build; a build may lower them, which the fallback in `insert_batch` copes with).
-    version = tuple(int(part) for part in sqlite3.sqlite_version.split(".")[:2])
-    return 32766 if version >= (3, 32) else 999
+#: SQLITE_MAX_VARIABLE_NUMBER's default: 999 before SQLite 3.32.0, 32766 since.
+_DEFAULT_VARIABLE_LIMIT = 32766 if sqlite3.sqlite_version_info >= (3, 32, 0) else 999
+_LIMIT_VARIABLE_NUMBER: int | None = getattr(sqlite3, "SQLITE_LIMIT_VARIABLE_NUMBER", None)
 
 
-#: The most rows one INSERT statement carries.
-ROWS_PER_STATEMENT = _max_bound_parameters() // len(COLUMNS)
+def _rows_per_statement(connection: sqlite3.Connection) -> int:
+    """How many rows one INSERT may carry: the connection's bound-parameter limit over the columns."""
+    getlimit = getattr(connection, "getlimit", None)  # Python 3.11+
+    if getlimit is not None and _LIMIT_VARIABLE_NUMBER is not None:
+        limit = int(getlimit(_LIMIT_VARIABLE_NUMBER))
+    else:
+        limit = _DEFAULT_VARIABLE_LIMIT
+    return max(limit // len(COLUMNS), 1)
 
 
 def _insert_statement(count: int) -> str:
@@ -249,20 +252,21 @@ def insert_batch(connection: sqlite3.Connection, rows: list[Row]) -> None:
     step, and behind a busy application thread each retake waits, so `executemany` of a 512-span
     batch took hundreds of milliseconds of wall time while the bounded span queue overflowed.
     """
-    global ROWS_PER_STATEMENT
+    step = _rows_per_statement(connection)
     connection.execute("BEGIN IMMEDIATE")
     try:
-        step = ROWS_PER_STATEMENT
         offset = 0
         while offset < len(rows):
             chunk = rows[offset : offset + step]
             try:
                 connection.execute(_insert_statement(len(chunk)), list(chain.from_iterable(chunk)))
             except sqlite3.OperationalError as error:
-                # A build compiled with a lower SQLITE_MAX_VARIABLE_NUMBER: use the floor from then on.
-                if "too many SQL variables" not in str(error) or step <= 999 // len(COLUMNS):
+                # Python 3.10 cannot ask for the limit: a build compiled with a lower one than its
+                # version's default says so here, and the batch goes on in statements of 999 values.
+                floor = 999 // len(COLUMNS)
+                if "too many SQL variables" not in str(error) or step <= floor:
                     raise
-                step = ROWS_PER_STATEMENT = 999 // len(COLUMNS)
+                step = floor
                 continue
             offset += len(chunk)
         connection.execute(_RECORD_BATCH, (time.time_ns(),))
