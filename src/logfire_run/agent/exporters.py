@@ -221,7 +221,9 @@ def build_otlp_exporter(where: OtlpDestination) -> SpanExporter:
             compression=compression,
         )
     from opentelemetry.exporter.otlp.proto.http import Compression
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
+
+    # OpenTelemetry's OTLP/HTTP exporter, sending the bytes of the direct encoder (otlp_http.py).
+    from logfire_run.agent.otlp_http import OTLPSpanExporter as HttpExporter
 
     return HttpExporter(
         session=_session_keeping_certificate() if where.certificate else None,
