@@ -47,7 +47,7 @@ from urllib.parse import unquote_plus
 from opentelemetry import baggage as baggage_api
 from opentelemetry import trace
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
-from opentelemetry.context import Context, get_current
+from opentelemetry.context import Context, get_current, set_value
 from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.propagators.textmap import CarrierT, Getter, TextMapPropagator, default_getter
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
@@ -81,18 +81,22 @@ _KNOWN_FLAGS = 0x03
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 _TRACESTATE_KEY = re.compile(r"[a-z0-9][a-z0-9_\-*/@]{0,255}")
 _TRACESTATE_VALUE = re.compile(r"[\x20-\x2b\x2d-\x3c\x3e-\x7e]{0,255}[\x21-\x2b\x2d-\x3c\x3e-\x7e]")
-# A tracestate list member as the header holds it: from its first to its last character that is
-# neither a comma nor optional whitespace. Whitespace inside (a value's spaces) stays in the member.
-_LIST_MEMBER = re.compile(r"[^,\x20\t](?:[^,]*[^,\x20\t])?")
-_TOKEN_CHARS = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+# One list member per match, with the separators (commas, optional whitespace) before it: from its
+# first to its last character that is neither a comma nor whitespace (a value's inner spaces stay),
+# or nothing at the end. A run of separators is consumed by one match, never position by position.
+_LIST_MEMBER = re.compile(r"[,\x20\t]*(?:([^,\x20\t](?:[^,]*[^,\x20\t])?)|\Z)")
+_TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
 _BAGGAGE_OCTETS = r"[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]*"
-# One valid baggage member, found by the regex engine wherever it stands between commas (or the ends):
-# key, value, then the properties, checked and not kept. Each part's characters exclude what may
-# follow it, so matching never backtracks more than a few characters.
+# Optional whitespace that never gives back a character: were it backtracked, what follows it would
+# start on a space or tab, which nothing after it may. Without this, a value between two long runs
+# of spaces costs time quadratic in their length.
+_RUN_OWS = r"[\x20\t]*(?![\x20\t])"
+# A whole baggage member as `_LIST_MEMBER` gives it (no whitespace at either end): key and value
+# captured, properties checked and not kept. No part can start with what may end the part before
+# it, so a failing match gives up after one pass over the member.
 _BAGGAGE_MEMBER = re.compile(
-    rf"(?:\A|(?<=,))[\x20\t]*({_TOKEN_CHARS})[\x20\t]*=[\x20\t]*({_BAGGAGE_OCTETS})"
-    rf"(?:[\x20\t]*;[\x20\t]*{_TOKEN_CHARS}(?:[\x20\t]*=[\x20\t]*{_BAGGAGE_OCTETS})?)*"
-    r"[\x20\t]*(?=,|\Z)"
+    rf"({_TOKEN}){_RUN_OWS}={_RUN_OWS}({_BAGGAGE_OCTETS})"
+    rf"(?:{_RUN_OWS};{_RUN_OWS}{_TOKEN}(?:{_RUN_OWS}={_RUN_OWS}{_BAGGAGE_OCTETS})?)*"
 )
 _OWS = " \t"
 
@@ -178,11 +182,13 @@ def parse_tracestate(values: Sequence[str]) -> list[tuple[str, str]]:
     header = _combined(values, MAX_TRACESTATE_HEADER_BYTES)
     if len(header) > MAX_TRACESTATE_HEADER_BYTES:
         return []
-    members = _LIST_MEMBER.findall(header)
-    if len(members) > MAX_TRACESTATE_MEMBERS:
-        return []
     entries: dict[str, str] = {}
-    for member in members:
+    for match in _LIST_MEMBER.finditer(header):
+        member = match.group(1)
+        if member is None:
+            break  # the end
+        if len(entries) == MAX_TRACESTATE_MEMBERS:
+            return []
         key, equals, value = member.partition("=")
         if not equals or key in entries or not valid_tracestate_member(key, value):
             return []
@@ -277,12 +283,17 @@ def parse_baggage(values: Sequence[str]) -> list[tuple[str, str]]:
         # Longer than the limit: read the whole members within it; the one the limit cuts is dropped.
         header = header[: max(header.rfind(",", 0, MAX_BAGGAGE_BYTES + 1), 0)]
     found: list[tuple[str, str]] = []
-    for match in _BAGGAGE_MEMBER.finditer(header):
-        key, value = match.groups()
+    # The grammar has room for 180 list members: those after the 180th are not read, valid or not.
+    for _item, match in zip(range(MAX_BAGGAGE_MEMBERS), _LIST_MEMBER.finditer(header)):
+        member = match.group(1)
+        if member is None:
+            break  # the end
+        parsed = _BAGGAGE_MEMBER.fullmatch(member)
+        if parsed is None:
+            continue  # an invalid member is skipped, its neighbours kept
+        key, value = parsed.groups()
         # Percent-decoding as the current Baggage text says: octets that are not UTF-8 become U+FFFD.
         found.append((key, unquote_plus(value, errors="replace") if "%" in value or "+" in value else value))
-        if len(found) == MAX_BAGGAGE_MEMBERS:
-            break
     return found
 
 
@@ -304,9 +315,18 @@ class StrictBaggagePropagator(W3CBaggagePropagator):
             found = parse_baggage(values)
         except Exception:
             return context
-        for name, value in found:
-            context = baggage_api.set_baggage(name, value, context)
-        return context
+        if not found:
+            return context
+        key = getattr(baggage_api, "_BAGGAGE_KEY", None)
+        if key is None:
+            for name, value in found:
+                context = baggage_api.set_baggage(name, value, context)
+            return context
+        # One new baggage mapping for all the members: `set_baggage` copies the mapping per member,
+        # which is quadratic in their number.
+        entries = dict(baggage_api.get_all(context))
+        entries.update(found)
+        return set_value(key, entries, context)
 
 
 def strict_propagator(propagator: TextMapPropagator) -> TextMapPropagator:
