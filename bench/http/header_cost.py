@@ -117,7 +117,7 @@ def _uvicorn_round(variant: str, cases: list[str], requests: int, size: int) -> 
         for case in cases:
             sent = headers(case, size)
 
-            def get() -> None:
+            def get(sent: dict[str, str] = sent, case: str = case) -> None:
                 connection.request("GET", "/hello", headers=sent)
                 response = connection.getresponse()
                 response.read()
@@ -187,7 +187,9 @@ def main() -> None:
         )
     if "uvicorn" not in options.skip:
         _report(
-            f"uvicorn, {options.uvicorn_size:,}-byte headers, {options.uvicorn_requests} requests", asgi, cases
+            f"uvicorn, {options.uvicorn_size:,}-byte headers, {options.uvicorn_requests} requests",
+            asgi,
+            cases,
         )
     print(f"\nload average after: {os.getloadavg()[0]:.2f}")
 

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from itertools import islice
 from urllib.parse import unquote_plus
 
 from opentelemetry import baggage as baggage_api
@@ -284,7 +285,7 @@ def parse_baggage(values: Sequence[str]) -> list[tuple[str, str]]:
         header = header[: max(header.rfind(",", 0, MAX_BAGGAGE_BYTES + 1), 0)]
     found: list[tuple[str, str]] = []
     # The grammar has room for 180 list members: those after the 180th are not read, valid or not.
-    for _item, match in zip(range(MAX_BAGGAGE_MEMBERS), _LIST_MEMBER.finditer(header)):
+    for match in islice(_LIST_MEMBER.finditer(header), MAX_BAGGAGE_MEMBERS):
         member = match.group(1)
         if member is None:
             break  # the end
