@@ -187,7 +187,7 @@ def _python_flags(args: Sequence[str]) -> set[str]:
 
 
 def _adapt_to_python_flags(command: list[str], env: dict[str, str], debug: bool) -> None:
-    """`python -I`, `-E` and `-S` do not read PYTHONPATH, or run no `site` at all: start the agent another way."""
+    """`python -I` and `-E` ignore PYTHONPATH, `-S` runs no `site`: start the agent another way, or say so."""
     if not os.path.basename(command[0]).startswith("python"):
         return
     flags = _python_flags(command[1:])
