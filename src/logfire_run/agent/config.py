@@ -31,6 +31,7 @@ class Config:
     exporters: tuple[str, ...]
     disabled_instrumentations: tuple[str, ...]
     store_path: str | None
+    exit_budget: float
     debug: bool
     inherit: bool
 

@@ -64,6 +64,17 @@ class ExportingSpanProcessor(SpanProcessor):
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         return all([processor.force_flush(timeout_millis) for processor in self._processors])
 
+    def unsent(self) -> int:
+        """Spans not exported yet: queued in the batch processors, or in an export still running."""
+        total = 0
+        for processor in self._processors:
+            # OpenTelemetry keeps the queue in its shared batch processor; read it where it is, else 0.
+            queue = getattr(getattr(processor, "_batch_processor", None), "_queue", ())
+            total += len(queue)
+            exporter = getattr(processor, "span_exporter", None)
+            total += getattr(exporter, "in_flight", 0)
+        return total
+
 
 class ForkSafeExporter(SpanExporter):
     """Keeps `fork()` from landing in the middle of an export.
@@ -81,11 +92,17 @@ class ForkSafeExporter(SpanExporter):
         self.inner = inner
         self._lock = threading.Lock()
         self._held_for_fork = False
+        #: Spans of the export running now (counted as unsent if the process exits meanwhile).
+        self.in_flight = 0
         _fork_safe_exporters.add(self)
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         with self._lock:
-            return self.inner.export(spans)
+            self.in_flight = len(spans)
+            try:
+                return self.inner.export(spans)
+            finally:
+                self.in_flight = 0
 
     def shutdown(self) -> None:
         self.inner.shutdown()
@@ -103,6 +120,7 @@ class ForkSafeExporter(SpanExporter):
 
     def _after_fork_in_child(self) -> None:
         self._held_for_fork = False
+        self.in_flight = 0
         self._lock = threading.Lock()
 
 
@@ -158,20 +176,37 @@ class _ExportProblemHandler(logging.Handler):
 
     Attached to the exporters' loggers, it also stops Python's last-resort handler from printing every
     retry when the app has not configured logging; an app that has keeps receiving the records.
+    An exporter's warnings are retries ("transient error ..., retrying"): a retry that succeeds is not
+    a problem, so they are kept, and named as the cause when the export fails for good (an error) or
+    when the exit budget drops what they held up.
     """
 
     def emit(self, record: logging.LogRecord) -> None:
+        global _last_transient
         try:
             message = record.getMessage()
         except Exception:
             message = str(record.msg)
-        if record.levelno >= logging.WARNING:
-            report.problem(
-                f"export:{record.name}",
-                f"exporting spans failed: {message} (reported once per process; the app runs on, "
-                "spans beyond the bounded queue are dropped; LOGFIRE_DEBUG=1 shows every occurrence)",
-            )
         report.debug(f"{record.name}: {message}")
+        if record.levelno < logging.WARNING:
+            return
+        if record.levelno < logging.ERROR and record.name.startswith("opentelemetry.exporter"):
+            _last_transient = message
+            return
+        cause = f" (last error: {_last_transient})" if _last_transient and _last_transient != message else ""
+        report.problem(
+            f"export:{record.name}",
+            f"exporting spans failed: {message}{cause} (reported once per process; the app runs on, "
+            "spans beyond the bounded queue are dropped; LOGFIRE_DEBUG=1 shows every occurrence)",
+        )
+
+
+_last_transient: str | None = None
+
+
+def last_transient_error() -> str | None:
+    """The last retry an exporter logged in this process, if any: why spans are still unsent."""
+    return _last_transient
 
 
 EXPORT_LOGGERS = (

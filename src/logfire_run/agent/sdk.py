@@ -75,7 +75,9 @@ class TracingSdk:
                 self.provider.add_span_processor(RefusedParentLinkProcessor())
             return
         route_export_logs()
-        provider = TracerProvider(resource=self._resource(), shutdown_on_exit=True)
+        # Not OpenTelemetry's own atexit shutdown: it waits for every batch, each with the exporter's
+        # full timeout. `state` flushes at exit within the exit budget instead.
+        provider = TracerProvider(resource=self._resource(), shutdown_on_exit=False)
         provider.add_span_processor(RefusedParentLinkProcessor())
         self.exporting.set_exporters(self.config)
         provider.add_span_processor(self.exporting)
@@ -106,6 +108,10 @@ class TracingSdk:
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         flush = getattr(current_provider(), "force_flush", None)
         return bool(flush(timeout_millis)) if callable(flush) else True
+
+    def unsent(self) -> int:
+        """Spans of the agent's exporters not sent yet (0 for an app's own provider: not ours to count)."""
+        return self.exporting.unsent() if self.owns_provider else 0
 
     def shutdown(self) -> None:
         stop = getattr(current_provider(), "shutdown", None)

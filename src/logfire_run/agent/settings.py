@@ -134,11 +134,33 @@ class DistributedTracingKind(Kind):
         return "warn" if value is None else str(value)
 
 
+class SecondsKind(Kind):
+    """A duration in seconds: a number from 0 to 600 (`configure()` also takes an int or float)."""
+
+    def parse(self, raw: str) -> object:
+        try:
+            value = float(raw.strip())
+        except ValueError:
+            raise ConfigError(f"invalid number of seconds {raw!r}: use a number from 0 to 600") from None
+        if not 0 <= value <= 600:
+            raise ConfigError(f"invalid number of seconds {raw!r}: use a number from 0 to 600")
+        return value
+
+    def coerce(self, value: object) -> object:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return self.parse(str(value))
+        return super().coerce(value)
+
+    def show(self, value: object) -> str:
+        return f"{value:g} s" if isinstance(value, float) else str(value)
+
+
 TEXT = Kind()
 BOOL = BoolKind()
 NAME_LIST = NameListKind()
 EXPORTERS = ExportersKind()
 DISTRIBUTED_TRACING = DistributedTracingKind()
+SECONDS = SecondsKind()
 
 
 def parse_distributed_tracing(raw: str) -> DistributedTracing:
@@ -352,6 +374,17 @@ SETTINGS: tuple[Setting, ...] = (
         help="the SQLite trace store used by the store exporter and the viewer",
         resolve=resolve_store_path,
         applies="exporters",
+    ),
+    Setting(
+        name="exit_budget",
+        flag="--exit-budget",
+        env="LOGFIRE_EXIT_BUDGET",
+        kind=SECONDS,
+        default="2",
+        accepted="seconds, 0 to 600",
+        help="the longest a process's exit (normal, SIGTERM, os._exit) waits for its spans to be sent; "
+        "what is left then is dropped and counted on stderr",
+        unset=2.0,
     ),
     Setting(
         name="debug",

@@ -9,7 +9,8 @@ modules ask through these functions and never keep a copy.
 - The SDK lifecycle: off -> starting -> on | failed | disabled. `start_sdk()` moves it;
   `when_sdk_ready(action)` is the one way to run something that needs the SDK: now if it is up,
   else as soon as it comes up (never, if it cannot).
-- The exit flushes: at interpreter exit, on SIGTERM left at its default, and on `os._exit`.
+- The exit flushes: at interpreter exit, on SIGTERM left at its default, and on `os._exit`, all
+  within one exit budget per process.
 
 First-party extraction (`extract(carrier, third_party=False)`) needs only OpenTelemetry's API: it
 works the same whether the SDK started, failed or is still off.
@@ -227,17 +228,18 @@ def _run(action: Callable[[], object]) -> None:
         report.problem(f"deferred:{action}", f"deferred instrumentation failed ({error}); the app runs on")
 
 
-# Exit flushes. The agent's provider is shut down (flushing every exporter) at interpreter exit.
-# SIGTERM's default action skips that, so when the app leaves SIGTERM at its default the agent
-# flushes first, then dies by the same signal: the exit status the parent sees is unchanged.
-# os._exit() skips it too; forked children leave that way (multiprocessing fork and forkserver
-# workers, Celery's prefork children, gunicorn workers), so once the SDK is up os._exit flushes
-# first, for a bounded time, in whichever process calls it: the child may have set the SDK up after
-# the fork.
+# Exit flushes. Every way a process ends flushes its spans first, within one exit budget per
+# process (`exit_budget`, 2 s by default) whatever the backend does: interpreter exit (our own atexit
+# handler: OpenTelemetry's waits for every batch, each with the exporter's full timeout), SIGTERM left
+# at its default (the agent flushes, then dies by the same signal, so the exit status the parent sees
+# is unchanged), and os._exit(), which forked children leave by (multiprocessing fork and forkserver
+# workers, Celery's prefork children, gunicorn workers). What is still unsent when the budget is spent
+# is dropped and counted in one stderr line.
 
-EXIT_FLUSH_MILLIS = 5000
 _real_exit = os._exit
 _exit_flushes_installed = False
+# (pid, monotonic deadline) of the exit under way: several exit paths of one process share one budget.
+_exit_deadline: tuple[int, float] | None = None
 
 
 def flush(timeout_millis: int) -> bool:
@@ -255,29 +257,90 @@ def shutdown() -> None:
         _sdk.shutdown()
 
 
+def install_exit_hooks() -> None:
+    """Make `os._exit` and a default SIGTERM flush first. Done when the agent starts, before the app
+    runs: an app binding `os._exit` early (`from os import _exit`) gets the flushing one, and a server
+    that saves the SIGTERM handler and puts it back before re-raising the signal at its own shutdown
+    (uvicorn does) puts back ours. Neither costs anything until the SDK is up."""
+    os._exit = _flushing_exit
+    _install_sigterm_flush()
+
+
+def _install_sigterm_flush() -> None:
+    # `_signal`, not `signal`: the latter imports enum, milliseconds at every start.
+    import _signal  # type: ignore[import-not-found]
+
+    try:
+        if _signal.getsignal(_signal.SIGTERM) == _signal.SIG_DFL:
+            _signal.signal(_signal.SIGTERM, _flush_on_sigterm)
+    except (ValueError, OSError) as error:
+        # Not the main thread (configure() called from a thread): atexit still covers normal exits.
+        report.debug(f"no SIGTERM flush: {error}")
+
+
 def install_exit_flushes() -> None:
-    """The SIGTERM and `os._exit` flushes (interpreter exit is the provider's own atexit)."""
+    """The interpreter-exit flush once the SDK is up (and the `os._exit` and SIGTERM ones, if not yet)."""
     global _exit_flushes_installed
     os._exit = _flushing_exit
     if _exit_flushes_installed:
         return
     _exit_flushes_installed = True
-    try:
-        import signal
-        import threading
+    import atexit
 
-        if threading.current_thread() is not threading.main_thread():
-            return  # signal.signal() works only there; atexit still covers normal exits
-        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-            signal.signal(signal.SIGTERM, _flush_on_sigterm)
-    except Exception as error:
-        report.debug(f"no SIGTERM flush: {error}")
+    atexit.register(_flush_at_exit)
+    _install_sigterm_flush()
+
+
+def exit_flush(reason: str) -> None:
+    """Send this process's unsent spans, waiting at most what is left of the exit budget."""
+    global _exit_deadline
+    tracing = _sdk
+    if tracing is None:
+        return
+    import threading
+    import time
+
+    pid, now = os.getpid(), time.monotonic()
+    budget = config().exit_budget
+    if _exit_deadline is None or _exit_deadline[0] != pid:
+        _exit_deadline = (pid, now + budget)
+    remaining = _exit_deadline[1] - now
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            tracing.force_flush(max(1, int(remaining * 1000)))
+        except Exception as error:
+            report.debug(f"flush at {reason} failed: {error}")
+        finally:
+            done.set()
+
+    if remaining > 0:
+        # In a thread of its own: OpenTelemetry's flush waits for an export in flight, and an export
+        # to a backend that never answers waits for the exporter's full timeout, retries included.
+        threading.Thread(target=run, name="logfire-run exit flush", daemon=True).start()
+        done.wait(remaining)
+    if not done.is_set():
+        unsent = tracing.unsent()
+        if unsent:
+            from logfire_run.agent.exporters import last_transient_error
+
+            cause = last_transient_error()
+            report.problem(
+                "exit-budget",
+                f"{unsent} spans were not sent within the exit budget ({budget:g} s, at {reason}) and "
+                "are dropped" + (f" (the backend: {cause})" if cause else "") + "; "
+                "LOGFIRE_EXIT_BUDGET (--exit-budget) sets the budget",
+            )
+
+
+def _flush_at_exit() -> None:
+    exit_flush("exit")
 
 
 def _flushing_exit(status: int) -> NoReturn:
-    try:
-        if _sdk is not None:
-            _sdk.force_flush(EXIT_FLUSH_MILLIS)
+    try:  # noqa: SIM105 (not contextlib: this module loads nothing at start-up it does not need)
+        exit_flush("os._exit")
     except BaseException:
         pass
     _real_exit(status)
@@ -288,7 +351,7 @@ _sigterm_flushing = False
 
 def _flush_on_sigterm(signum: int, frame: object) -> None:
     global _sigterm_flushing
-    import signal
+    import _signal
 
     if _sigterm_flushing:
         # A second SIGTERM during the flush (a broken ProcessPoolExecutor terminates its workers twice
@@ -296,8 +359,8 @@ def _flush_on_sigterm(signum: int, frame: object) -> None:
         return
     _sigterm_flushing = True
     try:
-        if _sdk is not None:
-            _sdk.shutdown()
+        exit_flush("SIGTERM")
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGTERM)
+        # The default action again, and the same signal: the parent sees the status it would have.
+        _signal.signal(_signal.SIGTERM, _signal.SIG_DFL)
+        os.kill(os.getpid(), _signal.SIGTERM)
