@@ -23,10 +23,17 @@ JOIN, NEW = "join", "new"
 CASES: dict[str, tuple[list[tuple[str, str]], str, str]] = {
     # name: (headers as sent, join or new trace, the server span's tracestate)
     "valid": (
-        [("traceparent", VALID), ("tracestate", "foo@bar@baz=1,congo=t61rcWkgMzE,congo=dup,Bad=x")],
+        [("traceparent", VALID), ("tracestate", "foo@bar@baz=1, ,congo=t61rcWkgMzE")],
         JOIN,
         "foo@bar@baz=1,congo=t61rcWkgMzE",
     ),
+    # An invalid tracestate is discarded whole; the parent stays.
+    "tracestate-duplicate": (
+        [("traceparent", VALID), ("tracestate", "foo@bar@baz=1,congo=t61rcWkgMzE,congo=dup")],
+        JOIN,
+        "",
+    ),
+    "tracestate-bad-key": ([("traceparent", VALID), ("tracestate", "a=1,Bad=x")], JOIN, ""),
     "repeated": ([("traceparent", VALID), ("traceparent", f"00-{TRACE}-{'1' * 16}-01")], NEW, ""),
     "repeated-identical": ([("traceparent", VALID), ("traceparent", VALID)], NEW, ""),
     "version-ff": ([("traceparent", f"ff-{TRACE}-{PARENT}-01"), ("tracestate", "a=1")], NEW, ""),
@@ -39,11 +46,28 @@ CASES: dict[str, tuple[list[tuple[str, str]], str, str]] = {
         JOIN,
         "a=1,b=2",
     ),
-    "tracestate-33": (
-        [("traceparent", VALID), ("tracestate", ",".join(f"k{index}=v" for index in range(33)))],
+    "tracestate-32": (
+        [("traceparent", VALID), ("tracestate", ",".join(f"k{index}=v" for index in range(32)))],
         JOIN,
         ",".join(f"k{index}=v" for index in range(32)),
     ),
+    "tracestate-33": (
+        [("traceparent", VALID), ("tracestate", ",".join(f"k{index}=v" for index in range(33)))],
+        JOIN,
+        "",
+    ),
+    # Two headers are one list: 20 + 13 members is more than 32.
+    "tracestate-33-split": (
+        [
+            ("traceparent", VALID),
+            ("tracestate", ",".join(f"k{index}=v" for index in range(20))),
+            ("tracestate", ",".join(f"k{index}=v" for index in range(20, 33))),
+        ],
+        JOIN,
+        "",
+    ),
+    # Empty members are allowed (and cost nothing); 8 KB fits every server's header limit.
+    "tracestate-commas": ([("traceparent", VALID), ("tracestate", "a=1" + "," * 8000)], JOIN, "a=1"),
     "tracestate-garbage": ([("traceparent", VALID), ("tracestate", "=,;" * 2000)], JOIN, ""),
 }
 

@@ -275,3 +275,43 @@ def test_retention_drops_spans_written_before_the_age_cap(tmp_path: Path) -> Non
     exporter.shutdown()
     names = sorted(name for (name,) in rows(store, "SELECT name FROM spans"))
     assert names == sorted(f"new {index}" for index in range(10))
+
+
+MODES_APP = """
+import json, os, stat, sys
+import logfire_run
+with logfire_run.span("private"):
+    pass
+logfire_run.force_flush()
+# While the agent's connection is open, the WAL and shared-memory files exist beside the store.
+store = os.environ["LOGFIRE_STORE"]
+paths = [store, store + "-wal", store + "-shm", *json.loads(sys.argv[1])]
+print(json.dumps({path: oct(stat.S_IMODE(os.stat(path).st_mode)) for path in paths}))
+"""
+
+
+def test_store_files_and_folders_are_private_even_under_umask_000(tmp_path: Path) -> None:
+    (tmp_path / "app.py").write_text(MODES_APP)
+    store = tmp_path / "new" / "deeper" / "traces.db"
+    cache = tmp_path / "cache-home" / "nested"
+    folders = [tmp_path / "new", tmp_path / "new" / "deeper", cache, cache / "logfire-run"]
+    env = agent_env(None, LOGFIRE_STORE=str(store), XDG_CACHE_HOME=str(cache))
+    result = subprocess.run(
+        [LAUNCHER, "python", str(tmp_path / "app.py"), json.dumps([str(folder) for folder in folders])],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        umask=0,
+    )
+    assert result.returncode == 0, result.stderr
+    assert_clean_stderr(result.stderr)
+    modes = json.loads(result.stdout)
+    assert modes == {
+        str(store): "0o600",
+        f"{store}-wal": "0o600",
+        f"{store}-shm": "0o600",
+        **{str(folder): "0o700" for folder in folders},
+    }
+    cached = list((cache / "logfire-run").iterdir())
+    assert cached and all(oct(path.stat().st_mode & 0o777) == "0o600" for path in cached)

@@ -231,3 +231,140 @@ def test_plain_text_on_a_terminal_when_rich_is_not_installed(
     lines = result.stdout.replace("\r", "").splitlines()
     assert lines[1].startswith("checkout  [front] INTERNAL "), lines
     assert "├" not in result.stdout and "\x1b[" not in result.stdout
+
+
+# Hostile data: what a span holds is shown as text, never run or interpreted.
+
+HOSTILE_NAMES = [
+    "<!--<script>",
+    "</script><script>document.body.setAttribute('data-pwned','1')</script>",
+    "<img src=x onerror=\"document.body.setAttribute('data-pwned','2')\">",
+    "line\u2028separator\u2029paragraph & <b>bold</b>",
+    "__DATA__ __META__",
+]
+ESCAPES = [
+    ("\x1b]0;pwned title\x07", "\\x1b]0;pwned title\\x07"),  # OSC: window title
+    ("\x1b]52;c;cHduZWQ=\x07", "\\x1b]52;c;cHduZWQ=\\x07"),  # OSC 52: the clipboard
+    ("\x1b[2J\x1b[31mred", "\\x1b[2J\\x1b[31mred"),  # clear screen, colour
+    ("bell\x07", "bell\\x07"),
+    ("a\nforged  [front] INTERNAL 1.0 ms", "a\\nforged  [front] INTERNAL 1.0 ms"),  # a forged tree line
+    ("cr\rover", "cr\\rover"),
+    ("c1\x9b2J nel\x85", "c1\\x9b2J nel\\x85"),
+    ("bidi \u202eevil\u202c \u2066x\u2069", "bidi \\u202eevil\\u202c \\u2066x\\u2069"),
+    ("tab\there", "tab\\there"),
+    ("nul\x00del\x7f", "nul\\x00del\\x7f"),
+]
+
+# What must never reach a terminal from the data (the viewer's own newlines are removed first).
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+HOSTILE_APP = """
+import json, sys
+import logfire_run
+names, escapes = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+with logfire_run.span("root " + names[0], **{"url.path": names[1], "http.request.method": "GET"}):
+    for name in names[1:]:
+        with logfire_run.span(name, detail=name):
+            pass
+    for raw in escapes:
+        with logfire_run.span(raw, **{"celery.task_name": raw}):
+            pass
+"""
+
+
+@pytest.fixture(scope="module")
+def hostile_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    folder = tmp_path_factory.mktemp("hostile")
+    (folder / "app.py").write_text(HOSTILE_APP)
+    store = folder / "traces.db"
+    env = agent_env(None, LOGFIRE_STORE=str(store))
+    raw = [text for text, _shown in ESCAPES]
+    result = run_launcher(
+        [
+            "--service-name",
+            "svc\x1b[2J",
+            "python",
+            str(folder / "app.py"),
+            json.dumps(HOSTILE_NAMES),
+            json.dumps(raw),
+        ],
+        env,
+    )
+    assert result.returncode == 0, result.stderr
+    listing = view(store, "--json")
+    assert isinstance(listing, list) and len(listing) == 1
+    return store, listing[0]["trace_id"]
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed")
+def test_html_page_shows_hostile_strings_as_text(hostile_store: tuple[Path, str], tmp_path: Path) -> None:
+    store, _trace_id = hostile_store
+    page = tmp_path / "hostile.html"
+    view(store, "--html", str(page))
+    spans = len(HOSTILE_NAMES) + len(ESCAPES)
+    chromium = [
+        str(CHROMIUM),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ]
+    dom = subprocess.run(
+        [*chromium, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120
+    ).stdout
+    assert f'data-rendered="{spans}"' in dom, dom[-3000:]
+    assert 'data-pwned="' not in dom  # the attribute an injected script would set
+    assert "<img" not in dom and "<b>" not in dom
+    names = re.findall(r'<span class="name">(.*?)</span>', dom, re.DOTALL)
+    assert len(names) == spans
+    # Each string is the text of its row, exactly: the page escaped nothing twice and lost nothing.
+    assert html_unescape(names[0]) == "root <!--<script>"
+    assert [html_unescape(name) for name in names[1 : len(HOSTILE_NAMES)]] == HOSTILE_NAMES[1:]
+
+
+def html_unescape(text: str) -> str:
+    import html
+
+    return html.unescape(text)
+
+
+def test_text_viewer_escapes_control_characters(hostile_store: tuple[Path, str]) -> None:
+    store, trace_id = hostile_store
+    for args in ([trace_id], [], [trace_id, "--plain"]):
+        output = run_view(store, *args).stdout
+        assert not CONTROL.search(output.replace("\n", "")), output
+    tree = run_view(store, trace_id).stdout
+    lines = tree.splitlines()
+    # One line per span, after the trace line: no forged ones.
+    assert len(lines) == 1 + len(HOSTILE_NAMES) + len(ESCAPES), tree
+    for _raw, shown in ESCAPES:
+        assert any(line.strip().startswith(shown + "  [svc\\x1b[2J]") for line in lines), (shown, tree)
+    assert "svc\\x1b[2J" in run_view(store).stdout
+
+
+def test_rich_viewer_escapes_control_characters(hostile_store: tuple[Path, str]) -> None:
+    store, trace_id = hostile_store
+    if shutil.which("script") is None:
+        pytest.skip("`script` (util-linux) is needed to give the viewer a terminal")
+    screens = []
+    for command in (f"{VIEWER} --store {store} {trace_id}", f"{VIEWER} --store {store}"):
+        result = subprocess.run(
+            ["script", "-qec", command, "/dev/null"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=child_env(COLUMNS="400", TERM="xterm-256color"),
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        # Rich's own styling is SGR (ESC [ ... m); anything else of ESC or C0/C1 came from the data.
+        screen = re.sub(r"\x1b\[[0-9;]*m", "", result.stdout).replace("\r\n", "\n")
+        assert not re.search(
+            r"[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]", screen
+        ), screen
+        screens.append(screen)
+    assert "\\x1b]52;c;cHduZWQ=\\x07" in screens[0] and "a\\nforged" in screens[0]
+    assert "svc\\x1b[2J" in screens[0] and "svc\\x1b[2J" in screens[1]
