@@ -322,12 +322,6 @@ print("forked")
 """
 
 
-@pytest.mark.xfail(
-    sys.version_info >= (3, 12),
-    strict=True,
-    reason="src: the agent's span processor thread is running when the app forks, so Python 3.12+ warns "
-    "(DeprecationWarning: this process is multi-threaded) where the app alone, single-threaded, does not",
-)
 def test_an_app_that_forks_gets_no_warning_it_would_not_get_without_the_agent(
     receiver: OtlpReceiver, tmp_path: Path
 ) -> None:
