@@ -42,7 +42,7 @@ class Suite:
 
 
 SUITES = {
-    "flask": Suite("flask", "3.1.3", ("asgiref", "greenlet", "pytest", "python-dotenv")),
+    "flask": Suite("flask", "3.1.3", ("asgiref", "greenlet", "pytest<9", "python-dotenv")),
     "requests": Suite(
         "requests",
         "2.34.2",
