@@ -17,7 +17,7 @@ UNPREPARED_SEND = """
 import requests
 
 try:
-    requests.Session().send(requests.Request("GET", "http://127.0.0.1:9/"))
+    requests.Session().send(requests.Request(url="http://127.0.0.1:9/"))
 except Exception as error:
     print(type(error).__name__, error)
 """
