@@ -1,25 +1,29 @@
-"""Per-request overhead of the HTTP instrumentation: plain vs `logfire-run` vs `opentelemetry-instrument`.
+"""Per-request overhead of the HTTP instrumentation: logfire-run against `opentelemetry-instrument`.
 
     .venv/bin/python bench/http/run.py [--rounds 5] [--flask-requests 5000] [--requests-calls 1000]
 
-Two workloads, each run as a fresh process per measurement, the three variants interleaved round by
-round (the order rotates) so that machine noise hits them alike:
+Two workloads, each run as a fresh process per measurement, every variant once per round in an
+order that rotates, so that machine noise hits them alike:
 
 - flask: a Flask handler called through the framework's test client, every request carrying a
   `traceparent` (so extraction and the policy run), 5,000 requests;
 - requests: `requests.get` to a stdlib server in its own plain process, 1,000 calls.
 
-Both agents export every span with OTLP/HTTP to a local receiver in this process that decodes and
-counts the spans, then discards them: spans are created, batched, encoded and sent in both, and the
-span counts printed prove it. Metrics and logs exporters are off for `opentelemetry-instrument`
-(logfire-run does not set those up). logfire-run runs with `distributed_tracing=true`, the mode in
-which inbound context is used (no warning path).
+The variants: plain Python; logfire-run with no exporter, with the local store (the default) and
+with OTLP; `opentelemetry-instrument` with no exporter and with OTLP. Every setting is the default
+one (batch sizes, queue size, delays). OTLP goes over HTTP to a receiver inside this process that
+decodes and counts the spans, then discards them; the store variant writes a fresh store file per
+run, whose rows are counted afterwards. The counts are printed: a run that lost or never exported
+spans shows. Metrics and logs exporters are off for `opentelemetry-instrument` (logfire-run does
+not set those up). logfire-run runs with `distributed_tracing=true`, the mode in which inbound
+context is used (no warning path).
 
-Reported twice, in wall-clock time and in the CPU time of the measured process (all its threads,
-the exporting one included; not slowed by other processes, so it is the steadier figure on a shared
-machine): the median microseconds per request of each variant, the overhead over plain (the median
-of the per-round differences, which cancels most load drift), and the ratio of logfire-run's
-overhead to opentelemetry-instrument's.
+Reported in wall-clock time and in the CPU time of the measured process (all its threads, the
+exporting one included; the steadier figure on a shared machine): the median microseconds per
+request, the overhead over plain (the median of per-round differences, which cancels most load
+drift), the overhead divided by `opentelemetry-instrument`'s with OTLP, and, for each exporter, the
+export path's cost per span: the variant's CPU minus the same agent's with no exporter (one span
+per request, so per request is per span).
 """
 
 from __future__ import annotations
@@ -28,9 +32,11 @@ import argparse
 import json
 import os
 import socket
+import sqlite3
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -41,7 +47,10 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
-VARIANTS = ("plain", "logfire-run", "opentelemetry-instrument")
+LOGFIRE_RUN = ("logfire-run none", "logfire-run store", "logfire-run otlp")
+OTEL_INSTRUMENT = ("opentelemetry-instrument none", "opentelemetry-instrument otlp")
+VARIANTS = ("plain", *LOGFIRE_RUN, *OTEL_INSTRUMENT)
+REFERENCE = "opentelemetry-instrument otlp"
 
 
 class CountingSink:
@@ -78,50 +87,68 @@ class CountingSink:
         return count
 
 
-def _env(variant: str, sink: CountingSink) -> dict[str, str]:
+def _env(variant: str, sink: CountingSink, store: Path) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith(("LOGFIRE_", "OTEL_"))}
     env.pop("PYTHONPATH", None)
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
-    if variant == "logfire-run":
+    agent, _, exporter = variant.partition(" ")
+    if agent == "logfire-run":
+        env.update(LOGFIRE_EXPORTER=exporter, LOGFIRE_DISTRIBUTED_TRACING="true", LOGFIRE_STORE=str(store))
+        if exporter == "otlp":
+            env["OTEL_EXPORTER_OTLP_ENDPOINT"] = sink.endpoint
+    elif agent == "opentelemetry-instrument":
         env.update(
-            LOGFIRE_EXPORTER="otlp",
-            OTEL_EXPORTER_OTLP_ENDPOINT=sink.endpoint,
-            LOGFIRE_DISTRIBUTED_TRACING="true",
-        )
-    elif variant == "opentelemetry-instrument":
-        env.update(
-            OTEL_TRACES_EXPORTER="otlp_proto_http",
-            OTEL_EXPORTER_OTLP_ENDPOINT=sink.endpoint,
+            OTEL_TRACES_EXPORTER="otlp_proto_http" if exporter == "otlp" else "none",
             OTEL_METRICS_EXPORTER="none",
             OTEL_LOGS_EXPORTER="none",
         )
+        if exporter == "otlp":
+            env["OTEL_EXPORTER_OTLP_ENDPOINT"] = sink.endpoint
     return env
 
 
 def _command(variant: str, args: list[str]) -> list[str]:
-    if variant == "logfire-run":
-        return [str(BIN / "logfire-run"), sys.executable, *args]
-    if variant == "opentelemetry-instrument":
-        return [str(BIN / "opentelemetry-instrument"), sys.executable, *args]
-    return [sys.executable, *args]
+    agent = variant.partition(" ")[0]
+    if agent == "plain":
+        return [sys.executable, *args]
+    return [str(BIN / agent), sys.executable, *args]
 
 
 def _measure(
     variant: str, args: list[str], sink: CountingSink, expected_spans: int
 ) -> tuple[float, float, int]:
+    """(wall us per op, CPU us per op, spans delivered) of one run."""
     sink.take()
-    result = subprocess.run(
-        _command(variant, args), env=_env(variant, sink), capture_output=True, text=True, timeout=600
-    )
-    if result.returncode != 0:
-        raise SystemExit(f"{variant} failed ({result.returncode}):\n{result.stderr}")
-    figures = json.loads(result.stdout.strip().splitlines()[-1])
-    deadline = time.monotonic() + 10
-    spans = sink.take()
-    while variant != "plain" and spans < expected_spans and time.monotonic() < deadline:
-        time.sleep(0.05)
-        spans += sink.take()
+    with tempfile.TemporaryDirectory() as folder:
+        store = Path(folder) / "traces.db"
+        result = subprocess.run(
+            _command(variant, args),
+            env=_env(variant, sink, store),
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        # An agent that prints breaks someone's logs: logfire-run's runs must leave stderr empty.
+        if result.returncode != 0 or (variant.startswith("logfire-run") and result.stderr.strip()):
+            raise SystemExit(f"{variant} failed ({result.returncode}):\n{result.stderr}")
+        figures = json.loads(result.stdout.strip().splitlines()[-1])
+        if variant.endswith("store"):
+            spans = _count_rows(store)
+        else:
+            deadline = time.monotonic() + 10
+            spans = sink.take()
+            while variant.endswith("otlp") and spans < expected_spans and time.monotonic() < deadline:
+                time.sleep(0.05)
+                spans += sink.take()
     return float(figures["per_op_us"]), float(figures["cpu_per_op_us"]), spans
+
+
+def _count_rows(store: Path) -> int:
+    connection = sqlite3.connect(store)
+    try:
+        return int(connection.execute("SELECT count(*) FROM spans").fetchone()[0])
+    finally:
+        connection.close()
 
 
 def _free_port() -> int:
@@ -139,28 +166,34 @@ def _report(
     most of the drift of a shared machine's load between rounds.
     """
     medians = {variant: statistics.median(values) for variant, values in results.items()}
-    paired = {
-        variant: statistics.median(
-            value - plain for value, plain in zip(results[variant], results["plain"], strict=True)
+
+    def paired(variant: str, base: str) -> float:
+        return statistics.median(
+            value - other for value, other in zip(results[variant], results[base], strict=True)
         )
-        for variant in VARIANTS
-    }
+
+    overhead = {variant: paired(variant, "plain") for variant in VARIANTS}
+    reference = overhead[REFERENCE]
     rounds = len(results["plain"])
     print(f"\n{name}, {clock}: {count} per run, {rounds} interleaved rounds, median us per request")
     for variant in VARIANTS:
         runs = ", ".join(f"{value:.0f}" for value in results[variant])
         if variant == "plain":
-            print(f"  {variant:<26} {medians[variant]:8.1f}  [{runs}]")
+            print(f"  {variant:<30} {medians[variant]:8.1f}  [{runs}]")
             continue
-        ratio = medians[variant] / medians["plain"]
+        ratio = f"{overhead[variant] / reference:4.2f}" if reference > 0 else "n/a"
         print(
-            f"  {variant:<26} {medians[variant]:8.1f}  ({ratio:4.2f}x plain)"
-            f"  overhead {paired[variant]:+7.1f} us"
-            f"  [{runs}]  spans exported per run: {sorted(set(spans[variant]))}"
+            f"  {variant:<30} {medians[variant]:8.1f}  overhead {overhead[variant]:+7.1f} us"
+            f"  ({ratio} of {REFERENCE}'s)  [{runs}]  spans delivered per run: {spans[variant]}"
         )
-    ours, theirs = paired["logfire-run"], paired["opentelemetry-instrument"]
-    if theirs > 0:
-        print(f"  logfire-run overhead / opentelemetry-instrument overhead = {ours / theirs:.2f}")
+    for variant in VARIANTS:
+        agent, _, exporter = variant.partition(" ")
+        if exporter in ("store", "otlp"):
+            print(f"  export path, {variant}: {paired(variant, f'{agent} none'):+.1f} us per span")
+
+
+def _load() -> str:
+    return " ".join(f"{value:.2f}" for value in os.getloadavg())
 
 
 def main() -> None:
@@ -191,7 +224,7 @@ def main() -> None:
                 options.requests_calls,
             ),
         }
-        print(f"python {sys.version.split()[0]}, {os.cpu_count()} cpus")
+        print(f"python {sys.version.split()[0]}, {os.cpu_count()} cpus, load {_load()}")
         for name, (args, count) in workloads.items():
             wall: dict[str, list[float]] = {variant: [] for variant in VARIANTS}
             cpu: dict[str, list[float]] = {variant: [] for variant in VARIANTS}
@@ -206,6 +239,7 @@ def main() -> None:
                     spans[variant].append(exported)
             _report(name, count, "wall clock", wall, spans)
             _report(name, count, "CPU time of the process (all its threads)", cpu, spans)
+        print(f"\nload after: {_load()}")
     finally:
         server.terminate()
         server.wait(timeout=10)

@@ -1,7 +1,11 @@
-"""One writer of the ingest benchmark: pre-create spans, then time only `StoreExporter.export()`.
+"""One writer of the ingest benchmark: pre-create spans, then time only the export step.
 
-This isolates what the store sustains (span conversion, SQLite, locking between processes) from
-what creating spans costs. Prints one JSON line: wall-clock stamps and the CPU time of the exports.
+    python ingest.py SPANS STORE START_AT [store|otlp-encoder|official-encoder]
+
+`store` (the default) times `StoreExporter.export()`: span conversion, SQLite, locking between
+processes. The two encoders time turning the same batches into OTLP request bytes: logfire-run's
+`encode_export_request`, and OpenTelemetry's `encode_spans(...).SerializeToString()`, which its
+OTLP exporters use. Prints one JSON line: wall-clock stamps and the CPU time of the exports.
 """
 
 from __future__ import annotations
@@ -9,11 +13,14 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable, Sequence
 
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from spans import make_server_spans
 
+from logfire_run.agent.otlp_encoding import encode_export_request
 from logfire_run.agent.store import StoreExporter
 
 BATCH = 512  # OpenTelemetry's default OTEL_BSP_MAX_EXPORT_BATCH_SIZE
@@ -29,21 +36,30 @@ class Keep(SpanProcessor):
 
 def main() -> None:
     count, path, start_at = int(sys.argv[1]), sys.argv[2], float(sys.argv[3])
+    mode = sys.argv[4] if len(sys.argv) > 4 else "store"
     keep = Keep()
     provider = TracerProvider(resource=Resource.create({"service.name": "ingest"}))
     provider.add_span_processor(keep)
     tracer = provider.get_tracer("bench.store")
     make_server_spans(tracer, count)
-    exporter = StoreExporter(path)
+    exporter = StoreExporter(path) if mode == "store" else None
+    export: Callable[[Sequence[ReadableSpan]], object]
+    if exporter is not None:
+        export = exporter.export
+    elif mode == "otlp-encoder":
+        export = encode_export_request
+    else:
+        export = lambda batch: encode_spans(batch).SerializeToString()  # noqa: E731
     while time.time() < start_at:  # every writer starts together, after all have made their spans
         time.sleep(0.001)
     cpu_start = time.process_time()
     start = time.time()
     for offset in range(0, count, BATCH):
-        exporter.export(keep.spans[offset : offset + BATCH])
+        export(keep.spans[offset : offset + BATCH])
     end = time.time()
     cpu = time.process_time() - cpu_start
-    exporter.shutdown()
+    if exporter is not None:
+        exporter.shutdown()
     print(json.dumps({"start": start, "end": end, "cpu": cpu, "spans": count}))
 
 

@@ -30,6 +30,7 @@ from contextlib import contextmanager
 
 from opentelemetry import baggage, trace
 from opentelemetry.context import Context, create_key, set_value
+from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.propagators.textmap import (
     CarrierT,
     Getter,
@@ -40,7 +41,7 @@ from opentelemetry.propagators.textmap import (
 )
 
 from logfire_run.agent import report
-from logfire_run.agent.w3c import strict_propagator
+from logfire_run.agent.w3c import StrictBaggagePropagator, StrictTraceContextPropagator, strict_propagator
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -74,6 +75,7 @@ class DistributedTracingPolicy(TextMapPropagator):
 
     def __init__(self, inner: TextMapPropagator, mode: DistributedTracing = None) -> None:
         self._inner = inner
+        self._headers: tuple[str, ...] | None = None
         self._mode: DistributedTracing = mode
         self._warned = False
         self._lock = threading.Lock()
@@ -90,6 +92,7 @@ class DistributedTracingPolicy(TextMapPropagator):
             propagator = propagator.inner
         # OpenTelemetry's W3C propagators, alone or composed, get the strict Level 2 parsing (w3c.py).
         self._inner = strict_propagator(propagator)
+        self._headers = _headers_read(self._inner)
 
     @property
     def mode(self) -> DistributedTracing:
@@ -115,6 +118,9 @@ class DistributedTracingPolicy(TextMapPropagator):
         getter: Getter[CarrierT] = default_getter,
     ) -> Context:
         mode = self._mode
+        if self._headers is not None and mode is not False and _absent(self._headers, carrier, getter):
+            # No header the strict W3C propagators read: what they would return, without parsing.
+            return context if context is not None else Context()
         if mode is True or _first_party.get():
             return self._inner.extract(carrier, context, getter)
         if mode is None:
@@ -161,6 +167,35 @@ class DistributedTracingPolicy(TextMapPropagator):
         except Exception:
             # `-W error` turns the warning into an exception; a request must not fail because of it.
             report.problem("policy-warning", WARNING_TEXT)
+
+
+def _headers_read(propagator: TextMapPropagator) -> tuple[str, ...] | None:
+    """The headers the strict W3C propagator(s) read, when `traceparent` is read first; else None.
+
+    Without any of them, `traceparent` first means the result is the caller's context, or an empty
+    one: that is what the early return in `extract` gives. Other propagators, or baggage first
+    (which falls back to the current context), always take the full path.
+    """
+    parts = getattr(propagator, "_propagators", None) if type(propagator) is CompositePropagator else None
+    chain = list(parts) if isinstance(parts, (list, tuple)) else [propagator]
+    if not chain or type(chain[0]) is not StrictTraceContextPropagator:
+        return None
+    names = {StrictTraceContextPropagator: "traceparent", StrictBaggagePropagator: "baggage"}
+    headers: list[str] = []
+    for item in chain:
+        name = names.get(type(item))
+        if name is None:
+            return None
+        headers.append(name)
+    return tuple(dict.fromkeys(headers))
+
+
+def _absent(headers: tuple[str, ...], carrier: CarrierT, getter: Getter[CarrierT]) -> bool:
+    """True when the carrier holds none of `headers` (an odd carrier takes the full path)."""
+    try:
+        return not any(getter.get(carrier, name) for name in headers)
+    except Exception:
+        return False
 
 
 def _brings_context(extracted: Context, base: Context | None) -> bool:

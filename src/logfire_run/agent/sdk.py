@@ -89,7 +89,11 @@ class TracingSdk:
 
     def _resource(self) -> Resource:
         return Resource.create(
-            {SERVICE_NAME: self.config.resolved_service_name(), "process.pid": os.getpid()}
+            {
+                SERVICE_NAME: self.config.resolved_service_name(),
+                "process.pid": os.getpid(),
+                **distribution_attributes(),
+            }
         )
 
     def _after_fork_in_child(self) -> None:
@@ -117,6 +121,21 @@ class TracingSdk:
         stop = getattr(current_provider(), "shutdown", None)
         if callable(stop):
             stop()
+
+
+def distribution_attributes() -> dict[str, str]:
+    """Which agent made the spans: semantic conventions' `telemetry.distro.*`, and the
+    `telemetry.auto.version` that opentelemetry-instrument sets (opentelemetry-instrumentation's)."""
+    from logfire_run._version import __version__
+
+    attributes = {"telemetry.distro.name": "logfire-run", "telemetry.distro.version": __version__}
+    try:
+        from opentelemetry.instrumentation.version import __version__ as auto_version
+
+        attributes["telemetry.auto.version"] = str(auto_version)
+    except Exception:  # opentelemetry-instrumentation is a dependency; a broken install only loses this
+        pass
+    return attributes
 
 
 def current_provider() -> object | None:

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from opentelemetry.context import Context
 
     from logfire_run.agent.config import Config
+    from logfire_run.agent.errors import ConfigError
     from logfire_run.agent.policy import DistributedTracingPolicy
     from logfire_run.agent.sdk import TracingSdk
 
@@ -80,9 +81,28 @@ def config() -> Config:
             resolved, errors = config_module.resolve(os.environ)
             report.debug_enabled = resolved.debug
             for error in errors:
-                report.problem(f"config:{error}", f"{error}; using the default")
+                _set_aside(error)
             _config = resolved
         return _config
+
+
+def _set_aside(error: ConfigError) -> None:
+    """Report a value that is not accepted, and keep OpenTelemetry from reading it.
+
+    OpenTelemetry reads its own variables itself (and raises on some bad ones, deep in set-up), so the
+    variable is rewritten with what is usable or removed: its readers, here and in the children
+    started afterwards, see the value the agent uses. The agent's own variables are left as they are.
+    """
+    variable = error.variable
+    if error.usable_raw:
+        report.problem(f"config:{error}", f"{error}; using {variable}={error.usable_raw}")
+    else:
+        report.problem(f"config:{error}", f"{error}; using the default")
+    if variable and variable.startswith("OTEL_"):
+        if error.usable_raw:
+            os.environ[variable] = error.usable_raw
+        else:
+            os.environ.pop(variable, None)
 
 
 def policy() -> DistributedTracingPolicy:
@@ -188,8 +208,50 @@ def start_sdk() -> bool:
             )
             return False
     install_exit_flushes()
+    _install_fork_without_our_warning()
     _run_deferred()
     return True
+
+
+# Python 3.12+ warns at os.fork() when the process has other threads (a DeprecationWarning shown for
+# forks made in __main__). Once the SDK is up the agent has its own (the batch processors'), so an app
+# that is single-threaded would get a warning it never got without the agent. os.fork is wrapped: when
+# the only other threads are the agent's, that warning is not shown; when the app has threads of its
+# own, the same warning is issued again from the app's line, so its filters see what they always saw.
+
+_AGENT_THREAD_PREFIXES = ("OtelBatch", "logfire-run")
+
+
+def _install_fork_without_our_warning() -> None:
+    import sys
+
+    if sys.version_info < (3, 12) or not hasattr(os, "fork") or getattr(os.fork, "_logfire_run", False):
+        return
+    real_fork = os.fork
+
+    def fork() -> int:
+        import threading
+        import warnings
+
+        current = threading.current_thread()
+        others = [thread for thread in threading.enumerate() if thread is not current]
+        if not others:
+            return real_fork()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", DeprecationWarning)
+            pid = real_fork()
+        if pid != 0:
+            only_ours = all(thread.name.startswith(_AGENT_THREAD_PREFIXES) for thread in others)
+            for warning in caught:
+                if only_ours and "is multi-threaded, use of fork()" in str(warning.message):
+                    continue
+                warnings.warn(warning.message, warning.category, stacklevel=2)
+        return pid
+
+    fork.__doc__ = real_fork.__doc__
+    fork.__wrapped__ = real_fork
+    fork._logfire_run = True
+    os.fork = fork
 
 
 def when_sdk_ready(action: Callable[[], object], *, start: bool = True) -> None:
@@ -289,6 +351,9 @@ def install_exit_flushes() -> None:
 
     atexit.register(_flush_at_exit)
     _install_sigterm_flush()
+    _exit_flusher()
+    if hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=_new_flusher_after_fork)
 
 
 def exit_flush(reason: str) -> None:
@@ -297,7 +362,6 @@ def exit_flush(reason: str) -> None:
     tracing = _sdk
     if tracing is None:
         return
-    import threading
     import time
 
     pid, now = os.getpid(), time.monotonic()
@@ -305,22 +369,13 @@ def exit_flush(reason: str) -> None:
     if _exit_deadline is None or _exit_deadline[0] != pid:
         _exit_deadline = (pid, now + budget)
     remaining = _exit_deadline[1] - now
-    done = threading.Event()
-
-    def run() -> None:
-        try:
-            tracing.force_flush(max(1, int(remaining * 1000)))
-        except Exception as error:
-            report.debug(f"flush at {reason} failed: {error}")
-        finally:
-            done.set()
-
+    finished = False
     if remaining > 0:
         # In a thread of its own: OpenTelemetry's flush waits for an export in flight, and an export
         # to a backend that never answers waits for the exporter's full timeout, retries included.
-        threading.Thread(target=run, name="logfire-run exit flush", daemon=True).start()
-        done.wait(remaining)
-    if not done.is_set():
+        flusher = _exit_flusher()
+        finished = flusher is not None and flusher.flush(tracing, remaining, reason)
+    if not finished:
         unsent = tracing.unsent()
         if unsent:
             from logfire_run.agent.exporters import last_transient_error
@@ -332,6 +387,65 @@ def exit_flush(reason: str) -> None:
                 "are dropped" + (f" (the backend: {cause})" if cause else "") + "; "
                 "LOGFIRE_EXIT_BUDGET (--exit-budget) sets the budget",
             )
+
+
+class _ExitFlusher:
+    """A daemon thread started before it is needed, which runs one flush when asked.
+
+    Started when the SDK comes up (and again in a forked child): from Python 3.12 no thread can be
+    started during interpreter shutdown, which is when atexit handlers run.
+    """
+
+    def __init__(self) -> None:
+        import threading
+
+        self.pid = os.getpid()
+        self.used = False
+        self._request = threading.Event()
+        self._done = threading.Event()
+        self._call: Callable[[], object] = lambda: None
+        self._thread = threading.Thread(target=self._run, name="logfire-run exit flush", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        self._request.wait()
+        try:
+            self._call()
+        except Exception as error:
+            report.debug(f"flush at exit failed: {error}")
+        finally:
+            self._done.set()
+
+    def flush(self, tracing: TracingSdk, seconds: float, reason: str) -> bool:
+        """Flush `tracing` in the thread; True when it finished within `seconds`."""
+        self.used = True
+        self._call = lambda: tracing.force_flush(max(1, int(seconds * 1000)))
+        self._request.set()
+        return self._done.wait(seconds)
+
+
+_flusher: _ExitFlusher | None = None
+
+
+def _exit_flusher() -> _ExitFlusher | None:
+    """This process's unused exit flusher, started now if it must be; None if no thread can start."""
+    global _flusher
+    current = _flusher
+    if current is not None and current.pid == os.getpid() and not current.used:
+        return current
+    try:
+        _flusher = _ExitFlusher()
+    except RuntimeError as error:  # "can't create new thread at interpreter shutdown"
+        report.debug(f"no exit flush: {error}")
+        return None
+    return _flusher
+
+
+def _new_flusher_after_fork() -> None:
+    global _flusher
+    _flusher = None
+    if _sdk is not None:
+        _exit_flusher()
 
 
 def _flush_at_exit() -> None:

@@ -47,7 +47,7 @@ from logfire_run.agent.store_format import (
     with_retries,
 )
 
-__all__ = ["PRUNE_EVERY", "StoreExporter", "span_row"]
+__all__ = ["PRUNE_EVERY", "StoreExporter", "span_row", "span_rows"]
 
 #: A writing process prunes after writing this many spans (and once when it opens the store).
 PRUNE_EVERY = 5_000
@@ -86,43 +86,71 @@ def _link(link: Any) -> dict[str, Any]:
 
 def span_row(span: ReadableSpan, pid: int) -> Row:
     """One span as a row of the `spans` table."""
-    context = span.context
-    parent = span.parent
-    status = span.status
-    # The SDK's public properties copy (a tuple per call, a lock per attribute read); the stored
-    # sequences are read once, directly, falling back to the public properties for other spans.
-    attributes = getattr(span, "_attributes", None)
-    if attributes is None:
-        attributes = span.attributes
-    events = getattr(span, "_events", None)
-    if events is None:
-        events = span.events
-    links = getattr(span, "_links", None)
-    if links is None:
-        links = span.links
-    start = span.start_time or 0
-    scope = span.instrumentation_scope
-    trace_id = context.trace_id if context else 0
-    return (
-        trace_id >> 65,  # trace_key(), inlined: this runs for every span
-        f"{trace_id:032x}",
-        f"{context.span_id:016x}" if context else "",
-        f"{parent.span_id:016x}" if parent is not None else None,
-        span.name,
-        _KIND_NAMES.get(span.kind) or str(span.kind),
-        _service_name(span.resource),
-        start,
-        span.end_time or start,
-        _STATUS_NAMES.get(status.status_code) or str(status.status_code),
-        status.description,
-        _encode(attributes._dict if type(attributes) is BoundedAttributes else _plain_mapping(attributes))
-        if attributes
-        else None,
-        _encode([_event(event) for event in events]) if events else None,
-        _encode([_link(link) for link in links]) if links else None,
-        scope.name if scope is not None else None,
-        pid,
-    )
+    return span_rows((span,), pid)[0]
+
+
+def span_rows(spans: Sequence[ReadableSpan], pid: int) -> list[Row]:
+    """A batch of spans as rows of the `spans` table, in order.
+
+    What spans share is worked out once per batch: the service name once per resource, the scope name
+    once per scope. What is left per span is reading its fields and encoding its attributes.
+    """
+    services: dict[int, str] = {}
+    scopes: dict[int, str | None] = {}
+    kind_names, status_names, encode = _KIND_NAMES, _STATUS_NAMES, _encode
+    rows: list[Row] = []
+    append = rows.append
+    for span in spans:
+        context = span.context
+        parent = span.parent
+        status = span.status
+        # The SDK's public properties copy (a tuple per call, a lock per attribute read); the stored
+        # sequences are read once, directly, falling back to the public properties for other spans.
+        attributes = getattr(span, "_attributes", None)
+        if attributes is None:
+            attributes = span.attributes
+        events = getattr(span, "_events", None)
+        if events is None:
+            events = span.events
+        links = getattr(span, "_links", None)
+        if links is None:
+            links = span.links
+        resource = span.resource
+        service = services.get(id(resource))
+        if service is None:
+            service = services[id(resource)] = _service_name(resource)
+        scope = span.instrumentation_scope
+        if id(scope) in scopes:
+            scope_name = scopes[id(scope)]
+        else:
+            scope_name = scopes[id(scope)] = scope.name if scope is not None else None
+        start = span.start_time or 0
+        trace_id = context.trace_id if context else 0
+        append(
+            (
+                trace_id >> 65,  # trace_key(), inlined
+                f"{trace_id:032x}",
+                f"{context.span_id:016x}" if context else "",
+                f"{parent.span_id:016x}" if parent is not None else None,
+                span.name,
+                kind_names.get(span.kind) or str(span.kind),
+                service,
+                start,
+                span.end_time or start,
+                status_names.get(status.status_code) or str(status.status_code),
+                status.description,
+                encode(
+                    attributes._dict if type(attributes) is BoundedAttributes else _plain_mapping(attributes)
+                )
+                if attributes
+                else None,
+                encode([_event(event) for event in events]) if events else None,
+                encode([_link(link) for link in links]) if links else None,
+                scope_name,
+                pid,
+            )
+        )
+    return rows
 
 
 _service_names: dict[int, tuple[object, str]] = {}
@@ -207,7 +235,7 @@ class StoreExporter(SpanExporter):
         if self._shutdown or self._unusable:
             return SpanExportResult.FAILURE
         try:
-            rows = [span_row(span, self._pid) for span in spans]
+            rows = span_rows(spans, self._pid)
         except Exception as error:
             report.problem("store:convert", f"spans could not be stored ({type(error).__name__}: {error})")
             return SpanExportResult.FAILURE

@@ -17,8 +17,10 @@ import random
 import sqlite3
 import time
 from collections.abc import Callable, Mapping
+from itertools import chain
 from typing import Any, TypeVar
 
+from logfire_run.agent.paths import create_private_file, make_private_dirs
 from logfire_run.agent.settings import store_path_from_environment
 
 __all__ = [
@@ -102,7 +104,8 @@ _SCHEMA = (
     # by every process that opens the store, must not scan it.
     "CREATE INDEX IF NOT EXISTS batches_written ON batches (written_ns)",
 )
-_INSERT = f"INSERT INTO spans ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+_INSERT_HEAD = f"INSERT INTO spans ({', '.join(COLUMNS)}) VALUES "
+_ROW_PLACEHOLDERS = f"({', '.join('?' * len(COLUMNS))})"
 _RECORD_BATCH = "INSERT INTO batches (last_span, written_ns) SELECT max(id), ? FROM spans"
 
 Row = tuple[Any, ...]
@@ -133,8 +136,10 @@ def open_store(
     sleeps in steps growing to 100 ms, long enough to leave the lock idle while writers queue up.
     """
     if create:
-        directory = os.path.dirname(os.path.abspath(path))
-        os.makedirs(directory, mode=0o700, exist_ok=True)
+        make_private_dirs(os.path.dirname(os.path.abspath(path)))
+        # SQLite creates a database 0644 (less the umask), and its -wal and -shm files with the mode
+        # of the database: made here 0600 first, all three are private. Spans hold URLs and user data.
+        create_private_file(path)
     elif not os.path.exists(path):
         raise FileNotFoundError(path)
     connection = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
@@ -223,11 +228,50 @@ def with_retries(action: Callable[[], _T]) -> _T:
         delay = min(delay * 1.5, longest)
 
 
+#: SQLITE_MAX_VARIABLE_NUMBER's default: 999 before SQLite 3.32.0, 32766 since.
+_DEFAULT_VARIABLE_LIMIT = 32766 if sqlite3.sqlite_version_info >= (3, 32, 0) else 999
+_LIMIT_VARIABLE_NUMBER: int | None = getattr(sqlite3, "SQLITE_LIMIT_VARIABLE_NUMBER", None)
+
+
+def _rows_per_statement(connection: sqlite3.Connection) -> int:
+    """How many rows one INSERT may carry: the connection's bound-parameter limit over the columns."""
+    getlimit = getattr(connection, "getlimit", None)  # Python 3.11+
+    if getlimit is not None and _LIMIT_VARIABLE_NUMBER is not None:
+        limit = int(getlimit(_LIMIT_VARIABLE_NUMBER))
+    else:
+        limit = _DEFAULT_VARIABLE_LIMIT
+    return max(limit // len(COLUMNS), 1)
+
+
+def _insert_statement(count: int) -> str:
+    return _INSERT_HEAD + ",".join([_ROW_PLACEHOLDERS] * count)
+
+
 def insert_batch(connection: sqlite3.Connection, rows: list[Row]) -> None:
-    """Write `rows` (in `COLUMNS` order) and their batch record, in one transaction."""
+    """Write `rows` (in `COLUMNS` order) and their batch record, in one transaction.
+
+    The rows go in as one multi-row INSERT (a few for a batch past the bound-parameter limit), not
+    one statement per row: Python's sqlite3 releases and retakes the GIL around every statement
+    step, and behind a busy application thread each retake waits, so `executemany` of a 512-span
+    batch took hundreds of milliseconds of wall time while the bounded span queue overflowed.
+    """
+    step = _rows_per_statement(connection)
     connection.execute("BEGIN IMMEDIATE")
     try:
-        connection.executemany(_INSERT, rows)
+        offset = 0
+        while offset < len(rows):
+            chunk = rows[offset : offset + step]
+            try:
+                connection.execute(_insert_statement(len(chunk)), list(chain.from_iterable(chunk)))
+            except sqlite3.OperationalError as error:
+                # Python 3.10 cannot ask for the limit: a build compiled with a lower one than its
+                # version's default says so here, and the batch goes on in statements of 999 values.
+                floor = 999 // len(COLUMNS)
+                if "too many SQL variables" not in str(error) or step <= floor:
+                    raise
+                step = floor
+                continue
+            offset += len(chunk)
         connection.execute(_RECORD_BATCH, (time.time_ns(),))
         connection.execute("COMMIT")
     except BaseException:

@@ -1,0 +1,84 @@
+"""OTLP/HTTP with the direct span encoder: OpenTelemetry's exporter, sending `otlp_encoding`'s bytes.
+
+`OTLPSpanExporter` is OpenTelemetry's own OTLP/HTTP span exporter with one step replaced: the
+request body comes from `encode_export_request` instead of OpenTelemetry's message objects. The
+endpoint, headers, compression, retries, timeouts, the request-size limit, the exporter's metrics and
+its error reporting are all OpenTelemetry's, unchanged.
+
+OpenTelemetry's `export` serializes with `encode_spans(spans).SerializePartialToString()`, a name it
+looks up in its module at call time. That name is wrapped, once, so that a batch this exporter has
+already encoded is handed back as it is; every other caller, and every other exporter, still gets
+OpenTelemetry's encoder. Should a later OpenTelemetry stop calling that name, this exporter sends
+OpenTelemetry's own encoding, the same bytes, only slower.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, overload
+
+from opentelemetry.exporter.otlp.proto.http import trace_exporter as _otel_http
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExportResult
+
+from logfire_run.agent.otlp_encoding import encode_export_request
+
+__all__ = ["OTLPSpanExporter"]
+
+
+class _EncodedBatch(Sequence[ReadableSpan]):
+    """A batch of spans with its request bytes: what the wrapped `encode_spans` returns as its message."""
+
+    __slots__ = ("_body", "_spans")
+
+    def __init__(self, spans: Sequence[ReadableSpan], body: bytes) -> None:
+        self._spans = spans
+        self._body = body
+
+    def SerializePartialToString(self) -> bytes:  # the protobuf message method's name
+        return self._body
+
+    SerializeToString = SerializePartialToString
+
+    @overload
+    def __getitem__(self, index: int) -> ReadableSpan: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[ReadableSpan]: ...
+    def __getitem__(self, index: int | slice) -> ReadableSpan | Sequence[ReadableSpan]:
+        return self._spans[index]
+
+    def __len__(self) -> int:
+        return len(self._spans)
+
+    def __iter__(self) -> Iterator[ReadableSpan]:
+        return iter(self._spans)
+
+
+def _wrap_encode_spans() -> None:
+    original: Callable[..., Any] | None = getattr(_otel_http, "encode_spans", None)
+    if original is None or getattr(original, "_logfire_run_wrapper", False):
+        return
+
+    def encode_spans(spans: Sequence[ReadableSpan]) -> Any:
+        if type(spans) is _EncodedBatch:
+            return spans
+        return original(spans)
+
+    encode_spans._logfire_run_wrapper = True  # type: ignore[attr-defined]
+    encode_spans.__wrapped__ = original  # type: ignore[attr-defined]
+    _otel_http.encode_spans = encode_spans  # type: ignore[attr-defined,assignment]
+
+
+_wrap_encode_spans()
+
+
+class OTLPSpanExporter(_otel_http.OTLPSpanExporter):
+    """OpenTelemetry's OTLP/HTTP span exporter, with the request body written by `encode_export_request`."""
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        try:
+            body = encode_export_request(spans)
+        except Exception:
+            # OpenTelemetry's own encoder then meets the same span, and reports it its own way.
+            return super().export(spans)
+        return super().export(_EncodedBatch(spans, body))
