@@ -237,7 +237,7 @@ def test_isolated_and_ignore_environment_pythons_start_the_agent_through_the_pth
         result = run_launcher(command, agent_env())
         assert (result.returncode, result.stdout) == (0, "env\n"), (flags, result.stderr)
         assert_clean_stderr(result.stderr)
-        debug = run_launcher(["--debug", *command], agent_env())
+        debug = run_launcher(["--debug", *command], agent_env(), expect_stderr=None)  # checked below
         assert debug.stdout == "env\n"
         assert debug.stderr.count("PYTHONPATH") == 1 and debug.stderr.startswith("logfire-run: "), (
             debug.stderr
@@ -258,7 +258,7 @@ def test_python_dash_s_runs_without_the_agent_and_says_so_with_debug() -> None:
     result = run_launcher(["python", "-S", "-c", code], agent_env())
     assert (result.returncode, result.stdout) == (0, "False\n")
     assert_clean_stderr(result.stderr)
-    debug = run_launcher(["--debug", "python", "-S", "-c", code], agent_env())
+    debug = run_launcher(["--debug", "python", "-S", "-c", code], agent_env(), expect_stderr=None)
     assert debug.stdout == "False\n"
     assert debug.stderr.startswith("logfire-run: ") and "-S" in debug.stderr and debug.stderr.count("\n") == 1
 
@@ -308,7 +308,7 @@ def test_a_shebang_python_that_cannot_import_the_agent_says_so_once(tmp_path: Pa
         "print('ran')\n"
     )
     script.chmod(0o755)
-    result = run_launcher([str(script)], agent_env())
+    result = run_launcher([str(script)], agent_env(), expect_stderr=None)  # checked below
     assert (result.returncode, result.stdout) == (0, "ran\n")
     assert result.stderr == (
         f"logfire-run: {venv / 'bin' / 'python'} cannot import logfire_run; this process runs without "
