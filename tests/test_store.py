@@ -83,6 +83,7 @@ def test_store_is_the_default_exporter_and_keeps_the_tree(tmp_path: Path) -> Non
         assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
+@pytest.mark.slow
 def test_service_name_changed_by_configure_reaches_the_store(tmp_path: Path) -> None:
     app = tmp_path / "app.py"
     app.write_text(
@@ -260,6 +261,7 @@ def test_retention_keeps_the_newest_spans(tmp_path: Path) -> None:
     assert names == [f"span {index}" for index in range(1000 - len(names), 1000)]
 
 
+@pytest.mark.slow
 def test_retention_drops_spans_written_before_the_age_cap(tmp_path: Path) -> None:
     store = tmp_path / "traces.db"
     exporter = StoreExporter(str(store), max_age_seconds=1, prune_every=10)
