@@ -30,7 +30,9 @@ PYTHON=${PYTHON:-python3}
 export PYTHON
 default_version=$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 
+started=$(date +%s)
 VENV=.venv bash scripts/setup.sh
+echo "test: .venv ready in $(($(date +%s) - started)) s" >&2
 .venv/bin/ruff check src tests bench examples
 .venv/bin/ruff format --check src tests bench examples
 .venv/bin/mypy

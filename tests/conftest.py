@@ -314,7 +314,7 @@ StderrExpectation = Union[str, "re.Pattern[str]", Callable[[str], object], None]
 
 
 #: From Python 3.12, a process with more than one thread that calls os.fork() from `__main__` gets a
-#: DeprecationWarning (python/cpython#100229), once per line that forks, followed by that line when
+#: DeprecationWarning (gh-100228), once per line that forks, followed by that line when
 #: Python can show it; earlier Pythons say nothing.
 FORK_WARNINGS = (
     re.compile(

@@ -181,6 +181,7 @@ def test_configure_changes_the_same_policy_at_run_time(tmp_path: Path, receiver:
     assert not _joined(spans["after set_global_textmap"])
 
 
+@pytest.mark.slow
 def test_configure_with_a_bad_value_reports_and_keeps_going(tmp_path: Path, receiver: OtlpReceiver) -> None:
     code = "import logfire_run\nlogfire_run.configure(distributed_tracing='maybe')\nprint('still running')\n"
     result = run_launcher(
@@ -235,6 +236,7 @@ def test_malformed_carrier_starts_a_new_trace(tmp_path: Path, receiver: OtlpRece
     assert spans["inside"].trace_id != spans["outer"].trace_id
 
 
+@pytest.mark.slow
 def test_attach_context_restores_the_previous_context_on_error(
     tmp_path: Path, receiver: OtlpReceiver
 ) -> None:

@@ -41,6 +41,7 @@ def test_default_service_name_is_the_script(receiver: OtlpReceiver, tmp_path: Pa
     assert _service_of_one_span(receiver, ["python", str(tmp_path / "billing_api.py")]) == "billing_api"
 
 
+@pytest.mark.slow
 def test_default_service_name_is_the_module(receiver: OtlpReceiver, tmp_path: Path) -> None:
     (tmp_path / "shipping").mkdir()
     (tmp_path / "shipping" / "__init__.py").write_text("")
@@ -68,6 +69,7 @@ def test_service_name_precedence(receiver: OtlpReceiver, env: dict[str, str], ex
     assert _service_of_one_span(receiver, ["python", "-c", SPAN], **env) == expected
 
 
+@pytest.mark.slow
 def test_flag_beats_env_and_resource_attributes_are_kept(receiver: OtlpReceiver) -> None:
     result = run_launcher(
         ["--service-name", "from-flag", "python", "-c", SPAN],
@@ -89,6 +91,7 @@ def test_configure_service_name_after_setup(receiver: OtlpReceiver) -> None:
     assert spans["later"].service == "renamed"
 
 
+@pytest.mark.slow
 def test_sampler_variables_are_honoured(receiver: OtlpReceiver) -> None:
     code = SPAN + "with logfire_run.span('x') as s:\n    print(s.is_recording())\n"
     result = run_launcher(["python", "-c", code], agent_env(receiver, OTEL_TRACES_SAMPLER="always_off"))
@@ -108,6 +111,7 @@ def test_sdk_disabled_runs_the_app_untraced(receiver: OtlpReceiver) -> None:
     assert result.stdout == "ProxyTracerProvider\n"
 
 
+@pytest.mark.slow
 def test_otlp_endpoint_alone_selects_otlp(receiver: OtlpReceiver) -> None:
     env = agent_env(receiver)
     del env["LOGFIRE_EXPORTER"]
@@ -193,6 +197,7 @@ def test_app_provider_set_first_is_kept_without_duplicates(receiver: OtlpReceive
     assert by_name["through the app tracer"].parent_id == by_name["through the agent api"].span_id
 
 
+@pytest.mark.slow
 def test_app_provider_set_later_is_refused_by_opentelemetry_and_nothing_is_duplicated(
     receiver: OtlpReceiver,
 ) -> None:
@@ -253,6 +258,7 @@ def test_backend_down_is_reported_once_and_the_app_is_unchanged() -> None:
     assert result.stdout == "app done\n"
 
 
+@pytest.mark.slow
 def test_console_exporter_writes_to_stderr_only() -> None:
     result = run_launcher(
         ["--exporter", "console", "python", "-c", SPAN + "print('out')"],

@@ -83,6 +83,7 @@ def test_store_is_the_default_exporter_and_keeps_the_tree(tmp_path: Path) -> Non
         assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
+@pytest.mark.slow
 def test_service_name_changed_by_configure_reaches_the_store(tmp_path: Path) -> None:
     app = tmp_path / "app.py"
     app.write_text(
@@ -116,6 +117,20 @@ def test_without_a_store_setting_spans_go_to_xdg_data_home_and_the_viewer_finds_
     assert stat.S_IMODE(store.parent.stat().st_mode) == 0o700
     listing = run_process([VIEWER, "--json"], child_env())
     assert [trace["root"] for trace in json.loads(listing.stdout)] == ["to the default store"]
+
+
+def test_what_the_agent_writes_is_readable_by_its_owner_only(tmp_path: Path) -> None:
+    # The design's promise: the files the agent writes are readable by their owner only.
+    store = tmp_path / "shared" / "traces.db"
+    store.parent.mkdir()
+    code = "import logfire_run\nlogfire_run.info('private')\n"
+    result = run_launcher(["--store", str(store), "python", "-c", code], agent_env(None))
+    assert result.returncode == 0, result.stderr
+    assert rows(store, "SELECT name FROM spans") == [("private",)]
+    written = [store, *own_folders().cache.rglob("*")]
+    assert {str(path): stat.S_IMODE(path.stat().st_mode) & 0o077 for path in written} == {
+        str(path): 0 for path in written
+    }
 
 
 WRITER = """
@@ -260,6 +275,7 @@ def test_retention_keeps_the_newest_spans(tmp_path: Path) -> None:
     assert names == [f"span {index}" for index in range(1000 - len(names), 1000)]
 
 
+@pytest.mark.slow
 def test_retention_drops_spans_written_before_the_age_cap(tmp_path: Path) -> None:
     store = tmp_path / "traces.db"
     exporter = StoreExporter(str(store), max_age_seconds=1, prune_every=10)

@@ -345,6 +345,7 @@ def test_baggage_repeated_headers_are_combined() -> None:
     ]
 
 
+@pytest.mark.slow
 def test_baggage_limits() -> None:
     parsed = parse_baggage([",".join(f"k{index}=v" for index in range(300))])
     assert len(parsed) == 180 and parsed[0] == ("k0", "v") and parsed[-1] == ("k179", "v")
