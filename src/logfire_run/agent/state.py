@@ -326,6 +326,8 @@ def install_exit_hooks() -> None:
     (uvicorn does) puts back ours. Neither costs anything until the SDK is up."""
     os._exit = _flushing_exit
     _install_sigterm_flush()
+    # Before the app runs, too: an app that binds `from os import fork` early gets the quiet one.
+    _install_fork_without_our_warning()
 
 
 def _install_sigterm_flush() -> None:
