@@ -1,8 +1,18 @@
 #!/usr/bin/env bash
-# Creates .venv with logfire-run and its test dependencies, and the system packages the tests use
-# (redis-server for Celery, chromium for the HTML viewer test). Safe to run again: it only adds what is missing.
+# Creates a virtualenv with logfire-run and its test dependencies, at the versions of
+# constraints/ci.txt, and the system packages the tests use (redis-server for Celery, chromium for the
+# HTML viewer test). Safe to run again: it only adds what is missing, and skips pip altogether when
+# nothing it installs from has changed since the last run.
+#
+#     bash scripts/setup.sh                      # .venv, with python3
+#     PYTHON=python3.12 VENV=.venv-3.12 bash scripts/setup.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+CONSTRAINTS=constraints/ci.txt
+quiet() { grep -v '^WARNING: Location' || true; }  # this machine's pip config names a missing index
 
 need_apt=()
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
@@ -17,10 +27,31 @@ if [ "${#need_apt[@]}" -gt 0 ]; then
   fi
 fi
 
-PYTHON=${PYTHON:-python3}
-if [ ! -x .venv/bin/python ]; then
-  "$PYTHON" -m venv .venv
+version=$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+if [ -x "$VENV/bin/python" ] && [ "$("$VENV/bin/python" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)" != "$version" ]; then
+  echo "setup: $VENV is not a Python $version venv; making it again" >&2
+  rm -rf "$VENV"
 fi
-.venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
-.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v '^WARNING: Location' || true
-.venv/bin/python -c 'import logfire_run, flask, celery, fastapi' >/dev/null
+[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+
+# What the venv was installed from: when none of it changed, the venv is as pip would leave it.
+stamp="$VENV/.logfire-run-setup"
+inputs=$(cat pyproject.toml "$CONSTRAINTS" scripts/setup.sh | cksum)
+if [ "$(cat "$stamp" 2>/dev/null)" = "$inputs" ]; then
+  exit 0
+fi
+rm -f "$stamp"
+pip=("$VENV/bin/python" -m pip --disable-pip-version-check)
+"${pip[@]}" install -q -c "$CONSTRAINTS" --upgrade pip 2>&1 | quiet
+# pip's own exit status is what counts (the filter above always succeeds).
+if ! "${pip[@]}" install -q -c "$CONSTRAINTS" -e '.[test]' >"$VENV/setup.log" 2>&1; then
+  quiet <"$VENV/setup.log" >&2
+  echo "setup: pip could not install .[test] with $CONSTRAINTS (if pyproject.toml's dependencies" \
+    "changed, refresh the lock: bash scripts/lock.sh)" >&2
+  exit 1
+fi
+quiet <"$VENV/setup.log" >&2
+"${pip[@]}" check >/dev/null || { "${pip[@]}" check >&2; exit 1; }
+echo "setup: $VENV ready (Python $version, $CONSTRAINTS), pip check passed" >&2
+"$VENV/bin/python" -c 'import logfire_run, flask, celery, fastapi' >/dev/null
+echo "$inputs" >"$stamp"

@@ -2,11 +2,24 @@
 
 Every test that checks spans starts real interpreters through `logfire-run`, exports with the real
 OTLP exporter to `OtlpReceiver` on 127.0.0.1, and reads back what arrived.
+
+Two rules hold for every process a test starts, and the helpers here are how they are kept:
+
+- It has its own cache and data folders. `child_env()` (and `agent_env()`, built on it) points
+  `XDG_CACHE_HOME` (the instrumentor cache) and `XDG_DATA_HOME` (the default trace store) at folders
+  of the running test (of the module, for a module's fixtures), and so does this process's own
+  environment while the test runs, for what is started without an `env`. The session fails if the
+  real `~/.cache/logfire-run` or `~/.local/share/logfire-run` was touched.
+- Its stderr is empty unless the test says what it expects: `run_process()`, `run_launcher()` and
+  `http_services.running()` take `expect_stderr` (text, a regular expression the whole of stderr must
+  match, a predicate, or None when the test checks stderr itself), empty by default. An agent that
+  prints is an agent that breaks someone's logs.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -14,16 +27,18 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 ROOT = Path(__file__).resolve().parent.parent
 LAUNCHER = shutil.which("logfire-run", path=os.path.dirname(sys.executable)) or "logfire-run"
+VIEWER = shutil.which("logfire-run-view", path=os.path.dirname(sys.executable)) or "logfire-run-view"
 KINDS = {0: "UNSPECIFIED", 1: "INTERNAL", 2: "SERVER", 3: "CLIENT", 4: "PRODUCER", 5: "CONSUMER"}
 
 
@@ -145,18 +160,201 @@ def receiver() -> Iterator[OtlpReceiver]:
     server.close()
 
 
-def agent_env(receiver: OtlpReceiver | None = None, **extra: str) -> dict[str, str]:
-    """The environment a test process runs in: this venv first on PATH, fast batching, no stray config."""
+# Each test's own cache and data folders
+
+
+@dataclass(frozen=True)
+class OwnFolders:
+    """Where the processes of one test (or one module's fixtures) keep their cache and data."""
+
+    cache: Path
+    data: Path
+
+
+#: The folders of what is running now, innermost last: the session's, the module's, the test's.
+_own_folders: list[OwnFolders] = []
+
+
+@contextmanager
+def _folders_of(base: Path) -> Iterator[None]:
+    folders = OwnFolders(cache=base / "xdg-cache", data=base / "xdg-data")
+    _own_folders.append(folders)
+    with pytest.MonkeyPatch.context() as patch:
+        # For this process too, and for anything started with no `env` (it inherits this one).
+        patch.setenv("XDG_CACHE_HOME", str(folders.cache))
+        patch.setenv("XDG_DATA_HOME", str(folders.data))
+        try:
+            yield
+        finally:
+            _own_folders.pop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_folders(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    with _folders_of(tmp_path_factory.mktemp("session")):
+        yield
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _module_folders(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[None]:
+    # Autouse and module-scoped: set up before any other fixture of the module (a Celery worker, the
+    # servers of test_http_inbound), which then run with the module's folders.
+    with _folders_of(tmp_path_factory.mktemp(request.module.__name__)):
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _test_folders(tmp_path: Path) -> Iterator[None]:
+    # Not created here: a test may list its tmp_path, and the processes create what they use.
+    with _folders_of(tmp_path):
+        yield
+
+
+def own_folders() -> OwnFolders:
+    """The cache and data folders of the running test."""
+    if not _own_folders:
+        raise RuntimeError("a process environment was asked for outside a test session")
+    return _own_folders[-1]
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment of any process a test starts, with or without the agent.
+
+    This process's environment without LOGFIRE_*, OTEL_* and PYTHONPATH, this venv first on PATH, and
+    the running test's own XDG_CACHE_HOME and XDG_DATA_HOME; then `extra`.
+    """
     env = {key: value for key, value in os.environ.items() if not key.startswith(("LOGFIRE_", "OTEL_"))}
     env.pop("PYTHONPATH", None)
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
-    env["OTEL_BSP_SCHEDULE_DELAY"] = "100"
-    env["PYTHONUNBUFFERED"] = "1"
+    folders = own_folders()
+    env["XDG_CACHE_HOME"] = str(folders.cache)
+    env["XDG_DATA_HOME"] = str(folders.data)
+    env.update(extra)
+    return env
+
+
+def agent_env(receiver: OtlpReceiver | None = None, **extra: str) -> dict[str, str]:
+    """`child_env()` for a traced process: fast batching, unbuffered output, the receiver as backend."""
+    env = child_env(OTEL_BSP_SCHEDULE_DELAY="100", PYTHONUNBUFFERED="1")
     if receiver is not None:
         env["OTEL_EXPORTER_OTLP_ENDPOINT"] = receiver.endpoint
         env["LOGFIRE_EXPORTER"] = "otlp"
     env.update(extra)
     return env
+
+
+# The real home's folders: the session fails if any test touched them.
+
+
+def _real_folders() -> list[Path]:
+    home = Path(os.path.expanduser("~"))
+    folders = [home / ".cache" / "logfire-run", home / ".local" / "share" / "logfire-run"]
+    for variable in ("XDG_CACHE_HOME", "XDG_DATA_HOME"):
+        if os.environ.get(variable):
+            folders.append(Path(os.environ[variable]) / "logfire-run")
+    return folders
+
+
+def _snapshot(folders: list[Path]) -> dict[str, tuple[int, int]]:
+    """Every file and folder under `folders`, with its modification time and size."""
+    found: dict[str, tuple[int, int]] = {}
+    for folder in folders:
+        paths = [folder, *folder.rglob("*")] if folder.exists() else []
+        for path in paths:
+            try:
+                stat = path.stat()
+            except OSError:
+                continue
+            found[str(path)] = (stat.st_mtime_ns, stat.st_size)
+    return found
+
+
+_REAL_FOLDERS: list[Path] = []
+_BEFORE: dict[str, tuple[int, int]] = {}
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    _REAL_FOLDERS[:] = _real_folders()
+    _BEFORE.update(_snapshot(_REAL_FOLDERS))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    after = _snapshot(_REAL_FOLDERS)
+    changed = sorted(
+        [f"created  {path}" for path in after.keys() - _BEFORE.keys()]
+        + [f"removed  {path}" for path in _BEFORE.keys() - after.keys()]
+        + [f"modified {path}" for path in after.keys() & _BEFORE.keys() if after[path] != _BEFORE[path]]
+    )
+    if not changed:
+        return
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    lines = [
+        "the real cache or data folders of logfire-run were touched during the session: some process",
+        "ran without its test's own XDG_CACHE_HOME / XDG_DATA_HOME (use child_env() or agent_env()),",
+        "or another run on this machine used them at the same time:",
+        *(f"  {line}" for line in changed[:20]),
+    ]
+    if reporter is not None:
+        reporter.write_sep("=", "real home touched", red=True)
+        for line in lines:
+            reporter.write_line(line, red=True)
+    else:
+        print("\n".join(lines), file=sys.stderr)
+
+
+# Running processes
+
+
+#: What a test expects on a process's stderr: exactly this text, a regular expression that must match
+#: all of it, a predicate, or None when the test checks stderr itself (and says why).
+StderrExpectation = Union[str, "re.Pattern[str]", Callable[[str], object], None]
+
+
+#: From Python 3.12, a process with more than one thread that calls os.fork() from `__main__` gets a
+#: DeprecationWarning (gh-100228), once per line that forks, followed by that line when
+#: Python can show it; earlier Pythons say nothing.
+FORK_WARNINGS = (
+    re.compile(
+        r"(?:[^\n]*: DeprecationWarning: This process \(pid=\d+\) is multi-threaded, use of fork\(\) "
+        r"may lead to deadlocks in the child\.\n(?:  [^\n]*\n)?)*"
+    )
+    if sys.version_info >= (3, 12)
+    else ""
+)
+
+#: Only the agent's own `--debug` lines (`logfire-run[PID]: ...`), however many.
+DEBUG_LINES = re.compile(r"(logfire-run\[\d+\]: [^\n]*\n)*")
+
+
+def check_stderr(stderr: str, expected: StderrExpectation, what: str = "stderr") -> None:
+    if expected is None:
+        return
+    if isinstance(expected, str):
+        assert stderr == expected, f"unexpected {what}:\n{stderr}"
+    elif isinstance(expected, re.Pattern):
+        assert expected.fullmatch(stderr), f"{what} does not match {expected.pattern!r}:\n{stderr}"
+    else:
+        assert expected(stderr), f"unexpected {what}:\n{stderr}"
+
+
+def run_process(
+    command: list[str],
+    env: dict[str, str],
+    *,
+    cwd: Path | str | None = None,
+    timeout: float = 60,
+    input: str | None = None,
+    expect_stderr: StderrExpectation = "",
+) -> subprocess.CompletedProcess[str]:
+    """Run `command` to completion; its stderr must be what `expect_stderr` says (empty by default)."""
+    result = subprocess.run(
+        command, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout, input=input
+    )
+    check_stderr(result.stderr, expected=expect_stderr, what=f"stderr of {' '.join(command)[:200]}")
+    return result
 
 
 def run_launcher(
@@ -166,16 +364,11 @@ def run_launcher(
     cwd: Path | str | None = None,
     timeout: float = 60,
     input: str | None = None,
+    expect_stderr: StderrExpectation = "",
 ) -> subprocess.CompletedProcess[str]:
-    """Run `logfire-run ARGS...` to completion, as a user would from a shell."""
-    return subprocess.run(
-        [LAUNCHER, *args],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        input=input,
+    """Run `logfire-run ARGS...` to completion, as a user would from a shell (see `run_process`)."""
+    return run_process(
+        [LAUNCHER, *args], env, cwd=cwd, timeout=timeout, input=input, expect_stderr=expect_stderr
     )
 
 

@@ -2,7 +2,8 @@
 
 Each one runs in its own process group under `logfire-run` (or plainly, for comparisons), on a free
 port of 127.0.0.1, with its stdout and stderr in files, and is stopped (SIGTERM, then SIGKILL of the
-group after a timeout) when the `with` block ends.
+group after a timeout) when the `with` block ends; then its stderr must be what the test expects
+(empty unless it says otherwise).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from conftest import LAUNCHER, ROOT, free_port, wait_for_port
+from conftest import LAUNCHER, ROOT, StderrExpectation, check_stderr, free_port, wait_for_port
 
 EXAMPLE = ROOT / "examples" / "http_chain"
 BIN = Path(sys.executable).parent
@@ -101,8 +102,13 @@ def running(
     name: str | None = None,
     agent: bool = True,
     extra_env: dict[str, str] | None = None,
+    expect_stderr: StderrExpectation = "",
 ) -> Iterator[Service]:
-    """Start `server` (a key of COMMANDS) from the example folder; stop it when the block ends."""
+    """Start `server` (a key of COMMANDS) from the example folder; stop it when the block ends.
+
+    Once stopped, its stderr must be what `expect_stderr` says (see `conftest.check_stderr`); not
+    checked when the block raised, whose error says more.
+    """
     name = name or server
     port = free_port()
     words = [word.replace("{port}", str(port)) for word in COMMANDS[server]]
@@ -125,6 +131,7 @@ def running(
         yield service
     finally:
         service.stop()
+    check_stderr(service.stderr(), expect_stderr, f"stderr of {name} ({' '.join(command)})")
 
 
 def get(url: str, headers: list[tuple[str, str]] | None = None, timeout: float = 30) -> tuple[int, Any]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-import shutil
+import re
 import subprocess
 import sys
 import sysconfig
@@ -12,19 +12,69 @@ from pathlib import Path
 
 import pytest
 
-from conftest import OtlpReceiver, agent_env, assert_clean_stderr, render_tree, run_launcher
+from conftest import (
+    DEBUG_LINES,
+    LAUNCHER,
+    OtlpReceiver,
+    agent_env,
+    child_env,
+    own_folders,
+    render_tree,
+    run_launcher,
+    run_process,
+)
 
-LAZY_MODULES = ("requests", "httpx", "flask", "fastapi", "celery", "concurrent.futures", "opentelemetry.sdk")
+#: What the docs promise the agent does not import at start-up (README, docs/configuration.md and
+#: docs/http.md): the instrumented libraries, OpenTelemetry (API and SDK), wrapt, and what the
+#: instrumentor scan needs (importlib.metadata, packaging). A name covers its submodules too.
+LAZY_MODULES = (
+    "requests",
+    "httpx",
+    "flask",
+    "fastapi",
+    "celery",
+    "concurrent.futures",
+    "opentelemetry",
+    "opentelemetry.sdk",
+    "wrapt",
+    "packaging",
+    "importlib.metadata",
+)
+SHOW_MODULES = "import sys; print(sorted(sys.modules))"
 
 
-def test_nothing_instrumented_is_imported_at_startup() -> None:
-    result = run_launcher(["python", "-c", "import sys; print(sorted(sys.modules))"], agent_env())
-    assert result.returncode == 0, result.stderr
-    loaded = set(eval(result.stdout))
-    assert "logfire_run.agent.bootstrap" in loaded, "the agent did not start"
-    for name in LAZY_MODULES:
-        assert name not in loaded, f"{name} was imported at startup"
-    assert_clean_stderr(result.stderr)
+def _imported_lazy_modules(loaded: set[str]) -> list[str]:
+    return sorted(
+        name for name in loaded if any(name == lazy or name.startswith(lazy + ".") for lazy in LAZY_MODULES)
+    )
+
+
+@pytest.mark.parametrize("activation", ["launcher", "env-only"])
+def test_nothing_lazy_is_imported_at_startup_with_a_warm_cache(tmp_path: Path, activation: str) -> None:
+    # The instrumentor scan (entry points, with importlib.metadata and packaging) runs on a cache
+    # miss; the promise is for every start after that. The cache key includes sys.path, and so the
+    # working directory's modification time (sys.path[0] is '' for -c): a folder of its own, unchanged.
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    cache = own_folders().cache / "logfire-run"
+
+    def start() -> set[str]:
+        if activation == "launcher":
+            result = run_launcher(["python", "-c", SHOW_MODULES], agent_env(), cwd=workdir)
+        else:
+            result = run_process(
+                [sys.executable, "-c", SHOW_MODULES], agent_env(LOGFIRE_RUN="1"), cwd=workdir
+            )
+        assert result.returncode == 0, result.stderr
+        loaded = set(eval(result.stdout))
+        assert "logfire_run.agent.bootstrap" in loaded, "the agent did not start"
+        return loaded
+
+    cold = start()
+    assert [path.name for path in cache.iterdir()], "the first start wrote no instrumentor cache"
+    assert "importlib.metadata" in cold, "the first start did not scan: the cache was warm already"
+    warm = start()
+    assert _imported_lazy_modules(warm) == []
 
 
 def _as_launched(user_dir: Path) -> dict[str, str]:
@@ -49,28 +99,23 @@ def test_user_sitecustomize_on_pythonpath_runs_once(tmp_path: Path) -> None:
         "import sitecustomize, sys\n"
         "print(sitecustomize.USER_SITECUSTOMIZE, 'logfire_run.agent.bootstrap' in sys.modules)"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], env=_as_launched(user), capture_output=True, text=True
-    )
+    result = run_process([sys.executable, "-c", code], _as_launched(user))
     assert result.returncode == 0, result.stderr
     assert result.stdout == "True True\n"
     assert counter.read_text() == "x"
-    assert_clean_stderr(result.stderr)
 
 
 def test_sitecustomize_in_site_packages_still_runs(tmp_path: Path) -> None:
     # A throwaway virtualenv that sees our site-packages (so it can import logfire_run) and has a
     # sitecustomize of its own in its own site-packages, as a distribution would.
     venv = tmp_path / "venv"
-    subprocess.run(
-        [sys.executable, "-m", "venv", "--without-pip", "--system-site-packages", str(venv)], check=True
+    made = run_process(
+        [sys.executable, "-m", "venv", "--without-pip", "--system-site-packages", str(venv)], child_env()
     )
+    assert made.returncode == 0, made.stdout
     python = venv / "bin" / "python"
-    purelib = subprocess.run(
-        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        capture_output=True,
-        text=True,
-        check=True,
+    purelib = run_process(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], child_env()
     ).stdout.strip()
     our_site = sysconfig.get_paths()["purelib"]
     Path(purelib, "ours.pth").write_text(f"import site; site.addsitedir({our_site!r})\n")
@@ -87,7 +132,6 @@ def test_sitecustomize_in_site_packages_still_runs(tmp_path: Path) -> None:
     pid, dist_flag, agent_flag = result.stdout.split()
     assert (dist_flag, agent_flag) == ("1", "True")
     assert counter.read_text().splitlines() == [pid]
-    assert_clean_stderr(result.stderr)
 
 
 def test_error_in_user_sitecustomize_is_reported_by_python_as_usual(tmp_path: Path) -> None:
@@ -95,26 +139,40 @@ def test_error_in_user_sitecustomize_is_reported_by_python_as_usual(tmp_path: Pa
     user.mkdir()
     (user / "sitecustomize.py").write_text("raise RuntimeError('boom from user sitecustomize')\n")
     command = [sys.executable, "-c", "import sys; print('ran', 'logfire_run.agent.bootstrap' in sys.modules)"]
-    plain = subprocess.run(command, env=agent_env(PYTHONPATH=str(user)), capture_output=True, text=True)
-    under_agent = subprocess.run(command, env=_as_launched(user), capture_output=True, text=True)
+    # Python reports the error itself (on stderr), the same way with the agent as without it.
+    plain = run_process(command, agent_env(PYTHONPATH=str(user)), expect_stderr=None)
+    under_agent = run_process(command, _as_launched(user), expect_stderr=plain.stderr)
     assert plain.stdout == "ran False\n"
     assert under_agent.stdout == "ran True\n"
     assert "boom from user sitecustomize" in plain.stderr
-    assert under_agent.stderr == plain.stderr
 
 
-def test_interpreter_without_the_agent_runs_silently(tmp_path: Path) -> None:
+def test_interpreter_without_the_agent_runs_and_says_so_once(tmp_path: Path) -> None:
     venv = tmp_path / "other"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-    code = "import sys; print('logfire_run' in sys.modules)"
-    result = run_launcher([str(venv / "bin" / "python"), "-c", code], agent_env())
+    made = run_process([sys.executable, "-m", "venv", "--without-pip", str(venv)], child_env())
+    assert made.returncode == 0, made.stdout
+    code = (
+        "import subprocess, sys; print('logfire_run' in sys.modules); "
+        "subprocess.run([sys.executable, '-c', 'pass'], check=True)"
+    )
+    python = str(venv / "bin" / "python")
+    # The process the launcher became says so, once; its child, another process of that Python, does not.
+    result = run_launcher(
+        [python, "-c", code],
+        agent_env(),
+        expect_stderr=re.compile(rf"logfire-run: {re.escape(python)} cannot import logfire_run; [^\n]*\n"),
+    )
     assert result.returncode == 0
     assert result.stdout == "False\n"
-    assert_clean_stderr(result.stderr)
-    debug = run_launcher(["--debug", str(venv / "bin" / "python"), "-c", "pass"], agent_env())
-    assert "cannot import logfire_run" in debug.stderr
+    debug = run_launcher(
+        ["--debug", python, "-c", code],
+        agent_env(),
+        expect_stderr=lambda stderr: stderr.count("cannot import logfire_run") == 2,
+    )
+    assert debug.returncode == 0
 
 
+@pytest.mark.slow
 def test_children_are_traced_once_each(receiver: OtlpReceiver, tmp_path: Path) -> None:
     script = tmp_path / "parent.py"
     script.write_text(
@@ -149,7 +207,8 @@ def test_children_are_traced_once_each(receiver: OtlpReceiver, tmp_path: Path) -
             """
         )
     )
-    result = run_launcher(["--debug", "python", str(script)], agent_env(receiver))
+    # --debug: each process's start is counted below.
+    result = run_launcher(["--debug", "python", str(script)], agent_env(receiver), expect_stderr=DEBUG_LINES)
     assert result.returncode == 0, result.stderr
     spans = receiver.wait_count(5)
     assert len(spans) == 5, render_tree(spans)
@@ -182,20 +241,16 @@ def test_no_inherit_keeps_children_plain(receiver: OtlpReceiver) -> None:
 def test_env_only_activation(receiver: OtlpReceiver) -> None:
     env = agent_env(receiver, LOGFIRE_RUN="1", LOGFIRE_SERVICE_NAME="env-only")
     code = "import logfire_run\nwith logfire_run.span('from env'):\n    pass\n"
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    result = run_process([sys.executable, "-c", code], env)
     assert result.returncode == 0, result.stderr
     spans = receiver.wait_count(1)
     assert [(span.name, span.service) for span in spans] == [("from env", "env-only")]
-    assert_clean_stderr(result.stderr)
 
 
 def test_env_only_off_loads_nothing() -> None:
-    env = agent_env()
-    result = subprocess.run(
+    result = run_process(
         [sys.executable, "-c", "import sys; print(any(m.startswith('logfire_run') for m in sys.modules))"],
-        env=env,
-        capture_output=True,
-        text=True,
+        agent_env(),
     )
     assert result.stdout == "False\n"
 
@@ -203,17 +258,44 @@ def test_env_only_off_loads_nothing() -> None:
 def test_env_only_invalid_value_reports_and_runs(receiver: OtlpReceiver) -> None:
     env = agent_env(receiver, LOGFIRE_RUN="1", LOGFIRE_DISTRIBUTED_TRACING="sometimes")
     code = "import logfire_run\nwith logfire_run.span('still traced'):\n    print('app output')\n"
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    result = run_process(
+        [sys.executable, "-c", code],
+        env,
+        expect_stderr=re.compile(
+            r"logfire-run: [^\n]*invalid distributed tracing value 'sometimes'[^\n]*; using the default\n"
+        ),
+    )
     assert result.returncode == 0
     assert result.stdout == "app output\n"
-    assert result.stderr.count("invalid distributed tracing value 'sometimes'") == 1
-    assert "using the default" in result.stderr
     assert [span.name for span in receiver.wait_count(1)] == ["still traced"]
 
 
-@pytest.mark.skipif(shutil.which("true") is None, reason="needs the true program")
-def test_non_python_commands_run_unchanged() -> None:
-    result = run_launcher(["true"], agent_env())
-    assert result.returncode == 0
-    assert_clean_stderr(result.stderr)
-    assert os.path.exists(shutil.which("true") or "")
+@pytest.mark.skipif(not os.path.exists("/bin/sh"), reason="needs /bin/sh")
+def test_a_non_python_command_runs_unchanged_and_its_python_children_are_traced(tmp_path: Path) -> None:
+    script = tmp_path / "job.sh"
+    script.write_text(
+        "#!/bin/sh\n"
+        'echo "pid $$ args $# $*"\n'
+        "python -c \"import sys; print('python child traced', 'logfire_run.agent' in sys.modules)\"\n"
+        "echo 'the job writes to stderr' >&2\n"
+        "exit 3\n"
+    )
+    script.chmod(0o755)
+    plain = subprocess.Popen(
+        [str(script), "a", "b c"], env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    plain_out, plain_err = plain.communicate(timeout=60)
+    launched = subprocess.Popen(
+        [LAUNCHER, str(script), "a", "b c"],
+        env=agent_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    out, err = launched.communicate(timeout=60)
+    # The shell script runs in the launcher's process (exec), with its arguments, output and exit
+    # status untouched; the Python it starts inherits the agent.
+    assert (plain.returncode, launched.returncode) == (3, 3)
+    assert plain_out == f"pid {plain.pid} args 2 a b c\npython child traced False\n"
+    assert out == f"pid {launched.pid} args 2 a b c\npython child traced True\n"
+    assert err == plain_err == "the job writes to stderr\n"

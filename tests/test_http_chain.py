@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import OtlpReceiver, SpanRecord, agent_env, assert_clean_stderr, render_tree, run_launcher
+from conftest import OtlpReceiver, SpanRecord, agent_env, render_tree, run_launcher
 from http_services import EXAMPLE, running
 
 EXPECTED_TREE = """\
@@ -40,11 +40,8 @@ def _run_chain(receiver: OtlpReceiver, tmp_path: Path, server_a: str, server_b: 
                 cwd=EXAMPLE,
             )
             assert client.returncode == 0, client.stderr
-            assert_clean_stderr(client.stderr)
             receiver.wait_count(6)
         # Both servers are stopped (and flushed) here: whatever they sent has arrived.
-        assert_clean_stderr(service_a.stderr())
-    assert_clean_stderr(service_b.stderr())
 
     answer = json.loads(client.stdout)
     spans = receiver.spans

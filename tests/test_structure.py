@@ -87,11 +87,20 @@ def test_the_import_graph_of_src_has_no_cycle() -> None:
 
 def test_layers_point_down() -> None:
     graph = _import_graph()
-    bottom = ("logfire_run.agent.settings", "logfire_run.agent.paths", "logfire_run.agent.store_format")
+    bottom = (
+        "logfire_run.agent.settings",
+        "logfire_run.agent.paths",
+        "logfire_run.agent.store_format",
+        "logfire_run.agent.destination",
+        "logfire_run.agent.otel_env",
+    )
     for module in bottom:
         allowed = {
             "logfire_run.agent",
-            *(f"logfire_run.agent.{name}" for name in ("errors", "paths", "settings")),
+            *(
+                f"logfire_run.agent.{name}"
+                for name in ("errors", "paths", "settings", "destination", "otel_env")
+            ),
         }
         assert graph[module] <= allowed, (module, graph[module])
     # The loader depends on the process state for one thing, never on the entry that calls it.

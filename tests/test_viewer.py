@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import sqlite3
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import agent_env, assert_clean_stderr, run_launcher
+from conftest import VIEWER, StderrExpectation, agent_env, child_env, run_launcher, run_process
 
-VIEWER = shutil.which("logfire-run-view", path=os.path.dirname(sys.executable)) or "logfire-run-view"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 FRONT = """
@@ -55,20 +52,20 @@ def stored_trace(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
         ["--service-name", "front", "python", str(folder / "front.py"), str(folder / "back.py")], env
     )
     assert result.returncode == 0, result.stderr
-    assert_clean_stderr(result.stderr)
     listing = view(store, "--json")
     assert len(listing) == 1
     return store, listing[0]["trace_id"]
 
 
-def run_view(store: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([VIEWER, "--store", str(store), *args], capture_output=True, text=True, timeout=60)
+def run_view(
+    store: Path, *args: str, expect_stderr: StderrExpectation = ""
+) -> subprocess.CompletedProcess[str]:
+    return run_process([VIEWER, "--store", str(store), *args], child_env(), expect_stderr=expect_stderr)
 
 
 def view(store: Path, *args: str) -> object:
     result = run_view(store, *args)
     assert result.returncode == 0, result.stderr
-    assert_clean_stderr(result.stderr)
     return json.loads(result.stdout) if "--json" in args else result.stdout
 
 
@@ -122,12 +119,9 @@ def test_rich_output_on_a_terminal(stored_trace: tuple[Path, str]) -> None:
     if shutil.which("script") is None:
         pytest.skip("`script` (util-linux) is needed to give the viewer a terminal")
     command = f"{VIEWER} --store {store} {trace_id}"
-    result = subprocess.run(
-        ["script", "-qec", command, "/dev/null"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=dict(os.environ, COLUMNS="160", TERM="xterm-256color"),
+    # `script` puts the terminal's output, stderr included, on its stdout.
+    result = run_process(
+        ["script", "-qec", command, "/dev/null"], child_env(COLUMNS="160", TERM="xterm-256color")
     )
     assert result.returncode == 0, result.stdout + result.stderr
     screen = re.sub(r"\x1b\[[0-9;]*m", "", result.stdout)
@@ -139,19 +133,25 @@ def test_rich_output_on_a_terminal(stored_trace: tuple[Path, str]) -> None:
 
 
 def test_unknown_trace_and_missing_store_are_clear_errors(tmp_path: Path) -> None:
-    missing = run_view(tmp_path / "nothing.db")
+    missing = run_view(
+        tmp_path / "nothing.db",
+        expect_stderr=lambda stderr: stderr.startswith(
+            f"logfire-run-view: no trace store at {tmp_path / 'nothing.db'} yet"
+        ),
+    )
     assert missing.returncode == 1
-    assert missing.stderr.startswith(f"logfire-run-view: no trace store at {tmp_path / 'nothing.db'} yet")
     assert not (tmp_path / "nothing.db").exists()
 
 
 def test_unknown_trace_reference(stored_trace: tuple[Path, str]) -> None:
     store, _trace_id = stored_trace
-    result = run_view(store, "ffffffffffff")
+    result = run_view(
+        store, "ffffffffffff", expect_stderr=lambda stderr: "no trace matches 'ffffffffffff'" in stderr
+    )
     assert result.returncode == 1
-    assert "no trace matches 'ffffffffffff'" in result.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed")
 def test_html_waterfall_renders_in_headless_chromium(stored_trace: tuple[Path, str], tmp_path: Path) -> None:
     store, trace_id = stored_trace
@@ -173,8 +173,9 @@ def test_html_waterfall_renders_in_headless_chromium(stored_trace: tuple[Path, s
         "--no-first-run",
         f"--user-data-dir={tmp_path / 'profile'}",
     ]
-    dom = subprocess.run(
-        [*chromium, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120
+    # Chromium's own chatter on stderr (GPU, D-Bus) is not ours to judge.
+    dom = run_process(
+        [*chromium, "--dump-dom", page.as_uri()], child_env(), timeout=120, expect_stderr=None
     ).stdout
     # What the script drew: one row per span, in tree order, with service and the orphan marker.
     assert 'data-rendered="3"' in dom, dom[-2000:]
@@ -187,10 +188,11 @@ def test_html_waterfall_renders_in_headless_chromium(stored_trace: tuple[Path, s
     assert '<span class="orphan-tag" title="parent 00000000000000aa never arrived">orphan</span>' in dom
     assert re.search(r'id="legend">.*front.*back', dom)
     screenshot = tmp_path / "trace.png"
-    subprocess.run(
+    run_process(
         [*chromium, f"--screenshot={screenshot}", "--window-size=1200,400", page.as_uri()],
-        capture_output=True,
+        child_env(),
         timeout=120,
+        expect_stderr=None,
     )
     assert screenshot.stat().st_size > 5000
 
@@ -202,16 +204,16 @@ def test_a_database_that_is_not_a_store_is_refused_and_left_unchanged(tmp_path: 
     connection.commit()
     connection.close()
     before = other.read_bytes()
-    result = run_view(other)
-    assert result.returncode == 1
-    assert (
-        result.stderr
-        == f"logfire-run-view: {other} is an SQLite database but not a logfire-run trace store\n"
+    result = run_view(
+        other,
+        expect_stderr=f"logfire-run-view: {other} is an SQLite database but not a logfire-run trace store\n",
     )
+    assert result.returncode == 1
     assert other.read_bytes() == before
     assert sorted(path.name for path in tmp_path.iterdir()) == ["app.db"]
 
 
+@pytest.mark.slow
 def test_plain_text_on_a_terminal_when_rich_is_not_installed(
     stored_trace: tuple[Path, str], tmp_path: Path
 ) -> None:
@@ -221,14 +223,148 @@ def test_plain_text_on_a_terminal_when_rich_is_not_installed(
     blocker = tmp_path / "no-rich"
     (blocker / "rich").mkdir(parents=True)
     (blocker / "rich" / "__init__.py").write_text("raise ImportError('rich is not installed here')\n")
-    result = subprocess.run(
+    result = run_process(
         ["script", "-qec", f"{VIEWER} --store {store} {trace_id}", "/dev/null"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=dict(os.environ, PYTHONPATH=str(blocker), TERM="xterm-256color"),
+        child_env(PYTHONPATH=str(blocker), TERM="xterm-256color"),
     )
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.replace("\r", "").splitlines()
     assert lines[1].startswith("checkout  [front] INTERNAL "), lines
     assert "├" not in result.stdout and "\x1b[" not in result.stdout
+
+
+# Hostile data: what a span holds is shown as text, never run or interpreted.
+
+HOSTILE_NAMES = [
+    "<!--<script>",
+    "</script><script>document.body.setAttribute('data-pwned','1')</script>",
+    "<img src=x onerror=\"document.body.setAttribute('data-pwned','2')\">",
+    "line\u2028separator\u2029paragraph & <b>bold</b>",
+    "__DATA__ __META__",
+]
+ESCAPES = [
+    ("\x1b]0;pwned title\x07", "\\x1b]0;pwned title\\x07"),  # OSC: window title
+    ("\x1b]52;c;cHduZWQ=\x07", "\\x1b]52;c;cHduZWQ=\\x07"),  # OSC 52: the clipboard
+    ("\x1b[2J\x1b[31mred", "\\x1b[2J\\x1b[31mred"),  # clear screen, colour
+    ("bell\x07", "bell\\x07"),
+    ("a\nforged  [front] INTERNAL 1.0 ms", "a\\nforged  [front] INTERNAL 1.0 ms"),  # a forged tree line
+    ("cr\rover", "cr\\rover"),
+    ("c1\x9b2J nel\x85", "c1\\x9b2J nel\\x85"),
+    ("bidi \u202eevil\u202c \u2066x\u2069", "bidi \\u202eevil\\u202c \\u2066x\\u2069"),
+    ("tab\there", "tab\\there"),
+    ("nul\x00del\x7f", "nul\\x00del\\x7f"),
+]
+
+# What must never reach a terminal from the data (the viewer's own newlines are removed first).
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+HOSTILE_APP = """
+import json, sys
+import logfire_run
+names, escapes = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+with logfire_run.span("root " + names[0], **{"url.path": names[1], "http.request.method": "GET"}):
+    for name in names[1:]:
+        with logfire_run.span(name, detail=name):
+            pass
+    for raw in escapes:
+        with logfire_run.span(raw, **{"celery.task_name": raw}):
+            pass
+"""
+
+
+@pytest.fixture(scope="module")
+def hostile_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    folder = tmp_path_factory.mktemp("hostile")
+    (folder / "app.py").write_text(HOSTILE_APP)
+    store = folder / "traces.db"
+    env = agent_env(None, LOGFIRE_STORE=str(store))
+    raw = [text for text, _shown in ESCAPES]
+    result = run_launcher(
+        [
+            "--service-name",
+            "svc\x1b[2J",
+            "python",
+            str(folder / "app.py"),
+            json.dumps(HOSTILE_NAMES),
+            json.dumps(raw),
+        ],
+        env,
+    )
+    assert result.returncode == 0, result.stderr
+    listing = view(store, "--json")
+    assert isinstance(listing, list) and len(listing) == 1
+    return store, listing[0]["trace_id"]
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed")
+def test_html_page_shows_hostile_strings_as_text(hostile_store: tuple[Path, str], tmp_path: Path) -> None:
+    store, _trace_id = hostile_store
+    page = tmp_path / "hostile.html"
+    view(store, "--html", str(page))
+    spans = len(HOSTILE_NAMES) + len(ESCAPES)
+    chromium = [
+        str(CHROMIUM),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ]
+    dom = subprocess.run(
+        [*chromium, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120
+    ).stdout
+    assert f'data-rendered="{spans}"' in dom, dom[-3000:]
+    assert 'data-pwned="' not in dom  # the attribute an injected script would set
+    assert "<img" not in dom and "<b>" not in dom
+    names = re.findall(r'<span class="name">(.*?)</span>', dom, re.DOTALL)
+    assert len(names) == spans
+    # Each string is the text of its row, exactly: the page escaped nothing twice and lost nothing.
+    assert html_unescape(names[0]) == "root <!--<script>"
+    assert [html_unescape(name) for name in names[1 : len(HOSTILE_NAMES)]] == HOSTILE_NAMES[1:]
+
+
+def html_unescape(text: str) -> str:
+    import html
+
+    return html.unescape(text)
+
+
+def test_text_viewer_escapes_control_characters(hostile_store: tuple[Path, str]) -> None:
+    store, trace_id = hostile_store
+    for args in ([trace_id], [], [trace_id, "--plain"]):
+        output = run_view(store, *args).stdout
+        assert not CONTROL.search(output.replace("\n", "")), output
+    tree = run_view(store, trace_id).stdout
+    lines = tree.splitlines()
+    # One line per span, after the trace line: no forged ones.
+    assert len(lines) == 1 + len(HOSTILE_NAMES) + len(ESCAPES), tree
+    for _raw, shown in ESCAPES:
+        assert any(line.strip().startswith(shown + "  [svc\\x1b[2J]") for line in lines), (shown, tree)
+    assert "svc\\x1b[2J" in run_view(store).stdout
+
+
+def test_rich_viewer_escapes_control_characters(hostile_store: tuple[Path, str]) -> None:
+    store, trace_id = hostile_store
+    if shutil.which("script") is None:
+        pytest.skip("`script` (util-linux) is needed to give the viewer a terminal")
+    screens = []
+    for command in (f"{VIEWER} --store {store} {trace_id}", f"{VIEWER} --store {store}"):
+        result = subprocess.run(
+            ["script", "-qec", command, "/dev/null"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=child_env(COLUMNS="400", TERM="xterm-256color"),
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        # Rich's own styling is SGR (ESC [ ... m); anything else of ESC or C0/C1 came from the data.
+        screen = re.sub(r"\x1b\[[0-9;]*m", "", result.stdout).replace("\r\n", "\n")
+        assert not re.search(
+            r"[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]", screen
+        ), screen
+        screens.append(screen)
+    assert "\\x1b]52;c;cHduZWQ=\\x07" in screens[0] and "a\\nforged" in screens[0]
+    assert "svc\\x1b[2J" in screens[0] and "svc\\x1b[2J" in screens[1]

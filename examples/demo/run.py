@@ -10,6 +10,10 @@ grace period. Spans go to a private store file; at the end the viewer prints the
 started, rebuilt from the store.
 
     python examples/demo/run.py [--store PATH] [--no-celery] [--html FILE]
+                                [--otlp URL [--otlp-protocol http/protobuf|grpc]]
+
+With `--otlp URL` every span also goes to that OTLP endpoint (a Collector, a vendor); the tree is
+still printed from the store.
 """
 
 from __future__ import annotations
@@ -159,6 +163,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--store", help="the trace store file (default: a fresh one in a temp folder)")
     parser.add_argument("--no-celery", action="store_true", help="leave Celery out even if redis is there")
     parser.add_argument("--html", metavar="FILE", help="also write the trace as a waterfall page")
+    parser.add_argument(
+        "--otlp",
+        metavar="URL",
+        help="also send every span over OTLP to this endpoint (a Collector: http://localhost:4318)",
+    )
+    parser.add_argument(
+        "--otlp-protocol",
+        choices=("http/protobuf", "grpc"),
+        default="http/protobuf",
+        help="the OTLP protocol (grpc needs logfire-run[grpc]; its port is usually 4317)",
+    )
     args = parser.parse_args(argv)
 
     workdir = Path(tempfile.gettempdir()) / f"logfire-run-demo-{os.getuid()}"
@@ -179,7 +194,22 @@ def main(argv: list[str] | None = None) -> int:
         OTEL_BSP_SCHEDULE_DELAY="200",
         PYTHONUNBUFFERED="1",
     )
+    if args.otlp:
+        # The store stays: the tree printed at the end is read back from it.
+        env.update(
+            LOGFIRE_EXPORTER="otlp,store",
+            OTEL_EXPORTER_OTLP_ENDPOINT=args.otlp,
+            OTEL_EXPORTER_OTLP_PROTOCOL=args.otlp_protocol,
+        )
     launcher = tool("logfire-run")
+    if args.otlp:
+        check = subprocess.run([launcher, "--info", "--check"], env=env, capture_output=True, text=True)
+        for line in check.stdout.splitlines():
+            if line.startswith("otlp:"):
+                say(line)
+        if check.returncode == 2:
+            say(check.stderr.strip())
+            return 2
     redis_server = None if args.no_celery else shutil.which("redis-server")
     frontend_port, backend_port = free_port(), free_port()
     env["DEMO_BACKEND_URL"] = f"http://127.0.0.1:{backend_port}"

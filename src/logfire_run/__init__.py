@@ -13,6 +13,7 @@ Importing it is cheap; OpenTelemetry is loaded by the first call that needs it.
 
 from __future__ import annotations
 
+from logfire_run._version import __version__
 from logfire_run.agent.errors import ConfigError, LogfireRunError
 
 TYPE_CHECKING = False
@@ -21,8 +22,6 @@ if TYPE_CHECKING:
     from typing import Any
 
     from opentelemetry.trace import Span
-
-__version__ = "0.1.0"
 
 __all__ = [
     "ConfigError",

@@ -48,6 +48,7 @@ def _start(via: str) -> None:
     if state.sdk_disabled():
         report.debug("OTEL_SDK_DISABLED is true: no tracing in this process")
         return
+    state.install_exit_hooks()
     from logfire_run.instrumentors import loader
 
     for record in loader.register_hooks(config):

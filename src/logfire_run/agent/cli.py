@@ -12,16 +12,20 @@ its start-up time is paid on every launch.
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 
-from logfire_run.agent.config import resolve
+from logfire_run.agent.config import Config, resolve
+from logfire_run.agent.errors import ConfigError
 from logfire_run.agent.paths import SITECUSTOMIZE_DIR
-from logfire_run.agent.settings import SETTINGS, SETTINGS_BY_FLAG
+from logfire_run.agent.settings import SETTINGS, SETTINGS_BY_FLAG, SETTINGS_BY_NAME
 
 EXIT_USAGE = 2
 EXIT_NOT_EXECUTABLE = 126
 EXIT_NOT_FOUND = 127
+#: Set to the launcher's PID, which the command keeps: the process that may say "no agent here".
+LAUNCHED_PID = "LOGFIRE_RUN_LAUNCHED_PID"
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -52,6 +56,7 @@ def _usage() -> str:
     lines += [
         f"  {'--info':<28} print the resolved configuration, where each value came from, and the",
         f"  {'':<28} instrumentors that would load; run nothing",
+        f"  {'--info --check':<28} send one test span to each destination and say whether it was accepted",
         f"  {'--version':<28} print the version",
         f"  {'-h, --help':<28} print this help",
         "",
@@ -149,9 +154,75 @@ def _find_executable(name: str) -> tuple[str | None, int, str]:
 def child_environment(settings: dict[str, str], base: dict[str, str]) -> dict[str, str]:
     env = dict(base)
     env.update(settings)
-    existing = [entry for entry in env.get("PYTHONPATH", "").split(os.pathsep) if entry]
-    env["PYTHONPATH"] = os.pathsep.join([SITECUSTOMIZE_DIR, *[e for e in existing if e != SITECUSTOMIZE_DIR]])
+    # Every entry as given, empty ones included (an empty entry is the current directory: that is
+    # what `export PYTHONPATH=$PYTHONPATH:/x` gives when it was unset); only ours moves to the front.
+    given = env.get("PYTHONPATH", "")
+    entries = [entry for entry in given.split(os.pathsep) if entry != SITECUSTOMIZE_DIR] if given else []
+    env["PYTHONPATH"] = os.pathsep.join([SITECUSTOMIZE_DIR, *entries])
+    # Resolved once, here: a child that changes directory (gunicorn --chdir) writes the same file.
+    store = env.get("LOGFIRE_STORE", "").strip()
+    if store:
+        env["LOGFIRE_STORE"] = os.path.abspath(os.path.expanduser(store))
+    # The process that replaces the launcher is the one to say that it cannot start the agent.
+    env[LAUNCHED_PID] = str(os.getpid())
     return env
+
+
+def _python_flags(args: Sequence[str]) -> set[str]:
+    """The one-letter options of a Python command line, up to the script, `-c` or `-m`."""
+    flags: set[str] = set()
+    index = 0
+    while index < len(args):
+        arg = args[index]
+        if not arg.startswith("-") or arg in ("-", "--") or arg.startswith("--"):
+            break
+        for position, letter in enumerate(arg[1:], 1):
+            if letter in "cm":
+                return flags
+            if letter in "XW":
+                if position == len(arg) - 1:
+                    index += 1  # the value is the next argument
+                break
+            flags.add(letter)
+        index += 1
+    return flags
+
+
+def _adapt_to_python_flags(command: list[str], env: dict[str, str], debug: bool) -> None:
+    """`python -I` and `-E` ignore PYTHONPATH, `-S` runs no `site`: start the agent another way, or say so."""
+    if not os.path.basename(command[0]).startswith("python"):
+        return
+    flags = _python_flags(command[1:])
+    if "S" in flags:
+        if debug:
+            _error(
+                "python -S runs no site module, so neither the agent's sitecustomize nor logfire_run.pth "
+                "can start it: this process runs without the agent"
+            )
+    elif flags & {"I", "E"}:
+        # The interpreter ignores PYTHONPATH, but still runs the .pth files of its site-packages.
+        env["LOGFIRE_RUN"] = "1"
+        if debug:
+            flag = "-I" if "I" in flags else "-E"
+            _error(
+                f"python {flag} ignores PYTHONPATH: the agent starts through logfire_run.pth "
+                "(LOGFIRE_RUN=1) instead, where logfire-run is installed for that interpreter"
+            )
+
+
+def _exec(path: str, command: list[str], env: dict[str, str]) -> int:
+    try:
+        os.execve(path, command, env)
+    except OSError as error:
+        if error.errno == errno.ENOEXEC:
+            # An executable without a "#!" line: a shell, `env` and execvp run it with /bin/sh.
+            try:
+                os.execve("/bin/sh", ["/bin/sh", path, *command[1:]], env)
+            except OSError as sh_error:
+                error = sh_error
+        _error(f"{command[0]}: {error.strerror}")
+        return EXIT_NOT_EXECUTABLE
+    return 0  # not reached: execve replaced this process
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -171,14 +242,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     env = child_environment(settings, dict(os.environ))
     config, errors = resolve(env)
+    errors.extend(_exporter_errors(config, env))
     if errors:
         for config_error in errors:
             _error(str(config_error))
         return EXIT_USAGE
     if action == "info":
-        from logfire_run.agent.info import print_info
+        from logfire_run.agent.info import check_destinations, print_info
 
-        return print_info(config, settings)
+        if command[:1] == ["--check"]:
+            return check_destinations(config, env)
+        return print_info(config, settings, env)
     if not command:
         _error("no command to run\n" + _usage().split("\n\n")[0])
         return EXIT_USAGE
@@ -186,12 +260,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     if path is None:
         _error(message)
         return code
-    try:
-        os.execve(path, command, env)
-    except OSError as error:
-        _error(f"{command[0]}: {error.strerror}")
-        return EXIT_NOT_EXECUTABLE
-    return 0  # not reached: execve replaced this process
+    _adapt_to_python_flags(command, env, config.debug)
+    return _exec(path, command, env)
+
+
+def _exporter_errors(config: Config, env: dict[str, str]) -> list[ConfigError]:
+    """The otlp exporter chosen with a protocol whose OpenTelemetry exporter is not installed."""
+    if "otlp" not in config.effective("exporters", env):  # type: ignore[operator]
+        return []
+    from logfire_run.agent.destination import exporter_missing
+
+    protocol = config.resolved_otlp_protocol()
+    missing = exporter_missing(protocol)
+    if missing is None:
+        return []
+    setting = SETTINGS_BY_NAME["otlp_protocol"]
+    source = config.sources.get("otlp_protocol", "")
+    variable = source.removeprefix("env ") if source.startswith("env ") else setting.env
+    return [ConfigError(f"{variable}={protocol}: {missing}")]
 
 
 def _error(message: str) -> None:

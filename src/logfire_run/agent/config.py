@@ -29,8 +29,10 @@ class Config:
     distributed_tracing: DistributedTracing
     celery_third_party: bool
     exporters: tuple[str, ...]
+    otlp_protocol: str | None
     disabled_instrumentations: tuple[str, ...]
     store_path: str | None
+    exit_budget: float
     debug: bool
     inherit: bool
 
@@ -57,6 +59,9 @@ class Config:
         exporters = self.effective("exporters")
         return exporters if isinstance(exporters, tuple) else ()
 
+    def resolved_otlp_protocol(self) -> str:
+        return self.otlp_protocol or "http/protobuf"
+
     def resolved_store_path(self) -> str:
         return str(self.effective("store_path"))
 
@@ -78,12 +83,56 @@ def resolve(environ: Mapping[str, str]) -> tuple[Config, list[ConfigError]]:
         try:
             value = kind.parse(raw)
         except ConfigError as error:
-            errors.append(ConfigError(f"{variable}: {error}"))
-            config.sources[setting.name] = f"default ({variable} is invalid)"
-            continue
+            errors.append(ConfigError(f"{variable}: {error}", variable=variable, usable_raw=error.usable_raw))
+            if error.usable is None:
+                config.sources[setting.name] = f"default ({variable} is invalid)"
+                continue
+            value = error.usable
+            config.sources[setting.name] = f"env {variable} (without what is not accepted)"
+        else:
+            config.sources[setting.name] = f"env {variable}"
         setattr(config, setting.name, value)
-        config.sources[setting.name] = f"env {variable}"
+    errors.extend(_opentelemetry_errors(environ))
     return config, errors
+
+
+#: The OTLP variables of the traces signal (its own and the general spelling of each option).
+_OTLP_TRACES_VARIABLES = tuple(
+    f"OTEL_EXPORTER_OTLP_{part}{option}"
+    for option in (
+        "ENDPOINT",
+        "HEADERS",
+        "COMPRESSION",
+        "TIMEOUT",
+        "CERTIFICATE",
+        "CLIENT_KEY",
+        "CLIENT_CERTIFICATE",
+        "INSECURE",
+    )
+    for part in ("TRACES_", "")
+)
+
+
+def _opentelemetry_errors(environ: Mapping[str, str]) -> list[ConfigError]:
+    """OpenTelemetry's own variables that the agent reads, checked (a few lookups when none is set)."""
+    from logfire_run.agent import otel_env
+
+    errors = otel_env.validate(environ)
+    if any(name in environ for name in _OTLP_TRACES_VARIABLES):
+        from logfire_run.agent import destination
+
+        # The protocol is a setting (its errors are reported above): resolve the rest with it.
+        protocol = SETTINGS_BY_NAME["otlp_protocol"]
+        found = lookup(protocol, environ)
+        try:
+            value = protocol.parse(found[0]) if found else None
+        except ConfigError:
+            value = None
+        _, otlp_errors = destination.resolve(
+            "traces", environ, (str(value or destination.DEFAULT_PROTOCOL), "")
+        )
+        errors.extend(otlp_errors)
+    return errors
 
 
 def update(

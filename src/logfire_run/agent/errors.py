@@ -8,4 +8,22 @@ class LogfireRunError(Exception):
 
 
 class ConfigError(LogfireRunError, ValueError):
-    """A flag, environment variable or `configure()` argument has a value the agent does not accept."""
+    """A flag, environment variable or `configure()` argument has a value the agent does not accept.
+
+    `variable` names the environment variable when there is one. `usable` is what is left of the value
+    once the parts that are not accepted are dropped (`store,kafka` keeps `store`), as parsed (`value`)
+    and as text for the variable (`raw`); both are None when nothing is usable and the default applies.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        variable: str | None = None,
+        usable: object = None,
+        usable_raw: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.variable = variable
+        self.usable = usable
+        self.usable_raw = usable_raw

@@ -16,13 +16,18 @@ import os
 import sys
 import threading
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
-from logfire_run.agent import report
+from logfire_run.agent import destination, report
 from logfire_run.agent.config import Config
+from logfire_run.agent.destination import OtlpDestination
+
+if TYPE_CHECKING:
+    import requests
 
 
 class ExportingSpanProcessor(SpanProcessor):
@@ -64,6 +69,17 @@ class ExportingSpanProcessor(SpanProcessor):
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         return all([processor.force_flush(timeout_millis) for processor in self._processors])
 
+    def unsent(self) -> int:
+        """Spans not exported yet: queued in the batch processors, or in an export still running."""
+        total = 0
+        for processor in self._processors:
+            # OpenTelemetry keeps the queue in its shared batch processor; read it where it is, else 0.
+            queue = getattr(getattr(processor, "_batch_processor", None), "_queue", ())
+            total += len(queue)
+            exporter = getattr(processor, "span_exporter", None)
+            total += getattr(exporter, "in_flight", 0)
+        return total
+
 
 class ForkSafeExporter(SpanExporter):
     """Keeps `fork()` from landing in the middle of an export.
@@ -81,11 +97,17 @@ class ForkSafeExporter(SpanExporter):
         self.inner = inner
         self._lock = threading.Lock()
         self._held_for_fork = False
+        #: Spans of the export running now (counted as unsent if the process exits meanwhile).
+        self.in_flight = 0
         _fork_safe_exporters.add(self)
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         with self._lock:
-            return self.inner.export(spans)
+            self.in_flight = len(spans)
+            try:
+                return self.inner.export(spans)
+            finally:
+                self.in_flight = 0
 
     def shutdown(self) -> None:
         self.inner.shutdown()
@@ -103,6 +125,7 @@ class ForkSafeExporter(SpanExporter):
 
     def _after_fork_in_child(self) -> None:
         self._held_for_fork = False
+        self.in_flight = 0
         self._lock = threading.Lock()
 
 
@@ -126,24 +149,27 @@ if hasattr(os, "register_at_fork"):
     )
 
 
+def build_exporter_or_raise(name: str, config: Config) -> SpanExporter:
+    """The exporter called `name` (not `none`); raises when it cannot be built."""
+    if name == "console":
+        from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+
+        return ConsoleSpanExporter(out=sys.stderr)
+    if name == "otlp":
+        return build_otlp_exporter(otlp_destination(config))
+    if name == "store":
+        from logfire_run.agent.store import StoreExporter
+
+        return StoreExporter(config.resolved_store_path())
+    return _entry_point_exporter(name)
+
+
 def build_exporter(name: str, config: Config) -> SpanExporter | None:
     """The exporter called `name`, or None (reported once) when it cannot be built."""
+    if name == "none":
+        return None
     try:
-        if name == "none":
-            return None
-        if name == "console":
-            from opentelemetry.sdk.trace.export import ConsoleSpanExporter
-
-            return ConsoleSpanExporter(out=sys.stderr)
-        if name == "otlp":
-            from logfire_run.agent.otlp_http import OTLPSpanExporter
-
-            return OTLPSpanExporter()
-        if name == "store":
-            from logfire_run.agent.store import StoreExporter
-
-            return StoreExporter(config.resolved_store_path())
-        raise ValueError(f"unknown exporter {name!r}")
+        return build_exporter_or_raise(name, config)
     except Exception as error:
         report.problem(
             f"exporter:{name}",
@@ -153,25 +179,145 @@ def build_exporter(name: str, config: Config) -> SpanExporter | None:
         return None
 
 
+def otlp_destination(config: Config, environ: Mapping[str, str] | None = None) -> OtlpDestination:
+    """Where the otlp exporter sends spans, by the rules of `destination` (errors were reported)."""
+    source = config.sources.get("otlp_protocol", "default")
+    found, _ = destination.resolve(
+        "traces", os.environ if environ is None else environ, (config.resolved_otlp_protocol(), source)
+    )
+    return found
+
+
+class ExporterNotInstalled(ImportError):
+    """The exporter a setting chose comes from a package that is not installed."""
+
+
+def build_otlp_exporter(where: OtlpDestination) -> SpanExporter:
+    """OpenTelemetry's own OTLP exporter for `where.protocol`, every value passed explicitly."""
+    missing = destination.exporter_missing(where.protocol)
+    if missing is not None:
+        raise ExporterNotInstalled(missing)
+    timeout = where.timeout_millis / 1000
+    if where.protocol == "grpc":
+        import grpc
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
+
+        credentials = None
+        if not where.insecure:
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=_read(where.certificate),
+                private_key=_read(where.client_key),
+                certificate_chain=_read(where.client_certificate),
+            )
+        compression = {"gzip": grpc.Compression.Gzip, "deflate": grpc.Compression.Deflate}.get(
+            where.compression, grpc.Compression.NoCompression
+        )
+        return GrpcExporter(
+            endpoint=where.grpc_target(),
+            insecure=where.insecure,
+            credentials=credentials,
+            headers=dict(where.headers),
+            timeout=timeout,
+            compression=compression,
+        )
+    from opentelemetry.exporter.otlp.proto.http import Compression
+
+    # OpenTelemetry's OTLP/HTTP exporter, sending the bytes of the direct encoder (otlp_http.py).
+    from logfire_run.agent.otlp_http import OTLPSpanExporter as HttpExporter
+
+    return HttpExporter(
+        session=_session_keeping_certificate() if where.certificate else None,
+        endpoint=where.endpoint,
+        certificate_file=where.certificate,
+        client_key_file=where.client_key,
+        client_certificate_file=where.client_certificate,
+        headers=dict(where.headers),
+        timeout=timeout,
+        compression={"gzip": Compression.Gzip, "deflate": Compression.Deflate}.get(
+            where.compression, Compression.NoCompression
+        ),
+    )
+
+
+def _session_keeping_certificate() -> requests.Session:
+    """A requests session whose CA file (OTEL_EXPORTER_OTLP_CERTIFICATE) beats REQUESTS_CA_BUNDLE.
+
+    requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE in the environment override a session's
+    `verify`, so in an image that sets them (many do) OpenTelemetry's HTTP exporter would ignore the
+    configured certificate and fail to verify a private CA. Proxies from the environment still apply.
+    """
+    import requests
+
+    class CertificateSession(requests.Session):
+        def merge_environment_settings(
+            self, url: Any, proxies: Any, stream: Any, verify: Any, cert: Any
+        ) -> Any:
+            settings = super().merge_environment_settings(url, proxies, stream, verify, cert)
+            settings["verify"] = self.verify
+            return settings
+
+    return CertificateSession()
+
+
+def _read(path: str | None) -> bytes | None:
+    if path is None:
+        return None
+    with open(path, "rb") as file:
+        return file.read()
+
+
+def _entry_point_exporter(name: str) -> SpanExporter:
+    """An exporter of another package, through its `opentelemetry_traces_exporter` entry point."""
+    from importlib.metadata import entry_points
+
+    from logfire_run.agent.settings import EXPORTER_ENTRY_POINT_GROUP
+
+    for entry in entry_points(group=EXPORTER_ENTRY_POINT_GROUP):
+        if entry.name == name:
+            exporter = entry.load()()
+            if not isinstance(exporter, SpanExporter):
+                raise TypeError(f"{entry.value} did not make a SpanExporter")
+            return exporter
+    raise ExporterNotInstalled(f"no installed package provides the exporter {name!r}")
+
+
 class _ExportProblemHandler(logging.Handler):
     """Turns exporter log records into one stderr line per process instead of one per batch.
 
     Attached to the exporters' loggers, it also stops Python's last-resort handler from printing every
     retry when the app has not configured logging; an app that has keeps receiving the records.
+    An exporter's warnings are retries ("transient error ..., retrying"): a retry that succeeds is not
+    a problem, so they are kept, and named as the cause when the export fails for good (an error) or
+    when the exit budget drops what they held up.
     """
 
     def emit(self, record: logging.LogRecord) -> None:
+        global _last_transient
         try:
             message = record.getMessage()
         except Exception:
             message = str(record.msg)
-        if record.levelno >= logging.WARNING:
-            report.problem(
-                f"export:{record.name}",
-                f"exporting spans failed: {message} (reported once per process; the app runs on, "
-                "spans beyond the bounded queue are dropped; LOGFIRE_DEBUG=1 shows every occurrence)",
-            )
         report.debug(f"{record.name}: {message}")
+        if record.levelno < logging.WARNING:
+            return
+        if record.levelno < logging.ERROR and record.name.startswith("opentelemetry.exporter"):
+            _last_transient = message
+            return
+        cause = f" (last error: {_last_transient})" if _last_transient and _last_transient != message else ""
+        report.problem(
+            f"export:{record.name}",
+            f"exporting spans failed: {destination.explain(message + cause)} (reported once per process; "
+            "the app runs on, "
+            "spans beyond the bounded queue are dropped; LOGFIRE_DEBUG=1 shows every occurrence)",
+        )
+
+
+_last_transient: str | None = None
+
+
+def last_transient_error() -> str | None:
+    """The last retry an exporter logged in this process, if any: why spans are still unsent."""
+    return _last_transient
 
 
 EXPORT_LOGGERS = (

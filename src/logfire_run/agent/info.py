@@ -6,6 +6,8 @@ instead of trusting the cache.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import sys
 
@@ -15,13 +17,16 @@ from logfire_run.instrumentors.loader import GROUPS
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from logfire_run.instrumentors.loader import EntryPointRecord
 
 
-def print_info(config: Config, flag_settings: dict[str, str]) -> int:
+def print_info(config: Config, flag_settings: dict[str, str], env: Mapping[str, str] | None = None) -> int:
     from logfire_run import __version__
     from logfire_run.instrumentors import loader
 
+    environ = os.environ if env is None else env
     out = sys.stdout
     out.write(f"logfire-run {__version__} on Python {sys.version.split()[0]} ({sys.executable})\n\n")
     out.write("configuration:\n")
@@ -32,10 +37,16 @@ def print_info(config: Config, flag_settings: dict[str, str]) -> int:
         if setting.per_process and getattr(config, setting.name) == setting.unset:
             shown = f"({setting.default} of each process)"
         else:
-            shown = setting.kind.show(config.effective(setting.name))
+            shown = setting.kind.show(config.effective(setting.name, environ))
+        if setting.name == "exporters" and source == "default":
+            source = _default_exporters_source(environ)
         out.write(f"  {setting.name:<27} {shown:<40} {source}\n")
-    if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+    if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
         out.write("  OTEL_SDK_DISABLED=true: the agent does nothing\n")
+    out.write("\ndestinations (where spans go):\n")
+    for name, rows in destination_rows(config, environ):
+        for index, (label, value, origin) in enumerate(rows):
+            out.write(f"  {name if index == 0 else '':<9} {label:<19} {value:<40} {origin}\n")
     out.write("\ninstrumentors (entry points; each loads when your code first imports its target):\n")
     instrumentors = loader.discover(use_cache=False)
     disabled_by = _disabled_source(config, flag_settings)
@@ -51,6 +62,151 @@ def print_info(config: Config, flag_settings: dict[str, str]) -> int:
         for library, version, package in missing:
             out.write(f"  {library + ' ' + version:<28} pip install '{package}'\n")
     return 0
+
+
+def _default_exporters_source(environ: Mapping[str, str]) -> str:
+    for variable in ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"):
+        if environ.get(variable, "").strip():
+            return f"default: otlp, because {variable} is set"
+    return "default"
+
+
+def destination_rows(
+    config: Config, environ: Mapping[str, str]
+) -> list[tuple[str, list[tuple[str, str, str]]]]:
+    """(exporter, [(what, value, source)]) for each exporter in effect; header values never shown."""
+    from logfire_run.agent import destination
+
+    result: list[tuple[str, list[tuple[str, str, str]]]] = []
+    exporters = config.effective("exporters", environ)
+    for name in exporters if isinstance(exporters, tuple) else ():
+        if name == "otlp":
+            where, _ = destination.resolve(
+                "traces",
+                environ,
+                (config.resolved_otlp_protocol(), config.sources.get("otlp_protocol", "default")),
+            )
+            src = where.sources
+            rows = [
+                ("endpoint", where.endpoint, src["endpoint"]),
+                ("protocol", where.protocol, src["protocol"]),
+                ("compression", where.compression, src["compression"]),
+                ("timeout", f"{where.timeout_millis} ms", src["timeout_millis"]),
+                ("headers", ", ".join(sorted(where.headers)) or "-", src["headers"]),
+            ]
+            if where.protocol == "grpc":
+                rows.append(("tls", "off (plaintext)" if where.insecure else "on", src["insecure"]))
+            elif where.endpoint.startswith("https:"):
+                rows.append(("tls", "on", "the https scheme"))
+            for label, attribute in (
+                ("certificate", "certificate"),
+                ("client certificate", "client_certificate"),
+                ("client key", "client_key"),
+            ):
+                value = getattr(where, attribute)
+                if value:
+                    rows.append((label, value, src[attribute]))
+            missing = destination.exporter_missing(where.protocol)
+            if missing:
+                rows.append(("not installed", missing, ""))
+            result.append((name, rows))
+        elif name == "store":
+            result.append(
+                (name, [("path", config.resolved_store_path(), config.sources.get("store_path", ""))])
+            )
+        elif name == "console":
+            result.append((name, [("writes to", "stderr", "")]))
+        elif name != "none":
+            result.append((name, [("entry point", _exporter_entry_point(name), "")]))
+    if not result:
+        result.append(("none", [("", "spans are not exported", "")]))
+    return result
+
+
+def _exporter_entry_point(name: str) -> str:
+    from importlib.metadata import entry_points
+
+    from logfire_run.agent.settings import EXPORTER_ENTRY_POINT_GROUP
+
+    for entry in entry_points(group=EXPORTER_ENTRY_POINT_GROUP):
+        if entry.name == name:
+            dist = getattr(entry, "dist", None)
+            origin = f" ({dist.name} {dist.version})" if dist is not None else ""
+            return f"{entry.value}{origin}"
+    return "not installed"
+
+
+def check_destinations(config: Config, env: Mapping[str, str]) -> int:
+    """`--info --check`: one test span to each exporter; says, in plain words, whether it was accepted.
+
+    Exit status 0 when every destination accepted it, 1 otherwise.
+    """
+    from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SpanExportResult
+
+    from logfire_run.agent import exporters as exporters_module
+    from logfire_run.agent.destination import explain
+
+    os.environ.update(env)  # the exporters read the environment the command would run with
+    out = sys.stdout
+    service = config.resolved_service_name()
+    provider = TracerProvider(resource=Resource.create({SERVICE_NAME: service}))
+    with provider.get_tracer("logfire-run").start_as_current_span("logfire-run check") as span:
+        span.set_attribute("logfire_run.check", True)
+    test_span = span
+    problems = _ExportLog()
+    logger = logging.getLogger("opentelemetry")
+    logger.addHandler(problems)
+    failed = 0
+    try:
+        for name in config.resolved_exporters():
+            if name == "none":
+                continue
+            where = _describe(name, config)
+            problems.messages.clear()
+            try:
+                exporter = exporters_module.build_exporter_or_raise(name, config)
+                result = exporter.export([test_span])  # type: ignore[list-item]
+                exporter.shutdown()
+            except Exception as error:
+                failed += 1
+                out.write(f"{name}: could not send to {where}: {explain(str(error))}\n")
+                continue
+            if result is SpanExportResult.SUCCESS:
+                out.write(f"{name}: {where} accepted a test span (service {service!r})\n")
+            else:
+                failed += 1
+                reason = (
+                    "; ".join(explain(message) for message in problems.messages[-2:]) or "no reason given"
+                )
+                out.write(f"{name}: {where} did not accept the test span: {reason}\n")
+    finally:
+        logger.removeHandler(problems)
+    return 1 if failed else 0
+
+
+def _describe(name: str, config: Config) -> str:
+    if name == "otlp":
+        from logfire_run.agent.exporters import otlp_destination
+
+        where = otlp_destination(config)
+        return f"{where.endpoint} ({where.protocol})"
+    if name == "store":
+        return config.resolved_store_path()
+    return name
+
+
+class _ExportLog(logging.Handler):
+    """Collects what the exporters log while the test span is sent."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with contextlib.suppress(Exception):
+            self.messages.append(record.getMessage())
 
 
 def _disabled_source(config: Config, flag_settings: dict[str, str]) -> str:

@@ -75,7 +75,9 @@ class TracingSdk:
                 self.provider.add_span_processor(RefusedParentLinkProcessor())
             return
         route_export_logs()
-        provider = TracerProvider(resource=self._resource(), shutdown_on_exit=True)
+        # Not OpenTelemetry's own atexit shutdown: it waits for every batch, each with the exporter's
+        # full timeout. `state` flushes at exit within the exit budget instead.
+        provider = TracerProvider(resource=self._resource(), shutdown_on_exit=False)
         provider.add_span_processor(RefusedParentLinkProcessor())
         self.exporting.set_exporters(self.config)
         provider.add_span_processor(self.exporting)
@@ -87,7 +89,11 @@ class TracingSdk:
 
     def _resource(self) -> Resource:
         return Resource.create(
-            {SERVICE_NAME: self.config.resolved_service_name(), "process.pid": os.getpid()}
+            {
+                SERVICE_NAME: self.config.resolved_service_name(),
+                "process.pid": os.getpid(),
+                **distribution_attributes(),
+            }
         )
 
     def _after_fork_in_child(self) -> None:
@@ -107,10 +113,29 @@ class TracingSdk:
         flush = getattr(current_provider(), "force_flush", None)
         return bool(flush(timeout_millis)) if callable(flush) else True
 
+    def unsent(self) -> int:
+        """Spans of the agent's exporters not sent yet (0 for an app's own provider: not ours to count)."""
+        return self.exporting.unsent() if self.owns_provider else 0
+
     def shutdown(self) -> None:
         stop = getattr(current_provider(), "shutdown", None)
         if callable(stop):
             stop()
+
+
+def distribution_attributes() -> dict[str, str]:
+    """Which agent made the spans: semantic conventions' `telemetry.distro.*`, and the
+    `telemetry.auto.version` that opentelemetry-instrument sets (opentelemetry-instrumentation's)."""
+    from logfire_run._version import __version__
+
+    attributes = {"telemetry.distro.name": "logfire-run", "telemetry.distro.version": __version__}
+    try:
+        from opentelemetry.instrumentation.version import __version__ as auto_version
+
+        attributes["telemetry.auto.version"] = str(auto_version)
+    except Exception:  # opentelemetry-instrumentation is a dependency; a broken install only loses this
+        pass
+    return attributes
 
 
 def current_provider() -> object | None:

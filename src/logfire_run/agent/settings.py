@@ -28,6 +28,8 @@ _TRUE = ("1", "true", "t", "yes", "on")
 _FALSE = ("0", "false", "f", "no", "off")
 
 EXPORTER_NAMES = ("store", "otlp", "console", "none")
+#: Where exporters of other packages are found (OpenTelemetry's group: `zipkin`, ...).
+EXPORTER_ENTRY_POINT_GROUP = "opentelemetry_traces_exporter"
 
 
 # Kinds: how a type of setting is read from text (flag, environment) and from Python (`configure()`).
@@ -87,25 +89,46 @@ class NameListKind(Kind):
 
 
 class ExportersKind(NameListKind):
+    """Exporter names: the agent's own, or any installed `opentelemetry_traces_exporter` entry point
+    (`zipkin`, ...). Duplicates are collapsed; a name that is neither is an error whose `usable` part
+    keeps the others (so env-only activation still exports to them)."""
+
     def parse(self, raw: str) -> object:
         names = tuple(dict.fromkeys(str(name).lower() for name in super().parse(raw)))  # type: ignore[attr-defined]
         unknown = [name for name in names if name not in EXPORTER_NAMES]
         if unknown:
+            from logfire_run.agent.otel_env import entry_point_names
+
+            installed = entry_point_names(EXPORTER_ENTRY_POINT_GROUP)
+            unknown = [name for name in unknown if name not in installed]
+        if unknown:
+            kept = tuple(name for name in names if name not in unknown)
             raise ConfigError(
                 f"unknown exporter {', '.join(map(repr, unknown))}: use a comma-separated list of "
-                f"{', '.join(EXPORTER_NAMES)}"
+                f"{', '.join(EXPORTER_NAMES)}, or the name of an installed exporter "
+                f"({EXPORTER_ENTRY_POINT_GROUP} entry point, like zipkin from opentelemetry-exporter-zipkin)",
+                usable=kept or None,
+                usable_raw=",".join(kept) or None,
             )
         if "none" in names and len(names) > 1:
             raise ConfigError("exporter 'none' cannot be combined with other exporters")
         return names
 
 
-class OtelTracesExporterKind(NameListKind):
-    """OTEL_TRACES_EXPORTER: OpenTelemetry's spelling, which also names exporters the agent lacks."""
+class OtelTracesExporterKind(ExportersKind):
+    """OTEL_TRACES_EXPORTER: OpenTelemetry's spelling, read with the same names and rules."""
+
+
+class ProtocolKind(Kind):
+    """The OTLP protocol: http/protobuf or grpc (http/json is refused, see agent/destination.py)."""
 
     def parse(self, raw: str) -> object:
-        names = super().parse(raw)
-        return tuple(name.lower() for name in names if name.lower() in ("otlp", "console", "none"))  # type: ignore[attr-defined]
+        from logfire_run.agent.destination import parse_protocol
+
+        return parse_protocol(raw) if raw.strip() else None
+
+    def show(self, value: object) -> str:
+        return str(value) if value else "http/protobuf"
 
 
 class DistributedTracingKind(Kind):
@@ -134,11 +157,34 @@ class DistributedTracingKind(Kind):
         return "warn" if value is None else str(value)
 
 
+class SecondsKind(Kind):
+    """A duration in seconds: a number from 0 to 600 (`configure()` also takes an int or float)."""
+
+    def parse(self, raw: str) -> object:
+        try:
+            value = float(raw.strip())
+        except ValueError:
+            raise ConfigError(f"invalid number of seconds {raw!r}: use a number from 0 to 600") from None
+        if not 0 <= value <= 600:
+            raise ConfigError(f"invalid number of seconds {raw!r}: use a number from 0 to 600")
+        return value
+
+    def coerce(self, value: object) -> object:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return self.parse(str(value))
+        return super().coerce(value)
+
+    def show(self, value: object) -> str:
+        return f"{value:g} s" if isinstance(value, float) else str(value)
+
+
 TEXT = Kind()
 BOOL = BoolKind()
 NAME_LIST = NameListKind()
 EXPORTERS = ExportersKind()
 DISTRIBUTED_TRACING = DistributedTracingKind()
+PROTOCOL = ProtocolKind()
+SECONDS = SecondsKind()
 
 
 def parse_distributed_tracing(raw: str) -> DistributedTracing:
@@ -324,13 +370,24 @@ SETTINGS: tuple[Setting, ...] = (
         env="LOGFIRE_EXPORTER",
         kind=EXPORTERS,
         default="store; otlp when OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT is set",
-        accepted="comma list of store, otlp, console, none",
+        accepted="comma list of store, otlp, console, none, or an installed exporter's entry-point name",
         help="where spans go; OTEL_TRACES_EXPORTER is read when this is unset",
         fallbacks=("OTEL_TRACES_EXPORTER",),
         fallback_kind=OtelTracesExporterKind(),
         resolve=resolve_exporters,
         applies="exporters",
         unset=(),
+    ),
+    Setting(
+        name="otlp_protocol",
+        flag="--otlp-protocol",
+        env="OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        kind=PROTOCOL,
+        default="http/protobuf",
+        accepted="http/protobuf, grpc (needs logfire-run[grpc])",
+        help="how the otlp exporter sends spans; OTEL_EXPORTER_OTLP_PROTOCOL is read too",
+        fallbacks=("OTEL_EXPORTER_OTLP_PROTOCOL",),
+        applies="exporters",
     ),
     Setting(
         name="disabled_instrumentations",
@@ -352,6 +409,17 @@ SETTINGS: tuple[Setting, ...] = (
         help="the SQLite trace store used by the store exporter and the viewer",
         resolve=resolve_store_path,
         applies="exporters",
+    ),
+    Setting(
+        name="exit_budget",
+        flag="--exit-budget",
+        env="LOGFIRE_EXIT_BUDGET",
+        kind=SECONDS,
+        default="2",
+        accepted="seconds, 0 to 600",
+        help="the longest a process's exit (normal, SIGTERM, os._exit) waits for its spans to be sent; "
+        "what is left then is dropped and counted on stderr",
+        unset=2.0,
     ),
     Setting(
         name="debug",

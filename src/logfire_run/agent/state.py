@@ -9,7 +9,8 @@ modules ask through these functions and never keep a copy.
 - The SDK lifecycle: off -> starting -> on | failed | disabled. `start_sdk()` moves it;
   `when_sdk_ready(action)` is the one way to run something that needs the SDK: now if it is up,
   else as soon as it comes up (never, if it cannot).
-- The exit flushes: at interpreter exit, on SIGTERM left at its default, and on `os._exit`.
+- The exit flushes: at interpreter exit, on SIGTERM left at its default, and on `os._exit`, all
+  within one exit budget per process.
 
 First-party extraction (`extract(carrier, third_party=False)`) needs only OpenTelemetry's API: it
 works the same whether the SDK started, failed or is still off.
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     from opentelemetry.context import Context
 
     from logfire_run.agent.config import Config
+    from logfire_run.agent.errors import ConfigError
     from logfire_run.agent.policy import DistributedTracingPolicy
     from logfire_run.agent.sdk import TracingSdk
 
@@ -79,9 +81,28 @@ def config() -> Config:
             resolved, errors = config_module.resolve(os.environ)
             report.debug_enabled = resolved.debug
             for error in errors:
-                report.problem(f"config:{error}", f"{error}; using the default")
+                _set_aside(error)
             _config = resolved
         return _config
+
+
+def _set_aside(error: ConfigError) -> None:
+    """Report a value that is not accepted, and keep OpenTelemetry from reading it.
+
+    OpenTelemetry reads its own variables itself (and raises on some bad ones, deep in set-up), so the
+    variable is rewritten with what is usable or removed: its readers, here and in the children
+    started afterwards, see the value the agent uses. The agent's own variables are left as they are.
+    """
+    variable = error.variable
+    if error.usable_raw:
+        report.problem(f"config:{error}", f"{error}; using {variable}={error.usable_raw}")
+    else:
+        report.problem(f"config:{error}", f"{error}; using the default")
+    if variable and variable.startswith("OTEL_"):
+        if error.usable_raw:
+            os.environ[variable] = error.usable_raw
+        else:
+            os.environ.pop(variable, None)
 
 
 def policy() -> DistributedTracingPolicy:
@@ -187,8 +208,50 @@ def start_sdk() -> bool:
             )
             return False
     install_exit_flushes()
+    _install_fork_without_our_warning()
     _run_deferred()
     return True
+
+
+# Python 3.12+ warns at os.fork() when the process has other threads (a DeprecationWarning shown for
+# forks made in __main__). Once the SDK is up the agent has its own (the batch processors'), so an app
+# that is single-threaded would get a warning it never got without the agent. os.fork is wrapped: when
+# the only other threads are the agent's, that warning is not shown; when the app has threads of its
+# own, the same warning is issued again from the app's line, so its filters see what they always saw.
+
+_AGENT_THREAD_PREFIXES = ("OtelBatch", "logfire-run")
+
+
+def _install_fork_without_our_warning() -> None:
+    import sys
+
+    if sys.version_info < (3, 12) or not hasattr(os, "fork") or getattr(os.fork, "_logfire_run", False):
+        return
+    real_fork = os.fork
+
+    def fork() -> int:
+        import threading
+        import warnings
+
+        current = threading.current_thread()
+        others = [thread for thread in threading.enumerate() if thread is not current]
+        if not others:
+            return real_fork()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", DeprecationWarning)
+            pid = real_fork()
+        if pid != 0:
+            only_ours = all(thread.name.startswith(_AGENT_THREAD_PREFIXES) for thread in others)
+            for warning in caught:
+                if only_ours and "is multi-threaded, use of fork()" in str(warning.message):
+                    continue
+                warnings.warn(warning.message, warning.category, stacklevel=2)
+        return pid
+
+    fork.__doc__ = real_fork.__doc__
+    fork.__wrapped__ = real_fork
+    fork._logfire_run = True
+    os.fork = fork
 
 
 def when_sdk_ready(action: Callable[[], object], *, start: bool = True) -> None:
@@ -227,17 +290,18 @@ def _run(action: Callable[[], object]) -> None:
         report.problem(f"deferred:{action}", f"deferred instrumentation failed ({error}); the app runs on")
 
 
-# Exit flushes. The agent's provider is shut down (flushing every exporter) at interpreter exit.
-# SIGTERM's default action skips that, so when the app leaves SIGTERM at its default the agent
-# flushes first, then dies by the same signal: the exit status the parent sees is unchanged.
-# os._exit() skips it too; forked children leave that way (multiprocessing fork and forkserver
-# workers, Celery's prefork children, gunicorn workers), so once the SDK is up os._exit flushes
-# first, for a bounded time, in whichever process calls it: the child may have set the SDK up after
-# the fork.
+# Exit flushes. Every way a process ends flushes its spans first, within one exit budget per
+# process (`exit_budget`, 2 s by default) whatever the backend does: interpreter exit (our own atexit
+# handler: OpenTelemetry's waits for every batch, each with the exporter's full timeout), SIGTERM left
+# at its default (the agent flushes, then dies by the same signal, so the exit status the parent sees
+# is unchanged), and os._exit(), which forked children leave by (multiprocessing fork and forkserver
+# workers, Celery's prefork children, gunicorn workers). What is still unsent when the budget is spent
+# is dropped and counted in one stderr line.
 
-EXIT_FLUSH_MILLIS = 5000
 _real_exit = os._exit
 _exit_flushes_installed = False
+# (pid, monotonic deadline) of the exit under way: several exit paths of one process share one budget.
+_exit_deadline: tuple[int, float] | None = None
 
 
 def flush(timeout_millis: int) -> bool:
@@ -255,29 +319,142 @@ def shutdown() -> None:
         _sdk.shutdown()
 
 
+def install_exit_hooks() -> None:
+    """Make `os._exit` and a default SIGTERM flush first. Done when the agent starts, before the app
+    runs: an app binding `os._exit` early (`from os import _exit`) gets the flushing one, and a server
+    that saves the SIGTERM handler and puts it back before re-raising the signal at its own shutdown
+    (uvicorn does) puts back ours. Neither costs anything until the SDK is up."""
+    os._exit = _flushing_exit
+    _install_sigterm_flush()
+
+
+def _install_sigterm_flush() -> None:
+    # `_signal`, not `signal`: the latter imports enum, milliseconds at every start.
+    import _signal  # type: ignore[import-not-found]
+
+    try:
+        if _signal.getsignal(_signal.SIGTERM) == _signal.SIG_DFL:
+            _signal.signal(_signal.SIGTERM, _flush_on_sigterm)
+    except (ValueError, OSError) as error:
+        # Not the main thread (configure() called from a thread): atexit still covers normal exits.
+        report.debug(f"no SIGTERM flush: {error}")
+
+
 def install_exit_flushes() -> None:
-    """The SIGTERM and `os._exit` flushes (interpreter exit is the provider's own atexit)."""
+    """The interpreter-exit flush once the SDK is up (and the `os._exit` and SIGTERM ones, if not yet)."""
     global _exit_flushes_installed
     os._exit = _flushing_exit
     if _exit_flushes_installed:
         return
     _exit_flushes_installed = True
-    try:
-        import signal
+    import atexit
+
+    atexit.register(_flush_at_exit)
+    _install_sigterm_flush()
+    _exit_flusher()
+    if hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=_new_flusher_after_fork)
+
+
+def exit_flush(reason: str) -> None:
+    """Send this process's unsent spans, waiting at most what is left of the exit budget."""
+    global _exit_deadline
+    tracing = _sdk
+    if tracing is None:
+        return
+    import time
+
+    pid, now = os.getpid(), time.monotonic()
+    budget = config().exit_budget
+    if _exit_deadline is None or _exit_deadline[0] != pid:
+        _exit_deadline = (pid, now + budget)
+    remaining = _exit_deadline[1] - now
+    finished = False
+    if remaining > 0:
+        # In a thread of its own: OpenTelemetry's flush waits for an export in flight, and an export
+        # to a backend that never answers waits for the exporter's full timeout, retries included.
+        flusher = _exit_flusher()
+        finished = flusher is not None and flusher.flush(tracing, remaining, reason)
+    if not finished:
+        unsent = tracing.unsent()
+        if unsent:
+            from logfire_run.agent.exporters import last_transient_error
+
+            cause = last_transient_error()
+            report.problem(
+                "exit-budget",
+                f"{unsent} spans were not sent within the exit budget ({budget:g} s, at {reason}) and "
+                "are dropped" + (f" (the backend: {cause})" if cause else "") + "; "
+                "LOGFIRE_EXIT_BUDGET (--exit-budget) sets the budget",
+            )
+
+
+class _ExitFlusher:
+    """A daemon thread started before it is needed, which runs one flush when asked.
+
+    Started when the SDK comes up (and again in a forked child): from Python 3.12 no thread can be
+    started during interpreter shutdown, which is when atexit handlers run.
+    """
+
+    def __init__(self) -> None:
         import threading
 
-        if threading.current_thread() is not threading.main_thread():
-            return  # signal.signal() works only there; atexit still covers normal exits
-        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-            signal.signal(signal.SIGTERM, _flush_on_sigterm)
-    except Exception as error:
-        report.debug(f"no SIGTERM flush: {error}")
+        self.pid = os.getpid()
+        self.used = False
+        self._request = threading.Event()
+        self._done = threading.Event()
+        self._call: Callable[[], object] = lambda: None
+        self._thread = threading.Thread(target=self._run, name="logfire-run exit flush", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        self._request.wait()
+        try:
+            self._call()
+        except Exception as error:
+            report.debug(f"flush at exit failed: {error}")
+        finally:
+            self._done.set()
+
+    def flush(self, tracing: TracingSdk, seconds: float, reason: str) -> bool:
+        """Flush `tracing` in the thread; True when it finished within `seconds`."""
+        self.used = True
+        self._call = lambda: tracing.force_flush(max(1, int(seconds * 1000)))
+        self._request.set()
+        return self._done.wait(seconds)
+
+
+_flusher: _ExitFlusher | None = None
+
+
+def _exit_flusher() -> _ExitFlusher | None:
+    """This process's unused exit flusher, started now if it must be; None if no thread can start."""
+    global _flusher
+    current = _flusher
+    if current is not None and current.pid == os.getpid() and not current.used:
+        return current
+    try:
+        _flusher = _ExitFlusher()
+    except RuntimeError as error:  # "can't create new thread at interpreter shutdown"
+        report.debug(f"no exit flush: {error}")
+        return None
+    return _flusher
+
+
+def _new_flusher_after_fork() -> None:
+    global _flusher
+    _flusher = None
+    if _sdk is not None:
+        _exit_flusher()
+
+
+def _flush_at_exit() -> None:
+    exit_flush("exit")
 
 
 def _flushing_exit(status: int) -> NoReturn:
-    try:
-        if _sdk is not None:
-            _sdk.force_flush(EXIT_FLUSH_MILLIS)
+    try:  # noqa: SIM105 (not contextlib: this module loads nothing at start-up it does not need)
+        exit_flush("os._exit")
     except BaseException:
         pass
     _real_exit(status)
@@ -288,7 +465,7 @@ _sigterm_flushing = False
 
 def _flush_on_sigterm(signum: int, frame: object) -> None:
     global _sigterm_flushing
-    import signal
+    import _signal
 
     if _sigterm_flushing:
         # A second SIGTERM during the flush (a broken ProcessPoolExecutor terminates its workers twice
@@ -296,8 +473,8 @@ def _flush_on_sigterm(signum: int, frame: object) -> None:
         return
     _sigterm_flushing = True
     try:
-        if _sdk is not None:
-            _sdk.shutdown()
+        exit_flush("SIGTERM")
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGTERM)
+        # The default action again, and the same signal: the parent sees the status it would have.
+        _signal.signal(_signal.SIGTERM, _signal.SIG_DFL)
+        os.kill(os.getpid(), _signal.SIGTERM)

@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from itertools import chain
 from typing import Any, TypeVar
 
+from logfire_run.agent.paths import create_private_file, make_private_dirs
 from logfire_run.agent.settings import store_path_from_environment
 
 __all__ = [
@@ -135,8 +136,10 @@ def open_store(
     sleeps in steps growing to 100 ms, long enough to leave the lock idle while writers queue up.
     """
     if create:
-        directory = os.path.dirname(os.path.abspath(path))
-        os.makedirs(directory, mode=0o700, exist_ok=True)
+        make_private_dirs(os.path.dirname(os.path.abspath(path)))
+        # SQLite creates a database 0644 (less the umask), and its -wal and -shm files with the mode
+        # of the database: made here 0600 first, all three are private. Spans hold URLs and user data.
+        create_private_file(path)
     elif not os.path.exists(path):
         raise FileNotFoundError(path)
     connection = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)

@@ -16,38 +16,49 @@ Python's `TraceState` still follows Level 1:
   no parent, the request starts a new trace. Of a higher version only the flags this level knows
   (sampled, random) are kept. A repeated header is refused whether the server folded it into one
   value (WSGI: `a,b` is not 55 characters) or kept both (ASGI: two values).
-- `tracestate`: read only with a valid `traceparent`. Repeated headers are combined with commas.
-  Keys are `(lcalpha / DIGIT) 0*255(keychar)` with `@` a keychar anywhere (`foo@bar@baz` is valid),
-  values up to 256 printable characters without `,` or `=`. An invalid member is skipped and its
-  neighbours kept; of a duplicated key the left-most (most recent) entry is kept; at most 32 members
-  (the right-most go); past 512 characters, entries longer than 128 characters are removed first,
-  then entries from the right.
-- `baggage`: repeated headers are combined. Each member is `token OWS "=" OWS value *(";" property)`;
-  an invalid member is skipped, neighbours kept. Up to 180 members and 8192 bytes are accepted (the
-  spec's minimum is 64 and 8192); a member that does not fit is dropped, the others stay. Values are
-  percent-decoded as UTF-8 with `+` read as a space, as OpenTelemetry Python's injector encodes them.
-  Properties are checked but not kept: OpenTelemetry Python's baggage holds plain values.
+- `tracestate`: read only with a valid `traceparent`. Repeated headers are combined with commas and
+  are one list. Keys are `(lcalpha / DIGIT) 0*255(keychar)` with `@` a keychar anywhere (`foo@`,
+  `foo@bar@baz` are valid), values 1 to 256 printable characters without `,` or `=`, the last not a
+  space. Empty and whitespace-only members are allowed and are not list members. A header that
+  breaks any rule (an invalid member, a duplicated key, more than 32 members) is discarded whole:
+  the request keeps its parent and loses its tracestate. Past 512 characters, entries longer than
+  128 characters are removed first, then entries from the right.
+- `baggage`: repeated headers are combined. Each member is
+  `key OWS "=" OWS value *(OWS ";" OWS property)`; an invalid member is skipped, neighbours kept.
+  Up to 180 members and 8192 bytes are kept (the spec's minimum is 64 and 8192); past 8192 bytes,
+  only the whole members within the first 8192 are read. Values are percent-decoded as UTF-8, octets
+  that are not UTF-8 becoming U+FFFD, and `+` read as a space, as OpenTelemetry Python's injector
+  encodes one. Properties are checked but not kept: OpenTelemetry Python's baggage holds plain values.
 
-Every parse is linear in the size of the headers and never raises: whatever a header holds, the worst
-outcome is that the request starts a new trace (or carries less baggage).
+Cost is bounded by bytes, not only linear: a combined `tracestate` longer than the longest header
+that can hold 32 valid members (16,447 bytes) is discarded without being read, and of `baggage` no
+more than 8193 bytes are read. Within those budgets the scanning is done by the regular-expression
+engine; Python code runs once per member found, at most 32 (tracestate) or 180 (baggage) times. No
+parse raises: whatever a header holds, the worst outcome is that the request starts a new trace (or
+carries less tracestate or baggage).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
+from itertools import islice
 from urllib.parse import unquote_plus
 
 from opentelemetry import baggage as baggage_api
 from opentelemetry import trace
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
-from opentelemetry.context import Context, get_current
+from opentelemetry.context import Context, get_current, set_value
 from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.propagators.textmap import CarrierT, Getter, TextMapPropagator, default_getter
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 __all__ = [
+    "MAX_BAGGAGE_BYTES",
+    "MAX_BAGGAGE_MEMBERS",
+    "MAX_TRACESTATE_HEADER_BYTES",
+    "MAX_TRACESTATE_MEMBERS",
     "StrictBaggagePropagator",
     "StrictTraceContextPropagator",
     "W3CTraceState",
@@ -63,17 +74,32 @@ MAX_TRACESTATE_LENGTH = 512
 LONG_TRACESTATE_ENTRY = 128
 MAX_BAGGAGE_MEMBERS = 180
 MAX_BAGGAGE_BYTES = 8192
+#: 32 members of a 256-character key, "=" and a 256-character value, and 31 commas.
+MAX_TRACESTATE_HEADER_BYTES = MAX_TRACESTATE_MEMBERS * (256 + 1 + 256) + MAX_TRACESTATE_MEMBERS - 1
 
 # Flags of this level: sampled (bit 0) and random trace id (bit 1).
 _KNOWN_FLAGS = 0x03
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 _TRACESTATE_KEY = re.compile(r"[a-z0-9][a-z0-9_\-*/@]{0,255}")
 _TRACESTATE_VALUE = re.compile(r"[\x20-\x2b\x2d-\x3c\x3e-\x7e]{0,255}[\x21-\x2b\x2d-\x3c\x3e-\x7e]")
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_BAGGAGE_VALUE = re.compile(r"[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]*")
+# One list member per match, with the separators (commas, optional whitespace) before it: from its
+# first to its last character that is neither a comma nor whitespace (a value's inner spaces stay),
+# or nothing at the end. A run of separators is consumed by one match, never position by position.
+_LIST_MEMBER = re.compile(r"[,\x20\t]*(?:([^,\x20\t](?:[^,]*[^,\x20\t])?)|\Z)")
+_TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_BAGGAGE_OCTETS = r"[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]*"
+# Optional whitespace that never gives back a character: were it backtracked, what follows it would
+# start on a space or tab, which nothing after it may. Without this, a value between two long runs
+# of spaces costs time quadratic in their length.
+_RUN_OWS = r"[\x20\t]*(?![\x20\t])"
+# A whole baggage member as `_LIST_MEMBER` gives it (no whitespace at either end): key and value
+# captured, properties checked and not kept. No part can start with what may end the part before
+# it, so a failing match gives up after one pass over the member.
+_BAGGAGE_MEMBER = re.compile(
+    rf"({_TOKEN}){_RUN_OWS}={_RUN_OWS}({_BAGGAGE_OCTETS})"
+    rf"(?:{_RUN_OWS};{_RUN_OWS}{_TOKEN}(?:{_RUN_OWS}={_RUN_OWS}{_BAGGAGE_OCTETS})?)*"
+)
 _OWS = " \t"
-# The longest tracestate member that can be valid: a 256-character key, "=", a 256-character value.
-_MAX_TRACESTATE_MEMBER = 256 + 1 + 256
 
 
 def _values(raw: object) -> list[str]:
@@ -87,18 +113,29 @@ def _values(raw: object) -> list[str]:
     return []
 
 
-def _members(header: str) -> Iterable[str]:
-    """The comma-separated members of a header with their optional whitespace removed, lazily."""
-    start = 0
-    length = len(header)
-    while start <= length:
-        end = header.find(",", start)
-        if end < 0:
-            end = length
-        member = header[start:end].strip(_OWS)
-        if member:
-            yield member
-        start = end + 1
+def _combined(values: Sequence[str], budget: int) -> str:
+    """The headers joined with commas (one list), cut after `budget + 1` characters.
+
+    Only what is kept is copied: a caller sees that the list was longer than `budget` from the length
+    of what comes back, without a megabyte header ever being joined or scanned.
+    """
+    if len(values) == 1:
+        value = values[0]
+        return value if len(value) <= budget else value[: budget + 1]
+    parts: list[str] = []
+    room = budget + 1
+    for value in values:
+        if parts:
+            parts.append(",")
+            room -= 1
+            if room <= 0:
+                break
+        if len(value) >= room:
+            parts.append(value[:room])
+            break
+        parts.append(value)
+        room -= len(value)
+    return "".join(parts)
 
 
 # traceparent
@@ -142,17 +179,21 @@ def valid_tracestate_member(key: str, value: str) -> bool:
 
 
 def parse_tracestate(values: Sequence[str]) -> list[tuple[str, str]]:
-    """The entries of the combined `tracestate` headers, left to right, after the rules above."""
+    """The entries of the combined `tracestate` headers, left to right; [] when the list is invalid."""
+    header = _combined(values, MAX_TRACESTATE_HEADER_BYTES)
+    if len(header) > MAX_TRACESTATE_HEADER_BYTES:
+        return []
     entries: dict[str, str] = {}
-    for member in _members(",".join(values)):
-        if len(member) > _MAX_TRACESTATE_MEMBER:
-            continue
+    for match in _LIST_MEMBER.finditer(header):
+        member = match.group(1)
+        if member is None:
+            break  # the end
+        if len(entries) == MAX_TRACESTATE_MEMBERS:
+            return []
         key, equals, value = member.partition("=")
         if not equals or key in entries or not valid_tracestate_member(key, value):
-            continue
+            return []
         entries[key] = value
-        if len(entries) == MAX_TRACESTATE_MEMBERS:
-            break
     return truncate_tracestate(list(entries.items()))
 
 
@@ -236,40 +277,24 @@ class StrictTraceContextPropagator(TraceContextTextMapPropagator):
 # baggage
 
 
-def _valid_properties(properties: list[str]) -> bool:
-    for prop in properties:
-        name, equals, value = prop.partition("=")
-        if _TOKEN.fullmatch(name.strip(_OWS)) is None:
-            return False
-        if equals and _BAGGAGE_VALUE.fullmatch(value.strip(_OWS)) is None:
-            return False
-    return True
-
-
 def parse_baggage(values: Sequence[str]) -> list[tuple[str, str]]:
-    """(name, decoded value) of each valid member of the combined `baggage` headers, within the limits."""
+    """(key, decoded value) of each valid member of the combined `baggage` headers, within the limits."""
+    header = _combined(values, MAX_BAGGAGE_BYTES)
+    if len(header) > MAX_BAGGAGE_BYTES:
+        # Longer than the limit: read the whole members within it; the one the limit cuts is dropped.
+        header = header[: max(header.rfind(",", 0, MAX_BAGGAGE_BYTES + 1), 0)]
     found: list[tuple[str, str]] = []
-    used = 0
-    for member in _members(",".join(values)):
-        size = len(member) + (1 if found else 0)
-        if used + size > MAX_BAGGAGE_BYTES:
-            continue  # too big to fit beside what was taken: dropped, the smaller ones after it may fit
-        name, equals, rest = member.partition("=")
-        name = name.strip(_OWS)
-        value, *properties = rest.split(";")
-        value = value.strip(_OWS)
-        if not equals or _TOKEN.fullmatch(name) is None or _BAGGAGE_VALUE.fullmatch(value) is None:
-            continue
-        if properties and not _valid_properties(properties):
-            continue
-        try:
-            decoded = unquote_plus(value, errors="strict")
-        except UnicodeDecodeError:
-            continue
-        found.append((name, decoded))
-        used += size
-        if len(found) == MAX_BAGGAGE_MEMBERS:
-            break
+    # The grammar has room for 180 list members: those after the 180th are not read, valid or not.
+    for match in islice(_LIST_MEMBER.finditer(header), MAX_BAGGAGE_MEMBERS):
+        member = match.group(1)
+        if member is None:
+            break  # the end
+        parsed = _BAGGAGE_MEMBER.fullmatch(member)
+        if parsed is None:
+            continue  # an invalid member is skipped, its neighbours kept
+        key, value = parsed.groups()
+        # Percent-decoding as the current Baggage text says: octets that are not UTF-8 become U+FFFD.
+        found.append((key, unquote_plus(value, errors="replace") if "%" in value or "+" in value else value))
     return found
 
 
@@ -285,12 +310,24 @@ class StrictBaggagePropagator(W3CBaggagePropagator):
         if context is None:
             context = get_current()
         try:
-            found = parse_baggage(_values(getter.get(carrier, "baggage")))
+            values = _values(getter.get(carrier, "baggage"))
+            if not values:
+                return context
+            found = parse_baggage(values)
         except Exception:
             return context
-        for name, value in found:
-            context = baggage_api.set_baggage(name, value, context)
-        return context
+        if not found:
+            return context
+        key = getattr(baggage_api, "_BAGGAGE_KEY", None)
+        if key is None:
+            for name, value in found:
+                context = baggage_api.set_baggage(name, value, context)
+            return context
+        # One new baggage mapping for all the members: `set_baggage` copies the mapping per member,
+        # which is quadratic in their number.
+        entries = dict(baggage_api.get_all(context))
+        entries.update(found)
+        return set_value(key, entries, context)
 
 
 def strict_propagator(propagator: TextMapPropagator) -> TextMapPropagator:

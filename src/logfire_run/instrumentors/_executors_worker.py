@@ -222,7 +222,10 @@ def _flush() -> None:
     try:
         from logfire_run.agent import state
 
-        state.flush(WORKER_FLUSH_MILLIS)
+        if state.sdk() is not None:
+            state.exit_flush("pool worker exit")  # within the exit budget
+        else:
+            state.flush(WORKER_FLUSH_MILLIS)  # another SDK (opentelemetry-instrument): its own flush
     except Exception:
         pass
 

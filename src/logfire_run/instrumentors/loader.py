@@ -147,9 +147,9 @@ def discover(*, use_cache: bool = True) -> list[EntryPointRecord]:
 
 def _write_cache(path: str, fingerprint: tuple[tuple[str, int], ...], found: list[EntryPointRecord]) -> None:
     try:
-        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        paths.make_private_dirs(os.path.dirname(path))
         temporary = f"{path}.{os.getpid()}.tmp"
-        with open(temporary, "wb") as file:
+        with open(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as file:
             marshal.dump((_CACHE_FORMAT, fingerprint, [row.as_tuple() for row in found]), file)
         os.replace(temporary, path)
     except OSError as error:

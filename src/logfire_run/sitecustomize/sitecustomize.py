@@ -15,10 +15,14 @@ def _start_agent():
         import os
         import sys
 
-        if os.environ.get("LOGFIRE_DEBUG", "").strip().lower() in ("1", "true", "t", "yes", "on"):
+        # Said once, by the process the launcher became (a script whose "#!" names another Python, or
+        # an interpreter given by path); its children say it only with LOGFIRE_DEBUG.
+        top = os.environ.get("LOGFIRE_RUN_LAUNCHED_PID") == str(os.getpid())
+        if top or os.environ.get("LOGFIRE_DEBUG", "").strip().lower() in ("1", "true", "t", "yes", "on"):
             try:
                 sys.stderr.write(
-                    "logfire-run: %s cannot import logfire_run; this process runs without the agent\n"
+                    "logfire-run: %s cannot import logfire_run; this process runs without the agent "
+                    "(install logfire-run for that interpreter, or run the script with logfire-run python)\n"
                     % sys.executable
                 )
             except Exception:

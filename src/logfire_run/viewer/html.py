@@ -168,8 +168,15 @@ def render_html(trace_id: str, rows: list[TreeRow]) -> str:
         "services": summary.services,
         "spans": [span_dict(row) for row in rows],
     }
-    # "</" inside a string would end the script element early: JSON allows it escaped as "<\\/".
-    payload = json.dumps(data, default=str).replace("</", "<\\/")
+    # The JSON sits in a <script> element, where the HTML parser reads "</script", and "<!--" followed by
+    # "<script", as markup. Written as \\u003c (and > and & alike) they are inert there and mean the same
+    # to JSON.parse; non-ASCII, U+2028 and U+2029 included, is written as \\u escapes (ensure_ascii).
+    payload = (
+        json.dumps(data, default=str, ensure_ascii=True)
+        .replace("<", "\\u003c")
+        .replace(">", "\\u003e")
+        .replace("&", "\\u0026")
+    )
     meta = (
         f"{summary.span_count} spans, {format_duration(summary.duration_ns)}, "
         f"services: {', '.join(summary.services)}"

@@ -7,6 +7,7 @@ otherwise, one line per trace or span, stable enough to grep.
 from __future__ import annotations
 
 import datetime
+import re
 from typing import TextIO
 
 from logfire_run.viewer.model import (
@@ -16,6 +17,26 @@ from logfire_run.viewer.model import (
     key_attributes,
     summarize,
 )
+
+# What a terminal would act on instead of showing: C0 controls (ESC starts colour, cursor, title and
+# clipboard sequences; a newline would forge a tree line), DEL, C1 controls (U+009B is a one-byte
+# CSI), the line and paragraph separators, and the bidirectional controls that reorder what is shown.
+_INVISIBLE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069\ufeff]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    named = _NAMED.get(char)
+    if named is not None:
+        return named
+    code = ord(char)
+    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
+
+
+def visible(text: str) -> str:
+    """`text` with every control character written as an escape (`\\x1b`, `\\n`, `\\u202e`)."""
+    return _INVISIBLE.sub(_escape, text)
 
 
 def _time(nanoseconds: int) -> str:
@@ -32,19 +53,21 @@ def _plain_list(summaries: list[TraceSummary], out: TextIO) -> None:
     out.write(header + "\n")
     for summary in summaries:
         orphans = f"  ({summary.orphan_count} orphan)" if summary.orphan_count else ""
-        out.write(
+        line = (
             f"{_time(summary.start_ns):<23}  {summary.trace_id:<32}  {summary.span_count:>5}  "
             f"{format_duration(summary.duration_ns):>9}  {summary.root_name}  "
-            f"[{', '.join(summary.services)}]{orphans}\n"
+            f"[{', '.join(summary.services)}]{orphans}"
         )
+        out.write(visible(line) + "\n")
 
 
 def _plain_tree(trace_id: str, rows: list[TreeRow], out: TextIO) -> None:
     summary = summarize(trace_id, [row.span for row in rows])
-    out.write(
+    heading = (
         f"trace {trace_id}  {_time(summary.start_ns)}  {summary.span_count} spans  "
-        f"{format_duration(summary.duration_ns)}  services: {', '.join(summary.services)}\n"
+        f"{format_duration(summary.duration_ns)}  services: {', '.join(summary.services)}"
     )
+    out.write(visible(heading) + "\n")
     for row in rows:
         span = row.span
         extras = key_attributes(span)
@@ -55,7 +78,7 @@ def _plain_tree(trace_id: str, rows: list[TreeRow], out: TextIO) -> None:
         )
         if extras:
             line += "  " + "  ".join(extras)
-        out.write(line + "\n")
+        out.write(visible(line) + "\n")
 
 
 def print_list(summaries: list[TraceSummary], out: TextIO, *, rich: bool) -> None:
@@ -87,9 +110,9 @@ def print_list(summaries: list[TraceSummary], out: TextIO, *, rich: bool) -> Non
         orphans = f" [red]({summary.orphan_count} orphan)[/]" if summary.orphan_count else ""
         table.add_row(
             when,
-            summary.trace_id[:16],
-            escape(summary.root_name) + orphans,
-            escape(", ".join(summary.services)),
+            escape(visible(summary.trace_id[:16])),
+            escape(visible(summary.root_name)) + orphans,
+            escape(visible(", ".join(summary.services))),
             str(summary.span_count),
             format_duration(summary.duration_ns),
         )
@@ -111,7 +134,7 @@ def print_tree(trace_id: str, rows: list[TreeRow], out: TextIO, *, rich: bool) -
 
     summary = summarize(trace_id, [row.span for row in rows])
     top = Tree(
-        f"[bold]trace {trace_id}[/]  {_time(summary.start_ns)}  {summary.span_count} spans  "
+        f"[bold]trace {escape(visible(trace_id))}[/]  {_time(summary.start_ns)}  {summary.span_count} spans  "
         f"{format_duration(summary.duration_ns)}"
     )
     stack: list[Tree] = [top]
@@ -120,16 +143,17 @@ def print_tree(trace_id: str, rows: list[TreeRow], out: TextIO, *, rich: bool) -
         del stack[row.depth + 1 :]
         style = _service_style(span.service)
         label = (
-            f"[bold]{escape(span.name)}[/]  [{style}]{escape(span.service)}[/] [dim]{span.kind}[/] "
+            f"[bold]{escape(visible(span.name))}[/]  [{style}]{escape(visible(span.service))}[/] "
+            f"[dim]{escape(visible(span.kind))}[/] "
             f"{format_duration(span.duration_ns)}"
         )
         extras = key_attributes(span)
         if extras:
-            label += "  [dim]" + escape("  ".join(extras)) + "[/]"
+            label += "  [dim]" + escape(visible("  ".join(extras))) + "[/]"
         if span.status == "ERROR":
             label = "[red]✗[/] " + label
         if row.orphan:
-            label += f"  [bold red]{escape(orphan_note(row))}[/]"
+            label += f"  [bold red]{escape(visible(orphan_note(row)))}[/]"
         node = stack[-1].add(label)
         stack.append(node)
     Console(file=out).print(top)

@@ -1,0 +1,78 @@
+"""Flask: OpenTelemetry's instrumentor, never reading a URL that Flask refuses to build.
+
+What it patches:
+    `_InstrumentedFlask._excluded_urls`, the class OpenTelemetry's instrumentor (opentelemetry-
+    instrumentation-flask) puts in place of `flask.Flask`. Its start_response and teardown hooks read
+    `flask.request.url` to match it against the excluded URLs, and with `TRUSTED_HOSTS` set a request
+    for another host makes that read raise `SecurityError`, which then replaced the app's own 400
+    response. With no excluded URLs configured there is nothing to match, so the list is set to None,
+    which the instrumentation's hooks check before reading the URL: the app answers as it would
+    without the agent.
+
+When it is enabled:
+    When the app first imports `flask`, for the versions OpenTelemetry's instrumentor supports. It
+    supersedes that instrumentor under the same entry-point name, so `--disable flask` turns both off.
+
+How it refuses:
+    Without opentelemetry-instrumentation-flask, or with a Flask it does not support, it does nothing
+    (one `--debug` line). A release of OpenTelemetry's instrumentor without `_InstrumentedFlask` is
+    run as it is (one `--debug` line).
+
+Where it stops:
+    With excluded URLs configured (`OTEL_PYTHON_FLASK_EXCLUDED_URLS`) and `TRUSTED_HOSTS` both set, a
+    request for an untrusted host still raises from OpenTelemetry's hooks. An instrumented app still
+    refers to itself through OpenTelemetry's WSGI wrapper, so it is freed by the cycle collector,
+    not as soon as its last reference goes (Flask's `test_app_freed_on_zero_refcount`).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, ClassVar
+
+from logfire_run.agent import report
+from logfire_run.instrumentors._base import (
+    Instrumentor,
+    run_opentelemetry_instrumentor,
+    stop_opentelemetry_instrumentor,
+)
+from logfire_run.instrumentors._patch import Patches
+
+__all__ = ["FlaskInstrumentor"]
+
+_OTEL_MODULE = "opentelemetry.instrumentation.flask"
+_OTEL_INSTRUMENTOR = "opentelemetry.instrumentation.flask:FlaskInstrumentor"
+
+
+class FlaskInstrumentor(Instrumentor):
+    """Runs OpenTelemetry's Flask instrumentor; an untrusted host gets the app's own 400."""
+
+    targets = ("flask",)
+    supported = ("flask >= 1.0",)
+    options: ClassVar[dict[str, Any]] = {}
+    supersedes = (_OTEL_INSTRUMENTOR,)
+
+    def __init__(self) -> None:
+        super().__init__()
+        # BaseInstrumentor makes every instance the same object: keep the state of the first one.
+        if hasattr(self, "_patches"):
+            return
+        self._patches = Patches("flask")
+        self._otel: Any = None
+
+    def _instrument(self, **kwargs: Any) -> None:
+        self._otel = run_opentelemetry_instrumentor(_OTEL_INSTRUMENTOR, **kwargs)
+        if self._otel is None:
+            return
+        instrumented = getattr(importlib.import_module(_OTEL_MODULE), "_InstrumentedFlask", None)
+        if instrumented is None or not hasattr(instrumented, "_excluded_urls"):
+            report.debug(f"Flask: {_OTEL_MODULE} has no _InstrumentedFlask._excluded_urls; run as it is")
+            return
+        # ExcludeList keeps its patterns in `_excluded_urls`; an empty one matches nothing.
+        if not getattr(instrumented._excluded_urls, "_excluded_urls", None):
+            self._patches.replace(instrumented, "_excluded_urls", None, copy_metadata=False)
+
+    def _uninstrument(self, **kwargs: Any) -> None:
+        self._patches.restore()
+        stop_opentelemetry_instrumentor(self._otel)
+        self._otel = None

@@ -1,0 +1,224 @@
+"""OTLP receivers the destination tests send to, on 127.0.0.1, each keeping the spans and headers it got.
+
+- `ThirdPartyReceiver`: oteltest's `GrpcSink` / `HttpSink` (oteltest on PyPI, by an OpenTelemetry
+  Python maintainer): a receiver this project did not write, over gRPC and over HTTP/protobuf.
+- `GrpcReceiver`: a gRPC server built from grpcio and opentelemetry-proto's `TraceServiceServicer`,
+  for what oteltest's sink cannot do: TLS and mutual TLS.
+- `HttpReceiver`: an HTTP(S) server for what oteltest's HTTP sink cannot do: TLS, gzip bodies, and
+  recording the path each request was posted to.
+- `make_certificates()`: a self-signed certificate for 127.0.0.1, made with `cryptography`.
+
+All of them reuse `conftest.OtlpReceiver`'s decoding and waiting (they subclass it, and replace only
+how the requests arrive).
+"""
+
+from __future__ import annotations
+
+import datetime
+import gzip
+import ipaddress
+import ssl
+import threading
+import zlib
+from concurrent import futures
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import grpc
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from conftest import OtlpReceiver, free_port, wait_for_port
+
+
+class _Collecting(OtlpReceiver):
+    """OtlpReceiver's span records and waiting, fed by another server; also keeps request headers."""
+
+    def __init__(self) -> None:  # deliberately not OtlpReceiver's: no server of its own
+        self.spans = []
+        self.requests = 0
+        self._lock = threading.Lock()
+        self.headers: list[dict[str, str]] = []
+        self.paths: list[str] = []
+
+    def collect(self, request: ExportTraceServiceRequest, headers: dict[str, str], path: str = "") -> None:
+        with self._lock:
+            self.headers.append({key.lower(): value for key, value in headers.items()})
+            self.paths.append(path)
+        self._add(request)
+
+    def header_values(self, name: str) -> set[str]:
+        with self._lock:
+            return {headers[name] for headers in self.headers if name in headers}
+
+
+class ThirdPartyReceiver(_Collecting):
+    """oteltest's sink, gRPC (`grpc`) or HTTP/protobuf (`http/protobuf`), on a free port."""
+
+    def __init__(self, protocol: str) -> None:
+        import logging
+
+        from oteltest.sink import GrpcSink, HttpSink
+        from oteltest.sink.handler import RequestHandler
+
+        super().__init__()
+        receiver = self
+
+        class Handler(RequestHandler):
+            def handle_logs(self, request: Any, headers: Any) -> None:
+                pass
+
+            def handle_metrics(self, request: Any, headers: Any) -> None:
+                pass
+
+            def handle_trace(self, request: Any, headers: Any) -> None:
+                receiver.collect(request, dict(headers))
+
+        self.protocol = protocol
+        self.port = free_port()
+        logger = logging.getLogger("oteltest-sink")
+        if protocol == "grpc":
+            self._sink: Any = GrpcSink(Handler(), logger, port=self.port)
+        else:
+            self._sink = HttpSink(Handler(), logger, port=self.port)
+        self._sink.start()
+        wait_for_port(self.port)
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+
+    def env(self) -> dict[str, str]:
+        """The variables a user sets to send here."""
+        return {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": self.endpoint,
+            "OTEL_EXPORTER_OTLP_PROTOCOL": self.protocol,
+        }
+
+    def close(self) -> None:
+        self._sink.stop()
+
+
+class GrpcReceiver(_Collecting):
+    """An OTLP/gRPC server on 127.0.0.1, TLS when given certificates (mutual when given a client CA)."""
+
+    def __init__(
+        self, certificate: Certificates | None = None, client_ca: Path | None = None, stall: bool = False
+    ) -> None:
+        super().__init__()
+        receiver = self
+        #: With `stall`, every export waits (until the receiver closes) before it is answered.
+        self.released = threading.Event()
+        if not stall:
+            self.released.set()
+
+        class Servicer(trace_service_pb2_grpc.TraceServiceServicer):  # type: ignore[misc]
+            def Export(self, request: Any, context: Any) -> Any:
+                receiver.released.wait(60)
+                receiver.collect(request, dict(context.invocation_metadata()))
+                return trace_service_pb2.ExportTraceServiceResponse()
+
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Servicer(), self.server)
+        if certificate is None:
+            self.port = self.server.add_insecure_port("127.0.0.1:0")
+            scheme = "http"
+        else:
+            credentials = grpc.ssl_server_credentials(
+                [(certificate.key.read_bytes(), certificate.cert.read_bytes())],
+                root_certificates=client_ca.read_bytes() if client_ca else None,
+                require_client_auth=client_ca is not None,
+            )
+            self.port = self.server.add_secure_port("127.0.0.1:0", credentials)
+            scheme = "https"
+        self.server.start()
+        self.endpoint = f"{scheme}://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        self.released.set()
+        self.server.stop(grace=None)
+
+
+class HttpReceiver(_Collecting):
+    """OTLP/HTTP protobuf on 127.0.0.1: any path, gzip or deflate bodies, HTTPS when given a certificate
+    (mutual TLS when given a client CA)."""
+
+    def __init__(self, certificate: Certificates | None = None, client_ca: Path | None = None) -> None:
+        super().__init__()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                encoding = self.headers.get("Content-Encoding", "")
+                if encoding == "gzip":
+                    body = gzip.decompress(body)
+                elif encoding == "deflate":
+                    body = zlib.decompress(body)
+                request = ExportTraceServiceRequest()
+                request.ParseFromString(body)
+                receiver.collect(request, dict(self.headers.items()), self.path)
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        scheme = "http"
+        if certificate is not None:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(certificate.cert, certificate.key)
+            if client_ca is not None:
+                context.load_verify_locations(client_ca)
+                context.verify_mode = ssl.CERT_REQUIRED
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+            scheme = "https"
+        self.port = self.server.server_address[1]
+        self.endpoint = f"{scheme}://127.0.0.1:{self.port}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+
+
+@dataclass
+class Certificates:
+    cert: Path
+    key: Path
+
+
+def make_certificates(directory: Path, name: str = "server") -> Certificates:
+    """A self-signed certificate (its own CA) for 127.0.0.1 and localhost, valid for a day."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"logfire-run test {name}")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    paths = Certificates(cert=directory / f"{name}.crt", key=directory / f"{name}.key")
+    paths.cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    paths.key.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return paths

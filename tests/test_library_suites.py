@@ -1,0 +1,84 @@
+"""The faults the instrumented libraries' own test suites found under the agent (scripts/library_suites.py).
+
+Each runs a real interpreter through the launcher, uses the library as an app would, and checks that
+what the app sees (its exception, its status codes, its output) is what it sees without the agent.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from conftest import OtlpReceiver, agent_env, assert_clean_stderr, run_launcher
+
+UNPREPARED_SEND = """
+import requests
+
+try:
+    requests.Session().send(requests.Request(url="http://127.0.0.1:9/"))
+except Exception as error:
+    print(type(error).__name__, error)
+"""
+
+TRUSTED_HOSTS_APP = """
+import flask
+
+app = flask.Flask(__name__)
+app.config["TRUSTED_HOSTS"] = ["example.test", ".other.test"]
+
+
+@app.get("/")
+def index():
+    return "ok"
+
+
+client = app.test_client()
+for host in ("example.test", "a.other.test", "bad.test"):
+    try:
+        print(host, client.get(base_url=f"http://{host}").status_code)
+    except Exception as error:
+        print(host, type(error).__name__, error)
+"""
+
+
+def _run_both(tmp_path: Path, source: str, receiver: OtlpReceiver) -> tuple[str, str]:
+    script = tmp_path / "app.py"
+    script.write_text(textwrap.dedent(source))
+    plain = subprocess.run(
+        [sys.executable, str(script)], env=agent_env(), capture_output=True, text=True, timeout=60
+    )
+    assert plain.returncode == 0, plain.stderr
+    traced = run_launcher(["python", str(script)], agent_env(receiver), cwd=tmp_path)
+    assert traced.returncode == 0, traced.stderr
+    assert_clean_stderr(traced.stderr)
+    return plain.stdout, traced.stdout
+
+
+def test_requests_unprepared_send_raises_requests_own_error(tmp_path: Path, receiver: OtlpReceiver) -> None:
+    plain, traced = _run_both(tmp_path, UNPREPARED_SEND, receiver)
+    assert plain.startswith("ValueError You can only send PreparedRequests"), plain
+    assert traced == plain
+
+
+def test_requests_prepared_send_still_traced(tmp_path: Path, receiver: OtlpReceiver) -> None:
+    source = f"""
+    import requests
+
+    session = requests.Session()
+    response = session.send(requests.Request("POST", "{receiver.endpoint}/v1/traces").prepare())
+    print(response.status_code)
+    """
+    plain, traced = _run_both(tmp_path, source, receiver)
+    assert traced == plain
+    spans = receiver.wait_for(lambda spans: any(span.kind == "CLIENT" for span in spans))
+    assert [span.name for span in spans if span.kind == "CLIENT"] == ["POST"]
+
+
+def test_flask_untrusted_host_gets_the_apps_own_400(tmp_path: Path, receiver: OtlpReceiver) -> None:
+    plain, traced = _run_both(tmp_path, TRUSTED_HOSTS_APP, receiver)
+    assert plain.splitlines() == ["example.test 200", "a.other.test 200", "bad.test 400"]
+    assert traced == plain
+    spans = receiver.wait_for(lambda spans: sum(span.kind == "SERVER" for span in spans) >= 2)
+    assert sum(span.kind == "SERVER" for span in spans) >= 2, spans
