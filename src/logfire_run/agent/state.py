@@ -29,7 +29,7 @@ from logfire_run.agent import importhooks, report
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Callable, Iterable, Mapping
     from typing import NoReturn
 
     from opentelemetry.context import Context
@@ -358,11 +358,16 @@ def install_exit_flushes() -> None:
         os.register_at_fork(after_in_child=_new_flusher_after_fork)
 
 
-def exit_flush(reason: str) -> None:
-    """Send this process's unsent spans, waiting at most what is left of the exit budget."""
+def exit_flush(reason: str, *, children: Iterable[int] = ()) -> None:
+    """Send this process's unsent spans, waiting at most what is left of the exit budget.
+
+    `children` are processes that serve for this one and would be killed once it returns (the
+    serving child of a reloader, which the reloader SIGKILLs when it is stopped itself): each is asked
+    to stop with SIGTERM first, and waited for within the same budget, so it flushes its own spans.
+    """
     global _exit_deadline
     tracing = _sdk
-    if tracing is None:
+    if tracing is None and not children:
         return
     import time
 
@@ -370,6 +375,11 @@ def exit_flush(reason: str) -> None:
     budget = config().exit_budget
     if _exit_deadline is None or _exit_deadline[0] != pid:
         _exit_deadline = (pid, now + budget)
+    if children:
+        _stop_children(children, _exit_deadline[1])
+        now = time.monotonic()
+    if tracing is None:
+        return
     remaining = _exit_deadline[1] - now
     finished = False
     if remaining > 0:
@@ -389,6 +399,41 @@ def exit_flush(reason: str) -> None:
                 "are dropped" + (f" (the backend: {cause})" if cause else "") + "; "
                 "LOGFIRE_EXIT_BUDGET (--exit-budget) sets the budget",
             )
+
+
+def _stop_children(children: Iterable[int], deadline: float) -> None:
+    """SIGTERM each child, then wait until each has ended or `deadline` (monotonic) has passed.
+
+    Waited for without reaping (`WNOWAIT`): the caller's own `wait()` still collects the exit status.
+    """
+    import _signal
+    import time
+
+    waiting = []
+    for child in children:
+        try:
+            os.kill(child, _signal.SIGTERM)
+            waiting.append(child)
+        except OSError:  # ended already
+            continue
+    while waiting and time.monotonic() < deadline:
+        for child in list(waiting):
+            if _ended(child):
+                waiting.remove(child)
+        if waiting:
+            time.sleep(0.01)
+    if waiting:
+        report.debug(f"children {waiting} did not end within the exit budget")
+
+
+def _ended(child: int) -> bool:
+    try:
+        if hasattr(os, "waitid"):
+            return os.waitid(os.P_PID, child, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+        os.kill(child, 0)  # without waitid (macOS) an ended child that is not reaped looks alive
+    except OSError:  # not our child, or reaped already
+        return True
+    return False
 
 
 class _ExitFlusher:
