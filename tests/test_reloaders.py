@@ -1,0 +1,247 @@
+"""Reloaders as a developer runs them: `flask run --reload`, `uvicorn --reload`, Django's `runserver`
+and `gunicorn --reload`, under the launcher and under `LOGFIRE_RUN=1`, with the default batching.
+
+Each test serves two requests, changes the app file, waits until a new serving process answers,
+serves one more, then stops the top process (the watcher) with SIGTERM or SIGINT, as a terminal, a
+container runtime or a process manager does. Every request's server span must arrive exactly once,
+from the process that served it (the watcher makes none), and stderr holds only the server's own lines.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from conftest import LAUNCHER, OtlpReceiver, agent_env, free_port, render_tree
+from http_services import get
+
+pytestmark = pytest.mark.slow
+
+BIN = Path(sys.executable).parent
+
+FLASK_APP = """
+import os
+
+from flask import Flask
+
+app = Flask(__name__)
+
+
+@app.get("/pid")
+def pid():
+    return str(os.getpid())
+"""
+
+FASTAPI_APP = """
+import os
+
+from fastapi import FastAPI
+
+app = FastAPI()
+
+
+@app.get("/pid")
+async def pid():
+    return os.getpid()
+"""
+
+# A single-file Django app: it configures its own settings (what the agent must never do first).
+DJANGO_APP = """
+import os
+import sys
+
+import django
+from django.conf import settings
+
+settings.configure(
+    DEBUG=False,
+    SECRET_KEY="test-only",
+    ROOT_URLCONF=__name__,
+    ALLOWED_HOSTS=["127.0.0.1"],
+    MIDDLEWARE=[],
+    INSTALLED_APPS=[],
+)
+django.setup()
+
+from django.http import HttpResponse
+from django.urls import path
+
+
+def pid(request):
+    return HttpResponse(str(os.getpid()))
+
+
+urlpatterns = [path("pid", pid)]
+
+if __name__ == "__main__":
+    from django.core.management import execute_from_command_line
+
+    execute_from_command_line(sys.argv)
+"""
+
+# What each server itself writes to stderr (any other line fails the test): its banners, its request
+# log, its reload messages.
+_REQUEST_LOG = r'127\.0\.0\.1 - - \[[^]]+\] "GET /pid HTTP/1\.1" 200 .*'
+_DJANGO_LOG = r'\[[^]]+\] "GET /pid HTTP/1\.1" 200 \d+'
+
+
+@dataclass(frozen=True)
+class Reloader:
+    name: str
+    app: str
+    command: list[str]  # `{port}` is filled in; the first word is the program
+    span_name: str
+    stderr_lines: tuple[str, ...]
+
+
+RELOADERS = {
+    "flask": Reloader(
+        "flask",
+        FLASK_APP,
+        ["flask", "--app", "app", "run", "--reload", "--port", "{port}"],
+        "GET /pid",
+        (
+            r".*WARNING: This is a development server\..*",
+            r" \* Running on http://127\.0\.0\.1:\d+",
+            r".*Press CTRL\+C to quit.*",
+            r" \* Restarting with stat",
+            r" \* Detected change in '.*app\.py', reloading",
+            _REQUEST_LOG,
+        ),
+    ),
+    "uvicorn": Reloader(
+        "uvicorn",
+        FASTAPI_APP,
+        ["uvicorn", "app:app", "--reload", "--port", "{port}", "--log-level", "warning"],
+        "GET /pid",
+        (r"WARNING:  StatReload detected changes in 'app\.py'\. Reloading\.\.\.",),
+    ),
+    "django": Reloader(
+        "django",
+        DJANGO_APP,
+        ["python", "app.py", "runserver", "127.0.0.1:{port}"],
+        "GET pid",
+        (
+            r"Watching for file changes with StatReloader",
+            r".*app\.py changed, reloading\.",
+            _DJANGO_LOG,
+        ),
+    ),
+    "gunicorn": Reloader(
+        "gunicorn",
+        FLASK_APP,
+        ["gunicorn", "--reload", "-b", "127.0.0.1:{port}", "--log-level", "warning", "app:app"],
+        "GET /pid",
+        (r"\[[^]]+\] \[\d+\] \[WARNING\] Reloader is on\. Use in development only!",),
+    ),
+}
+
+
+class Client:
+    """GET /pid until a process answers; every answer is kept (each is a request whose span is due)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.answers: list[str] = []
+
+    def serving_pid(
+        self, timeout: float = 30.0, other_than: str | None = None, touching: Path | None = None
+    ) -> str:
+        """The pid that answers, polling until one does (and, with `other_than`, a new one).
+
+        `touching` is a file changed every 3 s meanwhile: a reloader that takes its first look at
+        the files only after it serves (Django's) would take a single change for the initial state.
+        """
+        deadline = time.monotonic() + timeout
+        last: object = None
+        touched = 0.0
+        while time.monotonic() < deadline:
+            if touching is not None and time.monotonic() - touched > 3:
+                _touch(touching)
+                touched = time.monotonic()
+            try:
+                status, body = get(self.url + "/pid", timeout=5)
+            except OSError as error:
+                last = error
+            else:
+                last = (status, body)
+                if status == 200:
+                    self.answers.append(str(body))
+                    if str(body) != other_than:
+                        return str(body)
+            time.sleep(0.1)
+        raise AssertionError(f"no {'new ' if other_than else ''}serving process answered: {last}")
+
+
+def _touch(path: Path) -> None:
+    later = path.stat().st_mtime + 2  # later than any mtime a reloader has seen, whatever its clock
+    os.utime(path, (later, later))
+
+
+# (reloader, how the agent is activated, the signal that stops the top process)
+CASES = [
+    ("flask", "launcher", "SIGTERM"),
+    ("flask", "env", "SIGINT"),
+    ("uvicorn", "launcher", "SIGINT"),
+    ("uvicorn", "env", "SIGTERM"),
+    ("django", "launcher", "SIGTERM"),
+    ("django", "env", "SIGINT"),
+    ("gunicorn", "launcher", "SIGTERM"),
+    ("gunicorn", "env", "SIGTERM"),
+]
+
+
+@pytest.mark.parametrize(("name", "activation", "stop"), CASES, ids=["-".join(case) for case in CASES])
+def test_every_request_span_arrives_once_across_a_reload_and_a_stop(
+    receiver: OtlpReceiver, tmp_path: Path, name: str, activation: str, stop: str
+) -> None:
+    reloader = RELOADERS[name]
+    app = tmp_path / "app.py"
+    app.write_text(reloader.app)
+    port = free_port()
+    words = [word.replace("{port}", str(port)) for word in reloader.command]
+    env = agent_env(receiver)
+    del env["OTEL_BSP_SCHEDULE_DELAY"]  # the default batching: spans wait up to 5 s in the queue
+    if activation == "launcher":
+        command = [LAUNCHER, *words]
+    else:
+        env["LOGFIRE_RUN"] = "1"
+        command = [sys.executable if words[0] == "python" else str(BIN / words[0]), *words[1:]]
+    client = Client(f"http://127.0.0.1:{port}")
+    stderr_path = tmp_path / "stderr"
+    with open(tmp_path / "stdout", "wb") as out, open(stderr_path, "wb") as err:
+        process = subprocess.Popen(
+            command, cwd=tmp_path, env=env, stdout=out, stderr=err, start_new_session=True
+        )
+    try:
+        first = client.serving_pid()
+        assert client.serving_pid() == first
+        second = client.serving_pid(other_than=first, touching=app)  # served after the reload
+        process.send_signal(getattr(signal, stop))
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    answers = client.answers
+    assert answers.count(first) >= 2 and answers[-1] == second, answers
+    spans = receiver.wait_for(lambda found: len(found) >= len(answers), timeout=5)
+    tree = render_tree(spans)
+    served = sorted((span.kind, span.name, str(span.pid)) for span in spans)
+    assert served == sorted(("SERVER", reloader.span_name, pid) for pid in answers), tree
+    assert len({span.trace_id for span in spans}) == len(answers), tree
+    stderr = stderr_path.read_text()
+    unexpected = [
+        line
+        for line in stderr.splitlines()
+        if not any(re.fullmatch(pattern, line) for pattern in reloader.stderr_lines)
+    ]
+    assert not unexpected, f"unexpected stderr lines {unexpected}:\n{stderr}"
