@@ -1,0 +1,88 @@
+"""Django as a single-file app: it configures its own settings, and the agent must not do it first.
+
+OpenTelemetry's Django instrumentor, run when `django` is imported, read the settings at once and
+called `settings.configure()` itself when `DJANGO_SETTINGS_MODULE` was unset, so the app's own
+`settings.configure()` crashed with `RuntimeError: Settings already configured`. logfire-run's
+`django` instrumentor runs it when `django.setup()` returns.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import OtlpReceiver, agent_env, child_env, render_tree, run_launcher, run_process
+
+# Serves one real request on 127.0.0.1 through Django's WSGI handler, then prints what it answered.
+APP = """
+import os
+import sys
+import threading
+import urllib.request
+from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+import django
+from django.conf import settings
+
+settings.configure(
+    DEBUG=False,
+    SECRET_KEY="test-only",
+    ROOT_URLCONF=__name__,
+    ALLOWED_HOSTS=["127.0.0.1"],
+    MIDDLEWARE=["django.middleware.common.CommonMiddleware"],
+    INSTALLED_APPS=[],
+)
+django.setup()
+
+from django.core.wsgi import get_wsgi_application
+from django.http import HttpResponse
+from django.urls import path
+
+
+def hello(request, name):
+    print("serving", name, file=sys.stderr)
+    return HttpResponse(f"hello {name}")
+
+
+urlpatterns = [path("hello/<str:name>", hello)]
+
+
+class QuietHandler(WSGIRequestHandler):
+    def log_message(self, format, *args):
+        pass
+
+
+server = make_server("127.0.0.1", 0, get_wsgi_application(), handler_class=QuietHandler)
+url = f"http://127.0.0.1:{server.server_port}/hello/world"
+answers = []
+client = threading.Thread(target=lambda: answers.append(urllib.request.urlopen(url).read().decode()))
+client.start()
+server.handle_request()
+client.join()
+server.server_close()
+print(answers[0])
+"""
+
+
+@pytest.mark.parametrize("activation", ["launcher", "env"])
+def test_a_single_file_app_configuring_its_own_settings_is_traced_and_unchanged(
+    receiver: OtlpReceiver, tmp_path: Path, activation: str
+) -> None:
+    app = tmp_path / "app.py"
+    app.write_text(APP)
+    plain = run_process([sys.executable, str(app)], child_env(), expect_stderr=None)
+    assert plain.returncode == 0, plain.stderr
+    assert plain.stdout == "hello world\n"
+    if activation == "launcher":
+        traced = run_launcher(["python", str(app)], agent_env(receiver), expect_stderr=plain.stderr)
+    else:
+        env = agent_env(receiver, LOGFIRE_RUN="1")
+        traced = run_process([sys.executable, str(app)], env, expect_stderr=plain.stderr)
+    assert (traced.returncode, traced.stdout) == (0, plain.stdout)
+    spans = receiver.wait_count(1, timeout=10)
+    assert [(span.kind, span.name, span.parent_id) for span in spans] == [
+        ("SERVER", "GET hello/<str:name>", None)
+    ], render_tree(spans)
+    assert spans[0].attributes.get("http.route") == "hello/<str:name>", spans[0].attributes
