@@ -2,9 +2,10 @@
 and `gunicorn --reload`, under the launcher and under `LOGFIRE_RUN=1`, with the default batching.
 
 Each test serves two requests, changes the app file, waits until a new serving process answers,
-serves one more, then stops the top process (the watcher) with SIGTERM or SIGINT, as a terminal, a
-container runtime or a process manager does. Every request's server span must arrive exactly once,
-from the process that served it (the watcher makes none), and stderr holds only the server's own lines.
+serves one more, then stops the top process (the watcher) with SIGTERM or SIGINT, as a container
+runtime or a process manager does, or the whole process group with SIGINT, as Ctrl-C does. Every
+request's server span must arrive exactly once, from the process that served it (the watcher makes
+none), and stderr holds only the server's own lines.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -203,6 +205,36 @@ CASES = [
 def test_every_request_span_arrives_once_across_a_reload_and_a_stop(
     receiver: OtlpReceiver, tmp_path: Path, name: str, activation: str, stop: str
 ) -> None:
+    _reload_then_stop(receiver, tmp_path, name, activation, stop)
+
+
+@pytest.mark.parametrize("name", ["flask", "django"])
+def test_ctrl_c_reaches_watcher_and_server_at_once_and_cuts_no_flush_short(
+    receiver: OtlpReceiver, tmp_path: Path, name: str
+) -> None:
+    # Ctrl-C in a terminal: SIGINT to the whole process group. The serving process starts its exit
+    # flush on its own, and the watcher's SIGTERM reaches it during that flush; a backend that from
+    # then on takes a moment to answer makes sure the flush is still waiting then.
+    add = receiver._add
+
+    def slowly(request: object) -> None:
+        time.sleep(0.5)
+        add(request)  # type: ignore[arg-type]
+
+    def slow_backend() -> None:
+        receiver._add = slowly  # type: ignore[method-assign]
+
+    _reload_then_stop(receiver, tmp_path, name, "launcher", "Ctrl-C", before_stop=slow_backend)
+
+
+def _reload_then_stop(
+    receiver: OtlpReceiver,
+    tmp_path: Path,
+    name: str,
+    activation: str,
+    stop: str,
+    before_stop: Callable[[], None] = lambda: None,
+) -> None:
     reloader = RELOADERS[name]
     app = tmp_path / "app.py"
     app.write_text(reloader.app)
@@ -225,7 +257,11 @@ def test_every_request_span_arrives_once_across_a_reload_and_a_stop(
         first = client.serving_pid()
         assert client.serving_pid() == first
         second = client.serving_pid(other_than=first, touching=app)  # served after the reload
-        process.send_signal(getattr(signal, stop))
+        before_stop()
+        if stop == "Ctrl-C":
+            os.killpg(process.pid, signal.SIGINT)
+        else:
+            process.send_signal(getattr(signal, stop))
         process.wait(timeout=30)
     finally:
         if process.poll() is None:

@@ -375,18 +375,23 @@ def exit_flush(reason: str, *, children: Iterable[int] = ()) -> None:
     budget = config().exit_budget
     if _exit_deadline is None or _exit_deadline[0] != pid:
         _exit_deadline = (pid, now + budget)
-    if children:
-        _stop_children(children, _exit_deadline[1])
-        now = time.monotonic()
-    if tracing is None:
-        return
-    remaining = _exit_deadline[1] - now
-    finished = False
-    if remaining > 0:
-        # In a thread of its own: OpenTelemetry's flush waits for an export in flight, and an export
-        # to a backend that never answers waits for the exporter's full timeout, retries included.
-        flusher = _exit_flusher()
-        finished = flusher is not None and flusher.flush(tracing, remaining, reason)
+    held = _hold_stop_signals()
+    try:
+        if children:
+            _stop_children(children, _exit_deadline[1])
+            now = time.monotonic()
+        if tracing is None:
+            return
+        remaining = _exit_deadline[1] - now
+        finished = False
+        if remaining > 0:
+            # In a thread of its own: OpenTelemetry's flush waits for an export in flight, and an
+            # export to a backend that never answers waits for the exporter's full timeout, retries
+            # included.
+            flusher = _exit_flusher()
+            finished = flusher is not None and flusher.flush(tracing, remaining, reason)
+    finally:
+        _restore_signals(held)
     if not finished:
         unsent = tracing.unsent()
         if unsent:
@@ -399,6 +404,35 @@ def exit_flush(reason: str, *, children: Iterable[int] = ()) -> None:
                 "are dropped" + (f" (the backend: {cause})" if cause else "") + "; "
                 "LOGFIRE_EXIT_BUDGET (--exit-budget) sets the budget",
             )
+
+
+def _hold_stop_signals() -> list[tuple[int, object]]:
+    """Ignore SIGINT and SIGTERM while an exit flush waits; return the handlers to put back.
+
+    The process is ending already, and a stop signal now would cut the flush short: Ctrl-C reaches a
+    reloader's watcher and its serving process at once, and the watcher's SIGTERM then finds the
+    serving process in its interpreter-exit flush (where the app's handler, `sys.exit`, would raise).
+    Only the main thread can change handlers; elsewhere nothing is held.
+    """
+    import _signal
+
+    held: list[tuple[int, object]] = []
+    try:
+        for signum in (_signal.SIGINT, _signal.SIGTERM):
+            held.append((signum, _signal.signal(signum, _signal.SIG_IGN)))
+    except (ValueError, OSError, TypeError):  # not the main thread
+        pass
+    return held
+
+
+def _restore_signals(held: list[tuple[int, object]]) -> None:
+    import _signal
+
+    for signum, handler in held:
+        try:
+            _signal.signal(signum, handler)
+        except (ValueError, OSError, TypeError):
+            continue
 
 
 def _stop_children(children: Iterable[int], deadline: float) -> None:
@@ -466,9 +500,22 @@ class _ExitFlusher:
     def flush(self, tracing: TracingSdk, seconds: float, reason: str) -> bool:
         """Flush `tracing` in the thread; True when it finished within `seconds`."""
         self.used = True
-        self._call = lambda: tracing.force_flush(max(1, int(seconds * 1000)))
+        self._call = lambda: _flush_until_sent(tracing, seconds)
         self._request.set()
         return self._done.wait(seconds)
+
+
+def _flush_until_sent(tracing: TracingSdk, seconds: float) -> None:
+    """Flush, and again while spans keep ending: a server's daemon threads (Werkzeug's, Django's
+    `runserver`) go on answering requests while the interpreter exits, after the first flush began."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while True:
+        tracing.force_flush(max(1, int((deadline - time.monotonic()) * 1000)))
+        if not tracing.unsent() or time.monotonic() >= deadline:
+            return
+        time.sleep(0.01)
 
 
 _flusher: _ExitFlusher | None = None
