@@ -20,6 +20,7 @@ APP = """
 import os
 import sys
 import threading
+import urllib.error
 import urllib.request
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
@@ -31,7 +32,7 @@ settings.configure(
     SECRET_KEY="test-only",
     ROOT_URLCONF=__name__,
     ALLOWED_HOSTS=["127.0.0.1"],
-    MIDDLEWARE=["django.middleware.common.CommonMiddleware"],
+    MIDDLEWARE=[name for name in os.environ.get("APP_MIDDLEWARE", "").split(",") if name],
     INSTALLED_APPS=[],
 )
 django.setup()
@@ -57,7 +58,17 @@ class QuietHandler(WSGIRequestHandler):
 server = make_server("127.0.0.1", 0, get_wsgi_application(), handler_class=QuietHandler)
 url = f"http://127.0.0.1:{server.server_port}/hello/world"
 answers = []
-client = threading.Thread(target=lambda: answers.append(urllib.request.urlopen(url).read().decode()))
+
+
+def ask():
+    request = urllib.request.Request(url, headers={"Host": os.environ.get("APP_HOST", "127.0.0.1")})
+    try:
+        answers.append(urllib.request.urlopen(request).read().decode())
+    except urllib.error.HTTPError as error:
+        answers.append(f"HTTP {error.code}")
+
+
+client = threading.Thread(target=ask)
 client.start()
 server.handle_request()
 client.join()
@@ -86,3 +97,67 @@ def test_a_single_file_app_configuring_its_own_settings_is_traced_and_unchanged(
         ("SERVER", "GET hello/<str:name>", None)
     ], render_tree(spans)
     assert spans[0].attributes.get("http.route") == "hello/<str:name>", spans[0].attributes
+
+
+@pytest.mark.parametrize("middleware", ["", "django.middleware.common.CommonMiddleware"])
+def test_a_host_outside_allowed_hosts_is_answered_as_the_app_answers_it(
+    receiver: OtlpReceiver, tmp_path: Path, middleware: str
+) -> None:
+    # Without middleware nothing checks the host and the app answers; CommonMiddleware refuses it.
+    app = tmp_path / "app.py"
+    app.write_text(APP)
+    extra = {"APP_HOST": "elsewhere.example", "APP_MIDDLEWARE": middleware}
+    plain = run_process([sys.executable, str(app)], child_env(**extra), expect_stderr=None)
+    assert plain.stdout == ("HTTP 400\n" if middleware else "hello world\n"), plain.stderr
+    traced = run_launcher(["python", str(app)], agent_env(receiver, **extra), expect_stderr=plain.stderr)
+    assert (traced.returncode, traced.stdout) == (plain.returncode, plain.stdout)
+
+
+# A project with a settings module: it is imported when the app first reads a setting, not before.
+SETTINGS = """
+import sys
+
+print("settings module imported", file=sys.stderr)
+SECRET_KEY = "test-only"
+ROOT_URLCONF = "urls"
+ALLOWED_HOSTS = ["testserver"]
+"""
+
+URLS = """
+from django.http import HttpResponse
+from django.urls import path
+
+urlpatterns = [path("hi", lambda request: HttpResponse("hi"))]
+"""
+
+PROJECT_APP = """
+import sys
+
+import django
+
+print("django imported", file=sys.stderr)
+django.setup()
+print("django set up", file=sys.stderr)
+
+from django.test import Client
+
+response = Client().get("/hi")
+print(response.status_code, response.content.decode())
+"""
+
+
+def test_a_settings_module_is_imported_when_the_app_first_reads_a_setting(
+    receiver: OtlpReceiver, tmp_path: Path
+) -> None:
+    (tmp_path / "project_settings.py").write_text(SETTINGS)
+    (tmp_path / "urls.py").write_text(URLS)
+    app = tmp_path / "app.py"
+    app.write_text(PROJECT_APP)
+    extra = {"DJANGO_SETTINGS_MODULE": "project_settings", "PYTHONPATH": str(tmp_path)}
+    plain = run_process([sys.executable, str(app)], child_env(**extra), expect_stderr=None)
+    assert plain.stderr == "django imported\nsettings module imported\ndjango set up\n"
+    assert (plain.returncode, plain.stdout) == (0, "200 hi\n")
+    traced = run_launcher(["python", str(app)], agent_env(receiver, **extra), expect_stderr=plain.stderr)
+    assert (traced.returncode, traced.stdout) == (0, plain.stdout)
+    spans = receiver.wait_count(1, timeout=10)
+    assert [(span.kind, span.name) for span in spans] == [("SERVER", "GET hi")], render_tree(spans)

@@ -11,6 +11,12 @@ What it patches:
     runs right after `django.setup()` returns: the settings are the app's, read when the app reads
     them, and the middleware is in place before the first request handler is built.
 
+    The hooks of OpenTelemetry's middleware (`_DjangoMiddleware.process_request`, `process_view`,
+    `process_exception`, `process_response`): each builds the request's absolute URL, which makes
+    Django validate the host, so a request for a host outside `ALLOWED_HOSTS` got a 400 from the
+    instrumentation in an app that checks no host. A `DisallowedHost` from those hooks now leaves
+    the request untraced, and the app answers (or refuses) it as it would without the agent.
+
 When it is enabled:
     When the app first imports `django`, for the versions OpenTelemetry's instrumentor supports; it
     runs when `django.setup()` returns (at once, if Django was set up before the agent started). It
@@ -25,7 +31,8 @@ How it refuses:
 Where it stops:
     Everything else is OpenTelemetry's: span names, attributes, where its middleware goes in the
     list, excluded URLs (`OTEL_PYTHON_DJANGO_EXCLUDED_URLS`). A request handler built without
-    `django.setup()` having run is not traced.
+    `django.setup()` having run is not traced, and neither is a request for a host outside
+    `ALLOWED_HOSTS`.
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ from logfire_run.instrumentors._patch import Patches
 __all__ = ["DjangoInstrumentor"]
 
 _OTEL_INSTRUMENTOR = "opentelemetry.instrumentation.django:DjangoInstrumentor"
+_OTEL_MIDDLEWARE = "opentelemetry.instrumentation.django.middleware.otel_middleware"
 
 
 class DjangoInstrumentor(Instrumentor):
@@ -83,8 +91,34 @@ class DjangoInstrumentor(Instrumentor):
             return
         try:
             self._otel = run_opentelemetry_instrumentor(_OTEL_INSTRUMENTOR, **self._options)
+            if self._otel is not None:
+                self._keep_host_checks_to_the_app()
         except Exception as error:  # inside the app's own django.setup(): never raise into it
             report.problem("django", f"Django could not be instrumented ({error}); the app runs on")
+
+    def _keep_host_checks_to_the_app(self) -> None:
+        """A host outside `ALLOWED_HOSTS` is the app's to refuse (or not): OpenTelemetry's middleware
+        builds the request's URL (`build_absolute_uri`, which validates the host) in each of its
+        hooks, so its `DisallowedHost` turned an app that checks no host into one answering 400."""
+        import importlib
+
+        from django.core.exceptions import DisallowedHost
+
+        middleware = getattr(importlib.import_module(_OTEL_MIDDLEWARE), "_DjangoMiddleware", None)
+        if middleware is None:
+            report.debug(f"Django: {_OTEL_MIDDLEWARE} has no _DjangoMiddleware; run as it is")
+            return
+
+        def untraced_for_a_disallowed_host(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+            try:
+                return wrapped(*args, **kwargs)
+            except DisallowedHost:
+                # As if the middleware were not there: process_response hands the response on.
+                return args[1] if wrapped.__name__ == "process_response" else None
+
+        for hook in ("process_request", "process_view", "process_exception", "process_response"):
+            if callable(getattr(middleware, hook, None)):
+                self._patches.wrap(middleware, hook, untraced_for_a_disallowed_host)
 
     def _uninstrument(self, **kwargs: Any) -> None:
         self._patches.restore()
