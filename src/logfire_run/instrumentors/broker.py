@@ -137,7 +137,7 @@ def _quiet_method(base: type, name: str) -> Any:
 
 def _quiet_pipeline(base: type) -> Any:
     def pipeline(self: Any, *args: Any, **kwargs: Any) -> Any:
-        made = base.pipeline(self, *args, **kwargs)
+        made = getattr(base, "pipeline")(self, *args, **kwargs)  # noqa: B009 (base is any class)
         _make_quiet(made)
         return made
 
