@@ -464,7 +464,7 @@ def _ended(child: int) -> bool:
     try:
         if hasattr(os, "waitid"):
             return os.waitid(os.P_PID, child, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
-        os.kill(child, 0)  # without waitid (macOS) an ended child that is not reaped looks alive
+        os.kill(child, 0)  # without waitid, an ended child that is not reaped yet looks alive
     except OSError:  # not our child, or reaped already
         return True
     return False
