@@ -159,14 +159,14 @@ class Client:
     ) -> str:
         """The pid that answers, polling until one does (and, with `other_than`, a new one).
 
-        `touching` is a file changed every 3 s meanwhile: a reloader that takes its first look at
+        `touching` is a file changed every 1.5 s meanwhile: a reloader that takes its first look at
         the files only after it serves (Django's) would take a single change for the initial state.
         """
         deadline = time.monotonic() + timeout
         last: object = None
         touched = 0.0
         while time.monotonic() < deadline:
-            if touching is not None and time.monotonic() - touched > 3:
+            if touching is not None and time.monotonic() - touched > 1.5:
                 _touch(touching)
                 touched = time.monotonic()
             try:
