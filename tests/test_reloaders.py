@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from test_exit_budget import BUDGET, DROPPED, SLACK, _Blackhole
+
 from conftest import LAUNCHER, OtlpReceiver, agent_env, free_port, render_tree
 from http_services import get
 
@@ -281,3 +283,37 @@ def _reload_then_stop(
         if not any(re.fullmatch(pattern, line) for pattern in reloader.stderr_lines)
     ]
     assert not unexpected, f"unexpected stderr lines {unexpected}:\n{stderr}"
+
+
+def test_a_dead_backend_holds_a_stop_up_for_the_exit_budget_only(tmp_path: Path) -> None:
+    # A backend that accepts and never answers: the serving process's exit flush waits its whole
+    # budget, then counts what it drops; the watcher waits for it no longer than that (and a grace).
+    backend = _Blackhole()
+    try:
+        app = tmp_path / "app.py"
+        app.write_text(FLASK_APP)
+        port = free_port()
+        env = agent_env(OTEL_EXPORTER_OTLP_ENDPOINT=backend.endpoint, LOGFIRE_EXPORTER="otlp")
+        command = [LAUNCHER, "flask", "--app", "app", "run", "--reload", "--port", str(port)]
+        process = subprocess.Popen(
+            command, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True
+        )
+        try:
+            client = Client(f"http://127.0.0.1:{port}")
+            client.serving_pid()
+            client.serving_pid()
+            started = time.monotonic()
+            process.send_signal(signal.SIGTERM)
+            _, stderr = process.communicate(timeout=30)
+            elapsed = time.monotonic() - started
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+    finally:
+        backend.close()
+    assert process.returncode == 0, stderr
+    assert elapsed < BUDGET + 1 + SLACK, f"the stop took {elapsed:.1f} s\n{stderr}"
+    ours = [line for line in stderr.splitlines() if line.startswith("logfire-run")]
+    assert len([line for line in ours if DROPPED in line]) == 1, stderr
+    assert all(line.startswith("logfire-run: ") for line in ours), stderr

@@ -363,7 +363,8 @@ def exit_flush(reason: str, *, children: Iterable[int] = ()) -> None:
 
     `children` are processes that serve for this one and would be killed once it returns (the
     serving child of a reloader, which the reloader SIGKILLs when it is stopped itself): each is asked
-    to stop with SIGTERM first, and waited for within the same budget, so it flushes its own spans.
+    to stop with SIGTERM first, and waited for within the same budget (and `_CHILD_GRACE` more, as
+    the child's own budget starts a moment later), so it flushes its own spans.
     """
     global _exit_deadline
     tracing = _sdk
@@ -378,7 +379,9 @@ def exit_flush(reason: str, *, children: Iterable[int] = ()) -> None:
     held = _hold_stop_signals()
     try:
         if children:
-            _stop_children(children, _exit_deadline[1])
+            # Each child's own exit budget starts when it gets the SIGTERM, a moment after ours did:
+            # waiting a little longer lets it end by itself (and count what it drops).
+            _stop_children(children, _exit_deadline[1] + _CHILD_GRACE)
             now = time.monotonic()
         if tracing is None:
             return
@@ -404,6 +407,10 @@ def exit_flush(reason: str, *, children: Iterable[int] = ()) -> None:
                 "are dropped" + (f" (the backend: {cause})" if cause else "") + "; "
                 "LOGFIRE_EXIT_BUDGET (--exit-budget) sets the budget",
             )
+
+
+#: Seconds a process waits for the children it stops at exit beyond its own exit budget.
+_CHILD_GRACE = 1.0
 
 
 def _hold_stop_signals() -> list[tuple[int, object]]:
