@@ -1,0 +1,80 @@
+"""Environment variables as trace-context carriers, as OpenTelemetry's env-carriers specification
+describes them: `TRACEPARENT`, `TRACESTATE` and `BAGGAGE`, upper case, values opaque.
+
+What this module knows, and nothing more:
+
+- the names: a propagator's field (`traceparent`, `x-b3-traceid`) becomes a variable name in upper
+  case with `_` for `-`; the three W3C names are always the agent's to write;
+- what this process was started with (`remember_inherited()`, called once when the agent starts):
+  that is the parent's word about *its* span, read at start-up (the spec's "read during
+  initialization") and never again;
+- the rule for a child's environment (`child_environment()`): inside a span, the child gets the
+  current context; outside, it gets none of the inherited values, which describe someone else's
+  span. A value the app put there itself (in `os.environ` or in the `env=` it passes) is the app's
+  own and is left as it is. The caller's mapping is never changed: what changes is a copy.
+
+Values are never parsed here: the propagators do that (inbound through `state.extract`, outbound
+through the global propagator's `inject`). Stdlib only, nothing from the agent: the bootstrap and the
+subprocess instrumentor both use it.
+"""
+
+from __future__ import annotations
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+#: The spec's names for W3C Trace Context and Baggage.
+NAMES = ("TRACEPARENT", "TRACESTATE", "BAGGAGE")
+
+#: The carrier variables this process was started with (name -> value), read once at agent start.
+inherited: dict[str, str] = {}
+
+
+def env_name(field: str) -> str:
+    """The environment variable that carries a propagator's field (`traceparent` -> `TRACEPARENT`)."""
+    return field.upper().replace("-", "_")
+
+
+def remember_inherited(environ: Mapping[str, str]) -> None:
+    """Keep the carrier variables of `environ` as this process's inherited context (at start-up)."""
+    inherited.clear()
+    for name in NAMES:
+        value = environ.get(name)
+        if value is not None:
+            inherited[name] = value
+
+
+def inherited_carrier() -> dict[str, str]:
+    """The inherited variables as a carrier for a propagator's `extract` (W3C field names)."""
+    return {name.lower(): value for name, value in inherited.items()}
+
+
+def child_environment(base: Mapping[str, str], carrier: Mapping[str, str]) -> dict[str, str] | None:
+    """The environment a child should get instead of `base`, or None when `base` is right as it is.
+
+    `carrier` is the current context as the propagator injects it (empty outside any span). A
+    variable is the agent's to write when `base` lacks it or holds the inherited value; any other
+    value was put there by the app and is kept. Raises nothing the caller must handle other than
+    what reading `base` raises (the caller falls back to `base` then).
+    """
+    wanted = {env_name(field): value for field, value in carrier.items()}
+    changes: dict[str, str | None] = {}
+    for name in (*NAMES, *(name for name in wanted if name not in NAMES)):
+        current = base.get(name)
+        if current is not None and inherited.get(name) != current:
+            continue  # the app's own value
+        value = wanted.get(name)
+        if value != current:
+            changes[name] = value
+    if not changes:
+        return None
+    if any(isinstance(key, bytes) for key in base):
+        return None  # a raw bytes environment is the caller's, byte for byte
+    environment = dict(base)
+    for name, value in changes.items():
+        if value is None:
+            environment.pop(name, None)
+        else:
+            environment[name] = value
+    return environment

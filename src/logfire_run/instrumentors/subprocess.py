@@ -1,0 +1,182 @@
+"""Child processes: the current trace context goes into their environment (TRACEPARENT, TRACESTATE,
+BAGGAGE), as OpenTelemetry's specification for environment variables as carriers describes.
+
+What it patches:
+    - `subprocess.Popen.__init__` (so `run`, `call`, `check_call`, `check_output`, and asyncio's
+      subprocesses, which all build a Popen): its `env` argument, positional or keyword.
+    - `os.execv` and `os.execve`, which every other `os.exec*` calls (they look them up in `os` at
+      call time), and so `os.spawn*` on POSIX, whose forked child calls them.
+    - `os.posix_spawn` and `os.posix_spawnp`: their `env` argument.
+    Inside a span, the child's environment is a copy of the one it would get (the caller's `env=`, or
+    `os.environ`) with the current context injected by the global propagator (never gated by the
+    policy), each field under its upper-case name. Outside any span, the copy lacks the carrier
+    variables this process was started with: they describe someone else's span. A carrier variable
+    the app set itself, in `os.environ` or in its `env=`, is the app's and is kept (see
+    `agent/env_carrier.py`). The caller's mapping and `os.environ` are never changed.
+
+When it is enabled:
+    Once the SDK is up (its targets, `os` and `subprocess`, are standard-library modules that a
+    program imports without making a span: they never start the SDK). `--disable subprocess` turns
+    it off. Only logfire-run loads it (`logfire_run_instrumentor` group).
+
+How it refuses:
+    It needs the standard library and wrapt only. If the environment cannot be read or copied (an
+    `env=` that is not a mapping, bytes keys), the call goes on with the caller's arguments as they
+    are, so the error or the behaviour is the one the app gets without the agent.
+
+Where it stops:
+    `multiprocessing`'s own spawn and forkserver starts go through `_posixsubprocess` directly, not
+    through anything patched here (see docs/multiprocessing.md). `os.fork()` alone needs nothing: a
+    forked child has the parent's context in memory. A process replaced by `os.exec*` inside a span
+    never ends that span; its child still names it as parent. Windows' C `os.spawn*` is not patched.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
+
+from logfire_run.agent import env_carrier, importhooks, report, state
+from logfire_run.instrumentors._base import Instrumentor
+from logfire_run.instrumentors._patch import Patches
+
+__all__ = ["SubprocessInstrumentor"]
+
+_patches = Patches("subprocess")
+_active = False
+
+
+class SubprocessInstrumentor(Instrumentor):
+    """The current context into the environment of every child process; see the module docstring."""
+
+    targets = ("os", "subprocess")
+    supported = ()
+    options: ClassVar[dict[str, Any]] = {}
+    supersedes = ()
+
+    def _instrument(self, **kwargs: Any) -> None:
+        global _active
+        _active = True
+        _patch_os(os)
+        if importhooks.already_imported("subprocess"):
+            _patch_subprocess(sys.modules["subprocess"])
+        else:
+            importhooks.register("subprocess", _if_active(_patch_subprocess))
+
+    def _uninstrument(self, **kwargs: Any) -> None:
+        global _active
+        _active = False
+        _patches.restore()
+
+
+def _if_active(patch: Callable[[Any], None]) -> Callable[[Any], None]:
+    def hook(module: Any) -> None:
+        if _active:
+            patch(module)
+
+    return hook
+
+
+# The current context as variables
+
+
+_last_carrier: tuple[object, dict[str, str]] = (None, {})
+
+
+def _carrier() -> dict[str, str]:
+    """The current context as the propagator writes it; empty outside any span of this process."""
+    global _last_carrier
+    context_api = sys.modules.get("opentelemetry.context")
+    if context_api is None:
+        return {}  # OpenTelemetry was never loaded here: no span can be current
+    current = context_api.get_current()
+    if not current or current is state.inherited_context():
+        return {}
+    last = _last_carrier
+    if last[0] is current:
+        return last[1]
+    from opentelemetry import propagate
+
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier, current)
+    _last_carrier = (current, carrier)
+    return carrier
+
+
+def _environment_for_child(env: Mapping[str, str] | None) -> dict[str, str] | None:
+    """What to pass instead of `env` (None: the child's environment, `os.environ`), or None to leave it."""
+    try:
+        carrier = _carrier()
+        if not carrier and not env_carrier.inherited:
+            return None  # the cheap case: no span, nothing inherited to take out
+        return env_carrier.child_environment(os.environ if env is None else env, carrier)
+    except Exception as error:
+        report.debug(f"no trace context for a child process ({type(error).__name__}: {error})")
+        return None
+
+
+# subprocess
+
+
+def _patch_subprocess(module: Any) -> None:
+    global _POPEN_ENV_INDEX
+    code = getattr(module.Popen.__init__, "__code__", None)
+    names = code.co_varnames[1 : code.co_argcount] if code is not None else ()
+    _POPEN_ENV_INDEX = names.index("env") if "env" in names else -1
+    _patches.wrap(module.Popen, "__init__", _popen_init)
+
+
+#: Where `env` is among Popen's positional parameters (after self), -1 if it is not one.
+_POPEN_ENV_INDEX = -1
+
+
+def _popen_init(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
+    index = _POPEN_ENV_INDEX
+    if "env" in kwargs:
+        environment = _environment_for_child(kwargs["env"])
+        if environment is not None:
+            kwargs = {**kwargs, "env": environment}
+    elif 0 <= index < len(args):
+        environment = _environment_for_child(args[index])
+        if environment is not None:
+            args = (*args[:index], environment, *args[index + 1 :])
+    else:
+        environment = _environment_for_child(None)
+        if environment is not None:
+            kwargs = {**kwargs, "env": environment}
+    return wrapped(*args, **kwargs)
+
+
+# os
+
+
+def _patch_os(module: Any) -> None:
+    real_execve = module.execve
+
+    def execv(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
+        if len(args) == 2 and not kwargs:
+            environment = _environment_for_child(None)
+            if environment is not None:
+                return real_execve(args[0], args[1], environment)
+        return wrapped(*args, **kwargs)
+
+    _patches.wrap(module, "execv", execv)
+    _patches.wrap(module, "execve", _with_env_argument(2))
+    for name in ("posix_spawn", "posix_spawnp"):
+        if hasattr(module, name):
+            _patches.wrap(module, name, _with_env_argument(2))
+
+
+def _with_env_argument(index: int) -> Callable[..., Any]:
+    """A wrapper for a function whose positional argument `index` is the child's environment."""
+
+    def wrapper(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
+        if len(args) > index and args[index] is not None:
+            environment = _environment_for_child(args[index])
+            if environment is not None:
+                args = (*args[:index], environment, *args[index + 1 :])
+        return wrapped(*args, **kwargs)
+
+    return wrapper
