@@ -39,6 +39,9 @@ if TYPE_CHECKING:
     from logfire_run.agent.policy import DistributedTracingPolicy
     from logfire_run.agent.sdk import TracingSdk
 
+#: What the SDK's set-up imports besides OpenTelemetry (the OTLP exporters' HTTP and gRPC stacks).
+_SETUP_IMPORTS = ("requests", "urllib3", "grpc", "google.protobuf")
+
 _lock = _thread.RLock()
 _started_via: str | None = None
 _config: Config | None = None
@@ -182,7 +185,10 @@ def start_sdk() -> bool:
 
     It must wait (False, nothing changed) while an OpenTelemetry module is half-imported (the app
     imported `opentelemetry.sdk.trace`, which imported `opentelemetry.trace`, whose hook called us):
-    setting up then would read half-initialized modules. The next trigger tries again.
+    setting up then would read half-initialized modules. The next trigger tries again. So it must
+    while a library that the set-up imports is half-imported (requests imports urllib.request, whose
+    instrumentor starts the SDK, whose OTLP exporter imports requests): that library's own hook, at
+    the end of its import, is the next trigger.
     """
     global _sdk_state, _sdk
     if _sdk_state == "on":
@@ -195,7 +201,9 @@ def start_sdk() -> bool:
             _sdk_state = "disabled"
             _deferred.clear()
             return False
-        if importhooks.initializing("opentelemetry", but="opentelemetry.propagate"):
+        if importhooks.initializing("opentelemetry", but="opentelemetry.propagate") or any(
+            importhooks.initializing(name) for name in _SETUP_IMPORTS
+        ):
             return False
         _sdk_state = "starting"
         try:

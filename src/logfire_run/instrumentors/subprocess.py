@@ -159,7 +159,10 @@ def _patch_os(module: Any) -> None:
         if len(args) == 2 and not kwargs:
             environment = _environment_for_child(None)
             if environment is not None:
-                return real_execve(args[0], args[1], environment)
+                try:
+                    real_execve(args[0], args[1], environment)
+                except OSError:
+                    pass  # execv's own error (its message differs from execve's), from execv itself
         return wrapped(*args, **kwargs)
 
     _patches.wrap(module, "execv", execv)
