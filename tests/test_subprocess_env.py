@@ -48,7 +48,10 @@ def run_app(
     """Run `script` with the agent, through the launcher or LOGFIRE_RUN=1; its stdout."""
     if via == "launcher":
         result = run_launcher(
-            [*flags, "python", str(script)], env, cwd=tmp_path, expect_stderr=expect_stderr  # type: ignore[arg-type]
+            [*flags, "python", str(script)],
+            env,
+            cwd=tmp_path,
+            expect_stderr=expect_stderr,  # type: ignore[arg-type]
         )
     else:
         assert not flags
@@ -215,7 +218,11 @@ def assert_children_get_the_span(lines: dict[str, str], inbound: str | None) -> 
         "execle": "z",
     }
     for label, own in expected_own.items():
-        assert re.fullmatch(rf"\[{ours}0[13]\] \[\] \[\] \[{own}\]", lines[label]), (label, lines[label], ours)
+        assert re.fullmatch(rf"\[{ours}0[13]\] \[\] \[\] \[{own}\]", lines[label]), (
+            label,
+            lines[label],
+            ours,
+        )
     assert lines["custom"] == "unchanged True"
     # A TRACEPARENT the app set itself is its own.
     assert lines["app-own"] == f"[00-{'1' * 32}-{'2' * 16}-01] [] [] []"
@@ -282,7 +289,9 @@ MALFORMED = [
 ]
 
 
-@pytest.mark.parametrize("value", [MALFORMED[0], *(pytest.param(v, marks=pytest.mark.slow) for v in MALFORMED[1:])])
+@pytest.mark.parametrize(
+    "value", [MALFORMED[0], *(pytest.param(v, marks=pytest.mark.slow) for v in MALFORMED[1:])]
+)
 def test_a_malformed_inbound_traceparent_is_ignored_silently(
     tmp_path: Path, receiver: OtlpReceiver, value: str
 ) -> None:
