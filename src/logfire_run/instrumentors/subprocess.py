@@ -33,6 +33,7 @@ Where it stops:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections.abc import Callable, Mapping
@@ -45,6 +46,8 @@ from logfire_run.instrumentors._patch import Patches
 __all__ = ["SubprocessInstrumentor"]
 
 _patches = Patches("subprocess")
+#: os.environ keeps bytes on POSIX (`_data`); a copy of those is what a child is given there.
+_POSIX = os.name == "posix"
 _active = False
 
 
@@ -105,13 +108,18 @@ def _carrier() -> dict[str, str]:
     return carrier
 
 
-def _environment_for_child(env: Mapping[str, str] | None) -> dict[str, str] | None:
+def _environment_for_child(env: Mapping[Any, Any] | None) -> dict[Any, Any] | None:
     """What to pass instead of `env` (None: the child's environment, `os.environ`), or None to leave it."""
     try:
         carrier = _carrier()
         if not carrier and not env_carrier.inherited:
             return None  # the cheap case: no span, nothing inherited to take out
-        return env_carrier.child_environment(os.environ if env is None else env, carrier)
+        if env is None:
+            data = getattr(os.environ, "_data", None)
+            if _POSIX and isinstance(data, dict):
+                return env_carrier.child_environ_bytes(data, carrier)
+            env = os.environ
+        return env_carrier.child_environment(env, carrier)
     except Exception as error:
         report.debug(f"no trace context for a child process ({type(error).__name__}: {error})")
         return None
@@ -159,10 +167,9 @@ def _patch_os(module: Any) -> None:
         if len(args) == 2 and not kwargs:
             environment = _environment_for_child(None)
             if environment is not None:
-                try:
+                # On failure, execv's own error (its message differs from execve's), from execv itself.
+                with contextlib.suppress(OSError):
                     real_execve(args[0], args[1], environment)
-                except OSError:
-                    pass  # execv's own error (its message differs from execve's), from execv itself
         return wrapped(*args, **kwargs)
 
     _patches.wrap(module, "execv", execv)

@@ -1,0 +1,134 @@
+"""Added cost per `subprocess.run(["/bin/true"])`: plain vs logfire-run vs opentelemetry-instrument.
+
+    .venv/bin/python bench/process/spawn_cost.py [--rounds 7] [--spawns 400]
+
+Each round runs the workload below once per mode, in a rotating order (interleaved: a noisy
+neighbour hits every mode alike). The workload times `--spawns` runs of `/bin/true` outside any span,
+then as many inside one span (an OpenTelemetry API span: a no-op without an SDK, a real span under
+either agent). Reported per spawn: the parent's CPU time (what the agent adds is all in the parent:
+reading the context, copying the environment, the longer environment the child is given) and wall
+time, as the median over rounds, with the added cost as the median of per-round differences to
+plain, and the ratio to plain. No span is exported (exporters off in every mode).
+
+Modes:
+  plain                       python, no agent
+  logfire-run                 logfire-run (the subprocess instrumentor: TRACEPARENT into each child)
+  logfire-run -subprocess     logfire-run with it disabled (the agent's presence alone)
+  otel-instrument             opentelemetry-instrument (no Python agent it loads propagates into children)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+
+WORKLOAD = """
+import json, subprocess, sys, time
+from opentelemetry import trace
+
+spawns = int(sys.argv[1])
+tracer = trace.get_tracer("bench")
+
+def measure():
+    for _ in range(20):
+        subprocess.run(["/bin/true"])
+    cpu, wall = time.process_time(), time.perf_counter()
+    for _ in range(spawns):
+        subprocess.run(["/bin/true"])
+    return (time.process_time() - cpu) / spawns * 1e6, (time.perf_counter() - wall) / spawns * 1e6
+
+result = {"outside a span": measure()}
+with tracer.start_as_current_span("spawns"):
+    result["inside a span"] = measure()
+print(json.dumps(result))
+"""
+
+OTEL_QUIET = {"OTEL_TRACES_EXPORTER": "none", "OTEL_METRICS_EXPORTER": "none", "OTEL_LOGS_EXPORTER": "none"}
+
+
+def modes() -> dict[str, tuple[list[str], dict[str, str]]]:
+    python = sys.executable
+    launcher = str(BIN / "logfire-run")
+    return {
+        "plain": ([python, "-c", WORKLOAD], {}),
+        "logfire-run": ([launcher, "--exporter", "none", python, "-c", WORKLOAD], {}),
+        "logfire-run -subprocess": (
+            [launcher, "--exporter", "none", "--disable", "subprocess", python, "-c", WORKLOAD],
+            {},
+        ),
+        "otel-instrument": ([str(BIN / "opentelemetry-instrument"), python, "-c", WORKLOAD], OTEL_QUIET),
+    }
+
+
+def clean_env(extra: dict[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LOGFIRE_", "OTEL_"))}
+    for name in ("PYTHONPATH", "TRACEPARENT", "TRACESTATE", "BAGGAGE"):
+        env.pop(name, None)
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env.update(extra)
+    return env
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--spawns", type=int, default=400, help="spawns per case per run")
+    options = parser.parse_args()
+    table = modes()
+    names = list(table)
+    # samples[mode][case] = [(cpu us, wall us) per round]
+    samples: dict[str, dict[str, list[tuple[float, float]]]] = {name: {} for name in names}
+    load_before = os.getloadavg()
+    for round_number in range(options.rounds):
+        order = names[round_number % len(names) :] + names[: round_number % len(names)]
+        for name in order:
+            command, extra = table[name]
+            result = subprocess.run(
+                [*command, str(options.spawns)],
+                env=clean_env(extra),
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
+            if result.returncode != 0:
+                sys.exit(f"{name} failed:\n{result.stderr}")
+            for case, (cpu, wall) in json.loads(result.stdout.strip().splitlines()[-1]).items():
+                samples[name].setdefault(case, []).append((cpu, wall))
+        print(f"round {round_number + 1}/{options.rounds} done", file=sys.stderr)
+
+    print(
+        f"median of {options.rounds} interleaved rounds, {options.spawns} spawns of /bin/true per case "
+        f"per run; Python {sys.version.split()[0]}; load average {load_before[0]:.1f} before, "
+        f"{os.getloadavg()[0]:.1f} after"
+    )
+    print(
+        f"{'case':<16}{'mode':<26}{'cpu us':>8}{'added':>8}{'ratio':>7}   "
+        f"{'wall us':>8}{'added':>8}{'ratio':>7}"
+    )
+    for case in samples["plain"]:
+        plain = samples["plain"][case]
+        for name in names:
+            runs = samples[name][case]
+            cpu = statistics.median(item[0] for item in runs)
+            wall = statistics.median(item[1] for item in runs)
+            added_cpu = statistics.median(ours[0] - base[0] for ours, base in zip(runs, plain, strict=True))
+            added_wall = statistics.median(ours[1] - base[1] for ours, base in zip(runs, plain, strict=True))
+            plain_cpu = statistics.median(item[0] for item in plain)
+            plain_wall = statistics.median(item[1] for item in plain)
+            print(
+                f"{case:<16}{name:<26}{cpu:>8.1f}{added_cpu:>+8.1f}{cpu / plain_cpu:>7.3f}   "
+                f"{wall:>8.1f}{added_wall:>+8.1f}{wall / plain_wall:>7.3f}"
+            )
+
+
+if __name__ == "__main__":
+    main()
