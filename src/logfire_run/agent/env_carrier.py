@@ -20,6 +20,8 @@ subprocess instrumentor both use it.
 
 from __future__ import annotations
 
+import os
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -50,32 +52,44 @@ def inherited_carrier() -> dict[str, str]:
     return {name.lower(): value for name, value in inherited.items()}
 
 
-def child_environ_bytes(data: Mapping[bytes, bytes], carrier: Mapping[str, str]) -> dict[bytes, bytes] | None:
-    """`child_environment` for `os.environ` on POSIX, read from its bytes dictionary (`_data`).
+def child_env_list(
+    entries: list[bytes] | None, environ: Mapping[bytes, bytes], carrier: Mapping[str, str]
+) -> list[bytes] | None:
+    """`child_environment` in the form `_posixsubprocess.fork_exec` takes: `NAME=value` bytes.
 
-    Copying that is one dictionary copy; `dict(os.environ)` decodes every name and value, about 1 us
-    each, which alone would be most of the cost per child.
+    `entries` is the list subprocess built from the caller's `env=`, or None for "inherit", in which
+    case `environ` (`os.environ`'s own bytes dictionary) is what the child would get. Working on these
+    avoids `dict(os.environ)`, which decodes every name and value (about 1 us each), and subprocess's
+    re-encoding of a whole mapping; only the carrier entries are looked at.
     """
-    import os
-
     wanted = {os.fsencode(env_name(field)): os.fsencode(value) for field, value in carrier.items()}
+    names = _NAMES_BYTES if not wanted else (*_NAMES_BYTES, *(n for n in wanted if n not in _NAMES_BYTES))
+    current: Mapping[bytes, bytes] = environ
+    if entries is not None:
+        prefixes = tuple(name + b"=" for name in names)
+        found: dict[bytes, bytes] = {}
+        for entry in entries:
+            if entry.startswith(prefixes):
+                key, _, value = entry.partition(b"=")
+                found.setdefault(key, value)
+        current = found
+    inherited_bytes = _inherited_bytes()
     changes: dict[bytes, bytes | None] = {}
-    for name in (*_NAMES_BYTES, *(name for name in wanted if name not in _NAMES_BYTES)):
-        current = data.get(name)
-        if current is not None and _inherited_bytes().get(name) != current:
+    for name in names:
+        present = current.get(name)
+        if present is not None and inherited_bytes.get(name) != present:
             continue  # the app's own value
-        value = wanted.get(name)
-        if value != current:
-            changes[name] = value
+        new = wanted.get(name)
+        if new != present:
+            changes[name] = new
     if not changes:
         return None
-    environment = dict(data)
-    for name, value in changes.items():
-        if value is None:
-            environment.pop(name, None)
-        else:
-            environment[name] = value
-    return environment
+    if entries is None:
+        kept = [name + b"=" + value for name, value in environ.items() if name not in changes]
+    else:
+        kept = [entry for entry in entries if entry.partition(b"=")[0] not in changes]
+    kept.extend(name + b"=" + value for name, value in changes.items() if value is not None)
+    return kept
 
 
 _NAMES_BYTES = tuple(name.encode() for name in NAMES)
@@ -85,8 +99,6 @@ _inherited_encoded: tuple[dict[str, str], dict[bytes, bytes]] = ({}, {})
 def _inherited_bytes() -> dict[bytes, bytes]:
     global _inherited_encoded
     if _inherited_encoded[0] != inherited:
-        import os
-
         _inherited_encoded = (dict(inherited), {os.fsencode(k): os.fsencode(v) for k, v in inherited.items()})
     return _inherited_encoded[1]
 

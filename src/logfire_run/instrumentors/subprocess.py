@@ -2,8 +2,9 @@
 BAGGAGE), as OpenTelemetry's specification for environment variables as carriers describes.
 
 What it patches:
-    - `subprocess.Popen.__init__` (so `run`, `call`, `check_call`, `check_output`, and asyncio's
-      subprocesses, which all build a Popen): its `env` argument, positional or keyword.
+    - subprocess (so `Popen`, `run`, `call`, `check_call`, `check_output`, and asyncio's
+      subprocesses): on Python 3.11+ its `_fork_exec` name for `_posixsubprocess.fork_exec`, whose
+      env list is changed in its carrier entries only; on 3.10, `Popen.__init__`'s `env` argument.
     - `os.execv` and `os.execve`, which every other `os.exec*` calls (they look them up in `os` at
       call time), and so `os.spawn*` on POSIX, whose forked child calls them.
     - `os.posix_spawn` and `os.posix_spawnp`: their `env` argument.
@@ -117,9 +118,25 @@ def _environment_for_child(env: Mapping[Any, Any] | None) -> dict[Any, Any] | No
         if env is None:
             data = getattr(os.environ, "_data", None)
             if _POSIX and isinstance(data, dict):
-                return env_carrier.child_environ_bytes(data, carrier)
+                entries = env_carrier.child_env_list(None, data, carrier)
+                return None if entries is None else dict(entry.split(b"=", 1) for entry in entries)
             env = os.environ
         return env_carrier.child_environment(env, carrier)
+    except Exception as error:
+        report.debug(f"no trace context for a child process ({type(error).__name__}: {error})")
+        return None
+
+
+def _env_list_for_child(entries: Any) -> list[bytes] | None:
+    """What `_fork_exec` should get instead of `entries` (subprocess's env list, None: inherit)."""
+    try:
+        carrier = _carrier()
+        if not carrier and not env_carrier.inherited:
+            return None
+        data = getattr(os.environ, "_data", None)
+        if not isinstance(data, dict) or not (entries is None or isinstance(entries, list)):
+            return None
+        return env_carrier.child_env_list(entries, data, carrier)
     except Exception as error:
         report.debug(f"no trace context for a child process ({type(error).__name__}: {error})")
         return None
@@ -130,10 +147,29 @@ def _environment_for_child(env: Mapping[Any, Any] | None) -> dict[Any, Any] | No
 
 def _patch_subprocess(module: Any) -> None:
     global _POPEN_ENV_INDEX
+    real_fork_exec = getattr(module, "_fork_exec", None)
+    if _POSIX and callable(real_fork_exec):
+        # Python 3.11+: subprocess's own name for _posixsubprocess.fork_exec (multiprocessing calls that
+        # one directly, and is not affected). Its env list is bytes already: only the carrier entries
+        # change, where a new `env=` mapping would cost a copy and subprocess's re-encoding of it.
+        def _fork_exec(*args: Any) -> Any:
+            if len(args) > _FORK_EXEC_ENV_INDEX:
+                entries = _env_list_for_child(args[_FORK_EXEC_ENV_INDEX])
+                if entries is not None:
+                    args = (*args[:_FORK_EXEC_ENV_INDEX], entries, *args[_FORK_EXEC_ENV_INDEX + 1 :])
+            return real_fork_exec(*args)
+
+        _patches.replace(module, "_fork_exec", _fork_exec)
+        return
     code = getattr(module.Popen.__init__, "__code__", None)
     names = code.co_varnames[1 : code.co_argcount] if code is not None else ()
     _POPEN_ENV_INDEX = names.index("env") if "env" in names else -1
     _patches.wrap(module.Popen, "__init__", _popen_init)
+
+
+#: Where the env list is among fork_exec's arguments (args, executable_list, close_fds, pass_fds,
+#: cwd, env_list, ...), the same from Python 3.10 to 3.14.
+_FORK_EXEC_ENV_INDEX = 5
 
 
 #: Where `env` is among Popen's positional parameters (after self), -1 if it is not one.
