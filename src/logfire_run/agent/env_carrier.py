@@ -87,7 +87,8 @@ def child_env_list(
     if entries is None:
         kept = [name + b"=" + value for name, value in environ.items() if name not in changes]
     else:
-        kept = [entry for entry in entries if entry.partition(b"=")[0] not in changes]
+        changed = tuple(name + b"=" for name in changes)
+        kept = [entry for entry in entries if not entry.startswith(changed)]
     kept.extend(name + b"=" + value for name, value in changes.items() if value is not None)
     return kept
 
