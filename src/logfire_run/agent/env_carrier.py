@@ -62,11 +62,9 @@ def child_env_list(
     avoids `dict(os.environ)`, which decodes every name and value (about 1 us each), and subprocess's
     re-encoding of a whole mapping; only the carrier entries are looked at.
     """
-    wanted = {os.fsencode(env_name(field)): os.fsencode(value) for field, value in carrier.items()}
-    names = _NAMES_BYTES if not wanted else (*_NAMES_BYTES, *(n for n in wanted if n not in _NAMES_BYTES))
+    wanted, names, prefixes = _encoded(carrier)
     current: Mapping[bytes, bytes] = environ
     if entries is not None:
-        prefixes = tuple(name + b"=" for name in names)
         found: dict[bytes, bytes] = {}
         for entry in entries:
             if entry.startswith(prefixes):
@@ -94,6 +92,29 @@ def child_env_list(
 
 
 _NAMES_BYTES = tuple(name.encode() for name in NAMES)
+_last_encoded: tuple[object, tuple[dict[bytes, bytes], tuple[bytes, ...], tuple[bytes, ...]]] = (
+    None,
+    ({}, (), ()),
+)
+
+
+def _encoded(carrier: Mapping[str, str]) -> tuple[dict[bytes, bytes], tuple[bytes, ...], tuple[bytes, ...]]:
+    """The carrier as bytes entries, the names to look at, and their `NAME=` prefixes.
+
+    Kept for the last carrier seen: the instrumentor hands the same dict for as long as the current
+    context is the same, so a loop of children inside one span encodes it once.
+    """
+    global _last_encoded
+    last = _last_encoded
+    if last[0] is carrier:
+        return last[1]
+    wanted = {os.fsencode(env_name(field)): os.fsencode(value) for field, value in carrier.items()}
+    names = (*_NAMES_BYTES, *(name for name in wanted if name not in _NAMES_BYTES))
+    encoded = (wanted, names, tuple(name + b"=" for name in names))
+    _last_encoded = (carrier, encoded)
+    return encoded
+
+
 _inherited_encoded: tuple[dict[str, str], dict[bytes, bytes]] = ({}, {})
 
 
