@@ -29,6 +29,7 @@ class Config:
     distributed_tracing: DistributedTracing
     celery_third_party: bool
     env_context: bool
+    broker_spans: bool
     exporters: tuple[str, ...]
     otlp_protocol: str | None
     disabled_instrumentations: tuple[str, ...]
