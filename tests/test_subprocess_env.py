@@ -159,7 +159,8 @@ CARRIERS_APP = """
         spawned("spawnv", lambda cmd: os.spawnv(os.P_NOWAIT, cmd[0], cmd))
         spawned("spawnvpe", lambda cmd: os.spawnvpe(os.P_NOWAIT, "sh", cmd, {"OWN": "x"}))
         spawned("posix_spawn", lambda cmd: os.posix_spawn(cmd[0], cmd, os.environ))
-        spawned("posix_spawnp", lambda cmd: os.posix_spawnp("sh", cmd, {"OWN": "y", "PATH": os.environ["PATH"]}))
+        own_path = {"OWN": "y", "PATH": os.environ["PATH"]}
+        spawned("posix_spawnp", lambda cmd: os.posix_spawnp("sh", cmd, own_path))
 
         def exec_in_child(cmd):
             pid = os.fork()
@@ -176,6 +177,14 @@ CARRIERS_APP = """
             return pid
 
         spawned("execle", execle_in_child)
+    def in_thread():
+        with logfire_run.span("in-thread"):
+            pass
+
+    import threading
+    thread = threading.Thread(target=in_thread)
+    thread.start()
+    thread.join()
     print("environ-after", os.environ.get("TRACEPARENT"))
     print(subprocess.check_output(echo("outside"), text=True).strip())
     print(subprocess.check_output(echo("outside-copy"), env=dict(os.environ), text=True).strip())
@@ -196,7 +205,8 @@ def carriers_run(
 ) -> tuple[dict[str, str], list[SpanRecord]]:
     script = write(tmp_path, "app.py", CARRIERS_APP)
     stdout = run_app(tmp_path, script, agent_env(receiver, **env), via, *flags, expect_stderr=expect_stderr)
-    return parse_lines(stdout), receiver.wait_for(lambda found: any(s.name == "parent" for s in found))
+    spans = receiver.wait_for(lambda found: {"parent", "in-thread"} <= {s.name for s in found})
+    return parse_lines(stdout), spans
 
 
 def assert_children_get_the_span(lines: dict[str, str], inbound: str | None) -> None:
@@ -257,6 +267,9 @@ def test_an_inbound_traceparent_parents_the_root_spans_first_party(
     )
     parent = only(spans, "parent")
     assert (parent.trace_id, parent.parent_id) == (INBOUND_TRACE, INBOUND_SPAN), render_tree(spans)
+    # A root span of another thread, too.
+    in_thread = only(spans, "in-thread")
+    assert (in_thread.trace_id, in_thread.parent_id) == (INBOUND_TRACE, INBOUND_SPAN), render_tree(spans)
     trace_id, span_id = lines["span"].split()
     assert (trace_id, span_id) == (parent.trace_id, parent.span_id)
     # The children get this process's span, not the inbound one; baggage travels on.
@@ -274,8 +287,9 @@ def test_env_context_off_ignores_the_inbound_traceparent(
     tmp_path: Path, receiver: OtlpReceiver, flags: tuple[str, ...], env: dict[str, str]
 ) -> None:
     lines, spans = carriers_run(tmp_path, receiver, "launcher", *flags, TRACEPARENT=INBOUND, **env)
-    parent = only(spans, "parent")
-    assert parent.parent_id is None and parent.trace_id != INBOUND_TRACE, render_tree(spans)
+    for name in ("parent", "in-thread"):
+        span = only(spans, name)
+        assert span.parent_id is None and span.trace_id != INBOUND_TRACE, render_tree(spans)
     # Outbound is unchanged: children get this process's span, and no stale value outside spans.
     assert_children_get_the_span(lines, INBOUND)
 
