@@ -363,3 +363,29 @@ def test_errors_and_return_codes_are_what_they_are_without_the_agent(tmp_path: P
     assert plain.returncode == 0, plain.stderr
     traced = run_app(tmp_path, script, agent_env(LOGFIRE_EXPORTER="none"), via)
     assert traced == plain.stdout
+
+
+# os.exec* replaces the process: what it ended before is sent first
+
+EXEC_APP = """
+    import os, sys
+    import logfire_run
+
+    with logfire_run.span("before exec") as span:
+        with logfire_run.span("ended child"):
+            pass
+        # The new program (no agent: -I) prints what it was given; its parent is the open span.
+        os.execv(sys.executable, [sys.executable, "-I", "-c", "import os; print(os.environ['TRACEPARENT'])"])
+"""
+
+
+@pytest.mark.parametrize("via", ["launcher", pytest.param("LOGFIRE_RUN=1", marks=pytest.mark.slow)])
+def test_exec_sends_the_ended_spans_first_and_passes_the_open_one_on(
+    tmp_path: Path, receiver: OtlpReceiver, via: str
+) -> None:
+    script = write(tmp_path, "execs.py", EXEC_APP)
+    # A long schedule delay: without a flush before exec, the ended span would still be queued.
+    stdout = run_app(tmp_path, script, agent_env(receiver, OTEL_BSP_SCHEDULE_DELAY="30000"), via)
+    spans = receiver.wait_count(1, timeout=5)
+    ended = only(spans, "ended child")
+    assert stdout.startswith(f"00-{ended.trace_id}-{ended.parent_id}-"), (stdout, render_tree(spans))

@@ -28,8 +28,9 @@ How it refuses:
 Where it stops:
     `multiprocessing`'s own spawn and forkserver starts go through `_posixsubprocess` directly, not
     through anything patched here (see docs/multiprocessing.md). `os.fork()` alone needs nothing: a
-    forked child has the parent's context in memory. A process replaced by `os.exec*` inside a span
-    never ends that span; its child still names it as parent. Windows' C `os.spawn*` is not patched.
+    forked child has the parent's context in memory. Before `os.exec*` replaces the process, its
+    ended spans are sent (within the exit budget); a span still open then never ends, and the new
+    program's spans name it as parent all the same. Windows' C `os.spawn*` is not patched.
 """
 
 from __future__ import annotations
@@ -200,6 +201,7 @@ def _patch_os(module: Any) -> None:
     real_execve = module.execve
 
     def execv(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
+        _flush_before_exec()
         if len(args) == 2 and not kwargs:
             environment = _environment_for_child(None)
             if environment is not None:
@@ -208,11 +210,30 @@ def _patch_os(module: Any) -> None:
                     real_execve(args[0], args[1], environment)
         return wrapped(*args, **kwargs)
 
+    def execve(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
+        _flush_before_exec()
+        return with_env(wrapped, instance, args, kwargs)
+
+    with_env = _with_env_argument(2)
     _patches.wrap(module, "execv", execv)
-    _patches.wrap(module, "execve", _with_env_argument(2))
+    _patches.wrap(module, "execve", execve)
     for name in ("posix_spawn", "posix_spawnp"):
         if hasattr(module, name):
             _patches.wrap(module, name, _with_env_argument(2))
+
+
+def _flush_before_exec() -> None:
+    """Send the ended spans still queued: the program that replaces this one cannot.
+
+    Within the exit budget, as at any exit; nothing to do (one call) when nothing is queued, as in
+    the forked child of `os.spawn*`, whose queues start empty.
+    """
+    try:
+        tracing = state.sdk()
+        if tracing is not None and tracing.unsent():
+            state.exit_flush("os.exec")
+    except Exception as error:
+        report.debug(f"no flush before exec ({type(error).__name__}: {error})")
 
 
 def _with_env_argument(index: int) -> Callable[..., Any]:
