@@ -71,15 +71,7 @@ def child_env_list(
                 key, _, value = entry.partition(b"=")
                 found.setdefault(key, value)
         current = found
-    inherited_bytes = _inherited_bytes()
-    changes: dict[bytes, bytes | None] = {}
-    for name in names:
-        present = current.get(name)
-        if present is not None and inherited_bytes.get(name) != present:
-            continue  # the app's own value
-        new = wanted.get(name)
-        if new != present:
-            changes[name] = new
+    changes = _byte_changes(current, wanted, names)
     if not changes:
         return None
     if entries is None:
@@ -89,6 +81,39 @@ def child_env_list(
         kept = [entry for entry in entries if not entry.startswith(changed)]
     kept.extend(name + b"=" + value for name, value in changes.items() if value is not None)
     return kept
+
+
+def child_environ_bytes(
+    environ: Mapping[bytes, bytes], carrier: Mapping[str, str]
+) -> dict[bytes, bytes] | None:
+    """`child_environment` for `os.environ` (its bytes dictionary): a copy with the changes, or None."""
+    wanted, names, _ = _encoded(carrier)
+    changes = _byte_changes(environ, wanted, names)
+    if not changes:
+        return None
+    environment = dict(environ)
+    for name, value in changes.items():
+        if value is None:
+            environment.pop(name, None)
+        else:
+            environment[name] = value
+    return environment
+
+
+def _byte_changes(
+    current: Mapping[bytes, bytes], wanted: Mapping[bytes, bytes], names: tuple[bytes, ...]
+) -> dict[bytes, bytes | None]:
+    """Name -> new value (None: remove) for the carrier variables that are the agent's to write."""
+    inherited_bytes = _inherited_bytes()
+    changes: dict[bytes, bytes | None] = {}
+    for name in names:
+        present = current.get(name)
+        if present is not None and inherited_bytes.get(name) != present:
+            continue  # the app's own value
+        new = wanted.get(name)
+        if new != present:
+            changes[name] = new
+    return changes
 
 
 _NAMES_BYTES = tuple(name.encode() for name in NAMES)

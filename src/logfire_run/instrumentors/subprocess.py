@@ -7,7 +7,8 @@ What it patches:
       env list is changed in its carrier entries only; on 3.10, `Popen.__init__`'s `env` argument.
     - `os.execv` and `os.execve`, which every other `os.exec*` calls (they look them up in `os` at
       call time), and so `os.spawn*` on POSIX, whose forked child calls them.
-    - `os.posix_spawn` and `os.posix_spawnp`: their `env` argument.
+    - `os.posix_spawn` and `os.posix_spawnp`: their `env` argument (None too from Python 3.13, where
+      it means "inherit" and where subprocess starts most children with posix_spawn).
     Inside a span, the child's environment is a copy of the one it would get (the caller's `env=`, or
     `os.environ`) with the current context injected by the global propagator (never gated by the
     policy), each field under its upper-case name. Outside any span, the copy lacks the carrier
@@ -119,8 +120,7 @@ def _environment_for_child(env: Mapping[Any, Any] | None) -> dict[Any, Any] | No
         if env is None:
             data = getattr(os.environ, "_data", None)
             if _POSIX and isinstance(data, dict):
-                entries = env_carrier.child_env_list(None, data, carrier)
-                return None if entries is None else dict(entry.split(b"=", 1) for entry in entries)
+                return env_carrier.child_environ_bytes(data, carrier)
             env = os.environ
         return env_carrier.child_environment(env, carrier)
     except Exception as error:
@@ -214,12 +214,14 @@ def _patch_os(module: Any) -> None:
         _flush_before_exec()
         return with_env(wrapped, instance, args, kwargs)
 
-    with_env = _with_env_argument(2)
+    with_env = _with_env_argument(2, none_inherits=False)
     _patches.wrap(module, "execv", execv)
     _patches.wrap(module, "execve", execve)
     for name in ("posix_spawn", "posix_spawnp"):
         if hasattr(module, name):
-            _patches.wrap(module, name, _with_env_argument(2))
+            # From Python 3.13 its env may be None, "inherit": subprocess passes that, and uses
+            # posix_spawn for most children there (close_fds no longer prevents it).
+            _patches.wrap(module, name, _with_env_argument(2, none_inherits=sys.version_info >= (3, 13)))
 
 
 def _flush_before_exec() -> None:
@@ -236,11 +238,14 @@ def _flush_before_exec() -> None:
         report.debug(f"no flush before exec ({type(error).__name__}: {error})")
 
 
-def _with_env_argument(index: int) -> Callable[..., Any]:
-    """A wrapper for a function whose positional argument `index` is the child's environment."""
+def _with_env_argument(index: int, *, none_inherits: bool) -> Callable[..., Any]:
+    """A wrapper for a function whose positional argument `index` is the child's environment.
+
+    None there is "inherit os.environ" when `none_inherits`, else an error the function raises itself.
+    """
 
     def wrapper(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
-        if len(args) > index and args[index] is not None:
+        if len(args) > index and (none_inherits or args[index] is not None):
             environment = _environment_for_child(args[index])
             if environment is not None:
                 args = (*args[:index], environment, *args[index + 1 :])
