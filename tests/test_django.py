@@ -86,17 +86,24 @@ def test_a_single_file_app_configuring_its_own_settings_is_traced_and_unchanged(
     plain = run_process([sys.executable, str(app)], child_env(), expect_stderr=None)
     assert plain.returncode == 0, plain.stderr
     assert plain.stdout == "hello world\n"
+    # The app calls itself (urllib.request, instrumented too): that inbound context is its own.
+    env = agent_env(receiver, LOGFIRE_DISTRIBUTED_TRACING="true")
     if activation == "launcher":
-        traced = run_launcher(["python", str(app)], agent_env(receiver), expect_stderr=plain.stderr)
+        traced = run_launcher(["python", str(app)], env, expect_stderr=plain.stderr)
     else:
-        env = agent_env(receiver, LOGFIRE_RUN="1")
+        env["LOGFIRE_RUN"] = "1"
         traced = run_process([sys.executable, str(app)], env, expect_stderr=plain.stderr)
     assert (traced.returncode, traced.stdout) == (0, plain.stdout)
-    spans = receiver.wait_count(1, timeout=10)
-    assert [(span.kind, span.name, span.parent_id) for span in spans] == [
-        ("SERVER", "GET hello/<str:name>", None)
-    ], render_tree(spans)
-    assert spans[0].attributes.get("http.route") == "hello/<str:name>", spans[0].attributes
+    spans = receiver.wait_count(2, timeout=10)
+    tree = render_tree(spans)
+    assert sorted((span.kind, span.name) for span in spans) == [
+        ("CLIENT", "GET"),
+        ("SERVER", "GET hello/<str:name>"),
+    ], tree
+    client = next(span for span in spans if span.kind == "CLIENT")
+    server = next(span for span in spans if span.kind == "SERVER")
+    assert (server.trace_id, server.parent_id) == (client.trace_id, client.span_id), tree
+    assert server.attributes.get("http.route") == "hello/<str:name>", server.attributes
 
 
 @pytest.mark.parametrize("middleware", ["", "django.middleware.common.CommonMiddleware"])
