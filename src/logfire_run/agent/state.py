@@ -197,7 +197,9 @@ def start_sdk() -> bool:
             from logfire_run.agent.sdk import TracingSdk
 
             tracing = TracingSdk(config(), policy())
-            tracing.install()
+            # The batch processors' threads start here: they must not be where SIGTERM lands.
+            with _SigtermBlocked():
+                tracing.install()
             _sdk = tracing
             _sdk_state = "on"
         except Exception as error:
@@ -355,7 +357,14 @@ def install_exit_flushes() -> None:
     _install_sigterm_flush()
     _exit_flusher()
     if hasattr(os, "register_at_fork"):
-        os.register_at_fork(after_in_child=_new_flusher_after_fork)
+        # Registered after the SDK's own at-fork hooks (which restart the batch processors' threads in
+        # a forked child): SIGTERM stays blocked in the forking thread until they have run, so those
+        # threads are born with it blocked too.
+        os.register_at_fork(
+            before=_block_sigterm_for_fork,
+            after_in_parent=_unblock_sigterm_after_fork,
+            after_in_child=_new_flusher_after_fork,
+        )
 
 
 def exit_flush(reason: str) -> None:
@@ -407,7 +416,8 @@ class _ExitFlusher:
         self._done = threading.Event()
         self._call: Callable[[], object] = lambda: None
         self._thread = threading.Thread(target=self._run, name="logfire-run exit flush", daemon=True)
-        self._thread.start()
+        with _SigtermBlocked():
+            self._thread.start()
 
     def _run(self) -> None:
         self._request.wait()
@@ -448,6 +458,62 @@ def _new_flusher_after_fork() -> None:
     _flusher = None
     if _sdk is not None:
         _exit_flusher()
+    _unblock_sigterm_after_fork()
+
+
+# SIGTERM goes to the main thread. The flush on SIGTERM is a Python handler, and Python runs handlers
+# in the main thread only, when it next runs bytecode; the kernel delivers a signal sent to a process
+# to any thread that does not block it. Landing in one of the agent's threads, it would wait for a
+# main thread blocked in a lock that only the signal was to end (an idle multiprocessing.Pool worker,
+# blocked on its task queue's lock while the parent terminates the pool, never ended). Without the
+# agent the default action kills the process whichever thread the kernel picks. So every thread the
+# agent starts is started with SIGTERM blocked, which it inherits, and the kernel picks the main thread.
+
+
+class _SigtermBlocked:
+    """Block SIGTERM in this thread for the `with` block (threads started in it inherit the block)."""
+
+    def __enter__(self) -> None:
+        self.unblock = _block_sigterm()
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.unblock:
+            _unblock_sigterm()
+
+
+def _block_sigterm() -> bool:
+    """Block SIGTERM in this thread; True if it was not blocked before (the caller unblocks it)."""
+    try:
+        import _signal
+
+        previous = _signal.pthread_sigmask(_signal.SIG_BLOCK, (_signal.SIGTERM,))
+        return _signal.SIGTERM not in previous
+    except (AttributeError, OSError, ValueError):  # no pthread_sigmask on this platform
+        return False
+
+
+def _unblock_sigterm() -> None:
+    try:
+        import _signal
+
+        _signal.pthread_sigmask(_signal.SIG_UNBLOCK, (_signal.SIGTERM,))
+    except (AttributeError, OSError, ValueError):
+        pass
+
+
+_blocked_for_fork = False
+
+
+def _block_sigterm_for_fork() -> None:
+    global _blocked_for_fork
+    _blocked_for_fork = _block_sigterm()
+
+
+def _unblock_sigterm_after_fork() -> None:
+    global _blocked_for_fork
+    if _blocked_for_fork:
+        _blocked_for_fork = False
+        _unblock_sigterm()  # a SIGTERM that came meanwhile is delivered now
 
 
 def _flush_at_exit() -> None:
