@@ -149,6 +149,8 @@ def check_pool_run(receiver: OtlpReceiver, result: subprocess.CompletedProcess[s
     )
     assert {(span.trace_id, span.parent_id) for span in tasks} == {(parent.trace_id, parent.span_id)}
     assert int(result.stdout) not in {span.attributes["pid"] for span in tasks}
+    # The workers are the app's service too, whatever the start method.
+    assert {span.service for span in spans} == {"app"}
     assert len(spans) == count + 1
 
 

@@ -269,8 +269,8 @@ def _with_worker_setup(pool: Any, args: tuple[Any, ...], kwargs: dict[str, Any])
     from logfire_run.instrumentors.executors import _settings_for_workers
 
     settings = _settings_for_workers()
-    if settings is None or set(settings) == {"service_name"}:
-        return None  # nothing set in code: the environment tells the workers the same
+    if settings is None:
+        return None
     context = arguments.get("context")
     if context is None:
         import multiprocessing
