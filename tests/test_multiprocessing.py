@@ -333,6 +333,8 @@ BEHAVIOUR_APP = """
     import traceback
     from multiprocessing.pool import ThreadPool
 
+    from opentelemetry import trace
+
     def fail(message):
         raise ValueError(message)
 
@@ -370,8 +372,14 @@ BEHAVIOUR_APP = """
             show(kind + " still works", lambda: pool.apply(echo, (3,)))
 
     if __name__ == "__main__":
-        for kind in ("fork", "spawn", "forkserver", "thread"):
-            check(kind)
+        # In a span, so there is a context to carry (and the agent's SDK is up, with the instrumentor).
+        with trace.get_tracer("behaviour").start_as_current_span("parent"):
+            for kind in ("fork", "spawn", "forkserver", "thread"):
+                check(kind)
+            from multiprocessing import pool as pool_module
+
+            # The comparison is worth something only if the instrumentor was at work.
+            print("instrumented", hasattr(pool_module.Pool.apply_async, "__wrapped__"))
 """
 
 
@@ -382,9 +390,11 @@ def without_addresses(text: str) -> str:
 def test_results_errors_tracebacks_and_pickling_errors_are_untouched(tmp_path: Path) -> None:
     with_agent = launch(tmp_path, None, BEHAVIOUR_APP, LOGFIRE_EXPORTER="none")
     without = run_without_agent(tmp_path, BEHAVIOUR_APP)
-    assert without_addresses(with_agent.stdout.replace("app.py", "plain.py")) == without_addresses(
-        without.stdout
-    )
+    # The comparison is worth something only if the instrumentor was at work in one run and not the other.
+    seen, instrumented = with_agent.stdout.rsplit("instrumented ", 1)
+    plain, not_instrumented = without.stdout.rsplit("instrumented ", 1)
+    assert (instrumented, not_instrumented) == ("True\n", "False\n")
+    assert without_addresses(seen.replace("app.py", "plain.py")) == without_addresses(plain)
     # The comparison means something only if the app saw what it is meant to see.
     assert "spawn unpicklable argument error" in without.stdout
     assert "TypeError: cannot pickle '_thread.lock' object" in without.stdout

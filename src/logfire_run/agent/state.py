@@ -528,6 +528,96 @@ def _flushing_exit(status: int) -> NoReturn:
     _real_exit(status)
 
 
+# A SIGTERM that comes while the main thread is about to block (an idle pool worker going back to
+# its task queue's lock as the parent terminates the pool) trips Python's handler just before the
+# wait begins: nothing interrupts the wait, the handler never runs, and the process neither flushes
+# nor dies (without the agent, the default action would have killed it). `watch_sigterm()` closes
+# that window for such processes: a signal's number is written to a wakeup pipe by Python's C-level
+# handler, and a thread of ours that reads SIGTERM there interrupts the main thread with SIGTERM again
+# (`pthread_kill`), until the handler has run and the process has died by the signal.
+
+_watch: tuple[int, int, int] | None = None  # (pid, read end, write end) of this process's wakeup pipe
+
+
+def watch_sigterm() -> None:
+    """Make sure the SIGTERM flush runs even if SIGTERM comes as the main thread starts to block.
+
+    For processes whose main thread waits in locks that only SIGTERM ends: pool workers and
+    multiprocessing children. Only from the main thread, only while the SIGTERM handler is the
+    agent's, and only if no one else uses the signal wakeup fd (asyncio's loop does); else nothing.
+    """
+    global _watch
+    if _watch is not None and _watch[0] == os.getpid():
+        return
+    import _signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if _signal.getsignal(_signal.SIGTERM) is not _flush_on_sigterm or not hasattr(_signal, "pthread_kill"):
+        return
+    read, write = os.pipe()
+    try:
+        os.set_blocking(write, False)
+        previous = _signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+        if previous != -1:
+            _signal.set_wakeup_fd(previous)  # someone else's (an event loop): theirs to keep
+            raise ValueError("the wakeup fd is in use")
+        main = threading.get_ident()
+        watcher = threading.Thread(
+            target=_watch_sigterm, args=(read, main), name="logfire-run SIGTERM watch", daemon=True
+        )
+        with _SigtermBlocked():
+            watcher.start()
+    except (OSError, ValueError, RuntimeError) as error:
+        report.debug(f"no SIGTERM watch: {error}")
+        os.close(read)
+        os.close(write)
+        return
+    if _watch is None and hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=_forget_watch_after_fork)
+    _watch = (os.getpid(), read, write)
+
+
+def _watch_sigterm(read: int, main_thread: int) -> None:
+    import _signal
+    import time
+
+    term = bytes([_signal.SIGTERM])
+    try:
+        while term not in os.read(read, 512):
+            pass
+    except OSError:
+        return
+    # Python's handler may already be running; if it is, a repeated SIGTERM is ignored by it. The app
+    # may have put a handler of its own in place since: then the signal is its business.
+    while _signal.getsignal(_signal.SIGTERM) in (_flush_on_sigterm, _signal.SIG_DFL):
+        try:
+            _signal.pthread_kill(main_thread, _signal.SIGTERM)
+        except OSError:
+            return
+        time.sleep(0.1)
+
+
+def _forget_watch_after_fork() -> None:
+    # The child shares the parent's pipe: its signals must not reach the parent's watcher.
+    global _watch
+    watch = _watch
+    if watch is None or watch[0] == os.getpid():
+        return
+    _watch = None
+    try:
+        import _signal
+
+        previous = _signal.set_wakeup_fd(-1)
+        if previous != watch[2]:
+            _signal.set_wakeup_fd(previous)  # not ours any more: left as it was
+        os.close(watch[1])
+        os.close(watch[2])
+    except (OSError, ValueError):
+        pass
+
+
 _sigterm_flushing = False
 
 

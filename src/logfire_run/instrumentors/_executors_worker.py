@@ -214,8 +214,10 @@ def _arrange_flush() -> None:
 
     if state.started():
         # A task that calls os._exit skips everything above; the state's exit flushes first (5 s max),
-        # and so does SIGTERM (a broken pool terminates its workers).
+        # and so does SIGTERM (a broken pool terminates its workers, Pool.terminate() all of them),
+        # even when it comes just as the worker blocks on its task queue.
         state.install_exit_flushes()
+        state.watch_sigterm()
 
 
 def _flush() -> None:
