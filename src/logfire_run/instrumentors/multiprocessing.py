@@ -51,7 +51,12 @@ from typing import Any, ClassVar
 
 from logfire_run.agent import importhooks, report
 from logfire_run.instrumentors._base import Instrumentor
-from logfire_run.instrumentors._executors_worker import TaskInContext, WorkerSetup, context_functions
+from logfire_run.instrumentors._executors_worker import (
+    TaskInContext,
+    WorkerSetup,
+    compact_carrier,
+    context_functions,
+)
 from logfire_run.instrumentors._patch import Patches
 
 __all__ = ["MultiprocessingInstrumentor"]
@@ -114,11 +119,11 @@ class _Context:
 _context = _Context()
 
 
-_last_carrier: tuple[object, dict[str, str]] = (None, {})
+_last_carrier: tuple[object, Any] = (None, {})
 
 
-def _carrier() -> dict[str, str]:
-    """The current context as a carrier, as `get_context()` writes it; reused while it is unchanged."""
+def _carrier() -> Any:
+    """The current context as a compact carrier (see `compact_carrier`); reused while it is unchanged."""
     global _last_carrier
     current = _context.get()
     last = _last_carrier
@@ -129,8 +134,9 @@ def _carrier() -> dict[str, str]:
     # Through the global propagator: the agent's policy (injection is never gated).
     carrier: dict[str, str] = {}
     propagate.inject(carrier, current)
-    _last_carrier = (current, carrier)
-    return carrier
+    compact = compact_carrier(carrier)
+    _last_carrier = (current, compact)
+    return compact
 
 
 # Processes
@@ -211,6 +217,7 @@ def _patch_pool(module: Any) -> None:
 def _submitting(original: Callable[..., Any]) -> Callable[..., Any]:
     """apply_async, _map_async, imap, imap_unordered: `func` travels with the submitter's context."""
     thread_pool_type = sys.modules["multiprocessing.pool"].ThreadPool
+    last_task = [TaskInContext(None, {})]  # type: ignore[arg-type]
 
     def submit(self: Any, func: Any, *args: Any, **kwargs: Any) -> Any:
         task: Any
@@ -220,7 +227,12 @@ def _submitting(original: Callable[..., Any]) -> Callable[..., Any]:
             elif isinstance(self, thread_pool_type):
                 task = func  # a thread pool set up before the instrumentation: left alone
             else:
-                task = TaskInContext(func, _carrier())
+                carrier = _carrier()
+                last = last_task[0]
+                if last.fn is func and last.carrier is carrier:
+                    task = last  # the same callable from the same span (a loop of apply_async)
+                else:
+                    task = last_task[0] = TaskInContext(func, carrier)
         except Exception as error:
             report.problem(
                 "multiprocessing:carrier", f"could not read the trace context for a pool ({error})"
