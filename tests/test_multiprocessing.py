@@ -399,7 +399,7 @@ def test_results_errors_tracebacks_and_pickling_errors_are_untouched(tmp_path: P
     assert "spawn unpicklable argument error" in without.stdout
     assert "TypeError: cannot pickle '_thread.lock' object" in without.stdout
     assert "MaybeEncodingError" in without.stdout
-    assert 'in fail\n    raise ValueError(message)\nValueError: map boom' in without.stdout
+    assert "in fail\n    raise ValueError(message)\nValueError: map boom" in without.stdout
     assert "spawn lambda AttributeError Can't pickle local object" in without.stdout
 
 
@@ -480,3 +480,43 @@ def test_sigterm_to_a_pool_delivers_every_finished_task(
     # The parent span was still open: it never ends, but every task names the same one.
     assert len({(span.trace_id, span.parent_id) for span in tasks}) == 1
     assert tasks[0].parent_id is not None
+
+
+CONFIGURED_IN_CODE_APP = """
+    import multiprocessing as mp
+    import os
+
+    import logfire_run
+    from opentelemetry import trace
+
+    def initializer(tag):
+        print("initializer", tag, flush=True)
+
+    def task(i):
+        trace.get_tracer("configured").start_span("task", attributes={"i": i}).end()
+        return os.getpid()
+
+    if __name__ == "__main__":
+        logfire_run.configure(service_name="configured-in-code")
+        for method in ("spawn", "forkserver"):
+            with logfire_run.span(method):
+                pool = mp.get_context(method).Pool(2, initializer, ("tag",))
+                pool.map(task, range(10))
+                pool.close()
+                pool.join()
+"""
+
+
+@pytest.mark.slow
+def test_configuration_set_in_code_reaches_spawned_pool_workers(
+    tmp_path: Path, receiver: OtlpReceiver
+) -> None:
+    result = launch(tmp_path, receiver, CONFIGURED_IN_CODE_APP)
+    # The app's own initializer still runs, once per worker, with its arguments.
+    assert result.stdout == "initializer tag\n" * 4
+    spans = receiver.wait_count(22)
+    for method in ("spawn", "forkserver"):
+        parent = only(spans, method)
+        tasks = [span for span in spans if span.parent_id == parent.span_id]
+        assert sorted(span.attributes["i"] for span in tasks) == list(range(10)), render_tree(spans)
+    assert {span.service for span in spans} == {"configured-in-code"}
