@@ -12,9 +12,10 @@ What it patches:
       the pool as its own, under every task submitted outside any span).
     - `Pool.apply_async`, `Pool._map_async` (behind `map`, `map_async`, `starmap`, `starmap_async`),
       `Pool.imap` and `Pool.imap_unordered` (replaced by functions that call them, cheaper per task
-      than wrapt; `apply` goes through `apply_async`): the user's
-      callable travels inside `TaskInContext` with the submitter's carrier, captured in the submitting
-      thread when the call is made. A worker unpickles it back into the callable itself and makes
+      than wrapt; `apply` goes through `apply_async`): the user's callable travels inside
+      `TaskInContext` with the submitter's carrier (its `traceparent` alone when that is all),
+      captured in the submitting thread when the call is made. A worker unpickles it back into the
+      callable itself and makes
       the context current (see `_executors_worker`): no frame of ours runs between the worker loop and
       the callable, so results, exceptions and their remote tracebacks are what they are without the
       agent, and an unpicklable argument fails with the same error.
@@ -26,7 +27,8 @@ What it patches:
 
     Spans leave the workers with them: pool workers flush when they end (after the last task, a
     `maxtasksperchild` recycle, the sentinel of `close()`), on SIGTERM (what `terminate()` and the
-    `with` block send) and on `os._exit`, all through the process state's exit flushes.
+    `with` block send) and on `os._exit`, all through the process state's exit flushes; a worker
+    also has the state watch for a SIGTERM that comes just as it blocks (`state.watch_sigterm`).
 
 When it is enabled:
     When `multiprocessing` is first imported, once the SDK is up (standard-library targets wait for
