@@ -431,9 +431,29 @@ SIGTERM_APP = """
 
 
 LEAKED_SEMAPHORES = re.compile(
-    r"(\S*resource_tracker.py:\d+: UserWarning: resource_tracker: There appear to be \d+ leaked "
-    r"semaphore objects to clean up at shutdown\n  warnings.warn\([^\n]*\n)?"
+    r"\S*resource_tracker.py:\d+: UserWarning: resource_tracker: There appear to be \d+ leaked "
+    r"semaphore objects to clean up at shutdown\n  warnings.warn\([^\n]*\n"
 )
+ORPHAN_ERRORS = ("BrokenPipeError", "EOFError", "ConnectionResetError")
+
+
+def assert_only_orphans_complain(stderr: str) -> None:
+    """What multiprocessing itself prints when a pool is stopped by SIGTERM, and nothing else.
+
+    The resource tracker of spawn and forkserver sees the pool's semaphores left behind, as without
+    the agent. And the parent flushes before it dies (some milliseconds), while its pool's threads
+    run on: a worker that died of the same SIGTERM may be replaced meanwhile, and the replacement,
+    which never got the signal, finds the parent gone (multiprocessing prints the broken pipe).
+    """
+    assert "logfire-run" not in stderr, stderr
+    framing = {
+        "Traceback (most recent call last):",
+        "During handling of the above exception, another exception occurred:",
+    }
+    for line in LEAKED_SEMAPHORES.sub("", stderr).splitlines():
+        if not line or line.startswith(" ") or line in framing or re.fullmatch(r"Process \S+:", line):
+            continue  # a traceback's frames and framing
+        assert line.startswith(ORPHAN_ERRORS), stderr
 
 
 @pytest.mark.parametrize("method", START_METHODS)
@@ -464,9 +484,7 @@ def test_sigterm_to_a_pool_delivers_every_finished_task(
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
     assert process.returncode == -signal.SIGTERM, stderr
-    # The resource tracker of spawn and forkserver sees the pool's semaphores left behind (as it does
-    # without the agent); nothing else may be said.
-    assert LEAKED_SEMAPHORES.fullmatch(stderr), stderr
+    assert_only_orphans_complain(stderr)
     finished = {int(line) for line in done.read_text().splitlines()}
     assert len(finished) >= 200
     spans = receiver.wait_for(
