@@ -42,12 +42,50 @@ class _Collecting(OtlpReceiver):
         self._lock = threading.Lock()
         self.headers: list[dict[str, str]] = []
         self.paths: list[str] = []
+        #: Log records received (OTLP logs), decoded: see `collect_logs`.
+        self.logs: list[dict[str, Any]] = []
 
     def collect(self, request: ExportTraceServiceRequest, headers: dict[str, str], path: str = "") -> None:
         with self._lock:
             self.headers.append({key.lower(): value for key, value in headers.items()})
             self.paths.append(path)
         self._add(request)
+
+    def collect_logs(self, request: Any) -> None:
+        """An ExportLogsServiceRequest: each record with its ids, body, severity and resource."""
+        from conftest import _attrs
+
+        records = []
+        for resource_logs in request.resource_logs:
+            resource = _attrs(resource_logs.resource.attributes)
+            for scope_logs in resource_logs.scope_logs:
+                for record in scope_logs.log_records:
+                    records.append(
+                        {
+                            "trace_id": record.trace_id.hex(),
+                            "span_id": record.span_id.hex(),
+                            "body": record.body.string_value,
+                            "severity_text": record.severity_text,
+                            "severity_number": record.severity_number,
+                            "scope": scope_logs.scope.name,
+                            "attributes": _attrs(record.attributes),
+                            "resource": resource,
+                        }
+                    )
+        with self._lock:
+            self.logs.extend(records)
+
+    def wait_for_logs(self, count: int, timeout: float = 20.0) -> list[dict[str, Any]]:
+        import time
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if len(self.logs) >= count:
+                    break
+            time.sleep(0.05)
+        with self._lock:
+            return list(self.logs)
 
     def header_values(self, name: str) -> set[str]:
         with self._lock:
@@ -68,7 +106,7 @@ class ThirdPartyReceiver(_Collecting):
 
         class Handler(RequestHandler):
             def handle_logs(self, request: Any, headers: Any) -> None:
-                pass
+                receiver.collect_logs(request)
 
             def handle_metrics(self, request: Any, headers: Any) -> None:
                 pass

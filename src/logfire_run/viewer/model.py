@@ -65,7 +65,9 @@ class StoredLog:
     pid: int | None = None
 
 
-_LOG_COLUMNS = "trace_id, span_id, time_ns, level_no, level, logger, message, exception, attributes, service, pid"
+_LOG_COLUMNS = (
+    "trace_id, span_id, time_ns, level_no, level, logger, message, exception, attributes, service, pid"
+)
 
 
 def load_logs(connection: sqlite3.Connection, trace_id: str) -> list[StoredLog]:
@@ -94,7 +96,9 @@ def load_logs(connection: sqlite3.Connection, trace_id: str) -> list[StoredLog]:
     ]
 
 
-def logs_by_span(logs: list[StoredLog], rows: list[TreeRow]) -> tuple[dict[str, list[StoredLog]], list[StoredLog]]:
+def logs_by_span(
+    logs: list[StoredLog], rows: list[TreeRow]
+) -> tuple[dict[str, list[StoredLog]], list[StoredLog]]:
     """(span id -> its log records, the records whose span is not in the trace)."""
     span_ids = {row.span.span_id for row in rows}
     by_span: dict[str, list[StoredLog]] = {}
