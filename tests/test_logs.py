@@ -457,12 +457,13 @@ def test_otlp_logs_arrive_with_their_trace_and_span_ids(tmp_path: Path) -> None:
             logging.getLogger("app").info("no span")
             """,
         )
-        env = agent_env(LOGFIRE_SERVICE_NAME="sender", **receiver.env())
+        env = agent_env(LOGFIRE_SERVICE_NAME="sender", LOGFIRE_LOG_LEVEL="debug", **receiver.env())
         env["LOGFIRE_EXPORTER"] = "otlp"
-        # The app's root logger is at DEBUG: the exporters' HTTP client logs (urllib3) print, but are
-        # never captured and sent (that would feed itself).
+        # The app's root logger and the capture are at DEBUG: the exporters' HTTP client (urllib3) logs,
+        # and its records print, but are never captured and sent (each send would log again).
         result = run_launcher(["python", "app.py"], env, cwd=tmp_path, expect_stderr=None)
         assert result.returncode == 0, result.stderr
+        assert "urllib3.connectionpool Starting new HTTP connection" in result.stderr
         trace_id, span_id = result.stdout.split()
         receiver.wait_count(1)
         logs = receiver.wait_for_logs(3)
