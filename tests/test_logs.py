@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -555,3 +556,104 @@ def test_launcher_flag_sets_the_level(tmp_path: Path) -> None:
     )
     assert result.returncode == 0
     assert logs_of(trace_rooted_at(store, "flag")) == [("flag", "ERROR", "e")]
+
+
+# Celery: a task's records sit under its run span, from a prefork child of a worker.
+
+CELERY_TASKS = """
+    import logging
+    import os
+
+    from celery import Celery
+    from celery.utils.log import get_task_logger
+
+    app = Celery("logs_tasks", broker=os.environ["BROKER_URL"], backend=os.environ["BROKER_URL"])
+    app.conf.update(task_default_queue=os.environ["CELERY_QUEUE"], broker_connection_retry_on_startup=True)
+    task_log = get_task_logger(__name__)
+    plain_log = logging.getLogger("billing")
+
+    @app.task
+    def charge(amount):
+        task_log.info("charging %s", amount)
+        plain_log.warning("card expires soon")
+        return os.getpid()
+"""
+
+CELERY_PRODUCER = """
+    import json
+    import logfire_run
+    import logs_tasks
+
+    with logfire_run.span("checkout") as span:
+        pid = logs_tasks.charge.delay(12).get(timeout=30)
+    print(json.dumps({"trace_id": f"{span.get_span_context().trace_id:032x}", "pid": pid}))
+"""
+
+
+@pytest.fixture
+def redis_url(tmp_path: Path) -> Any:
+    import shutil
+
+    from conftest import wait_for_port
+
+    server = shutil.which("redis-server")
+    if server is None:
+        pytest.skip("redis-server is not installed (Debian: apt-get install redis-server)")
+    port = free_port()
+    process = subprocess.Popen(
+        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port, process=process)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@pytest.mark.slow
+def test_celery_task_records_sit_under_the_task_run_span(tmp_path: Path, redis_url: str) -> None:
+    import os
+    import signal
+
+    write(tmp_path, CELERY_TASKS, "logs_tasks.py")
+    write(tmp_path, CELERY_PRODUCER, "produce.py")
+    store = store_of(tmp_path)
+    env = agent_env(LOGFIRE_STORE=str(store), BROKER_URL=redis_url, CELERY_QUEUE=f"logs-{os.getpid()}")
+    env["PYTHONWARNINGS"] = "ignore:You're running the worker with superuser privileges"
+    log_file = tmp_path / "worker.log"
+    worker = subprocess.Popen(
+        [LAUNCHER, "--service-name", "worker", "celery", "-A", "logs_tasks", "worker", "--pool", "prefork",
+         "--concurrency", "1", "-Q", env["CELERY_QUEUE"], "--without-gossip", "--without-mingle",
+         "--without-heartbeat", "--loglevel", "INFO", "--logfile", str(log_file)],
+        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        produced = run_launcher(
+            ["--service-name", "shop", "python", "produce.py"], env, cwd=tmp_path, timeout=90
+        )
+        assert produced.returncode == 0, produced.stderr
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        _out, worker_stderr = worker.communicate(timeout=60)
+    assert worker.returncode == 0, worker_stderr
+    assert worker_stderr == ""
+    result = json.loads(produced.stdout)
+    # Celery's own log file still holds the task's records (its handlers are untouched).
+    assert "charging 12" in log_file.read_text() and "card expires soon" in log_file.read_text()
+    trace = view_json(store, result["trace_id"])
+    run = next(span for span in trace["spans"] if span["kind"] == "CONSUMER")
+    records = [(log["level"], log["message"], log["pid"]) for log in run["logs"]]
+    assert records[:2] == [
+        ("INFO", "charging 12", result["pid"]),
+        ("WARNING", "card expires soon", result["pid"]),
+    ]
+    # Then Celery's own record of the task's end, made in the task's span as well.
+    assert [(level, message.split("[")[0]) for level, message, _pid in records[2:]] == [
+        ("INFO", "Task logs_tasks.charge")
+    ]
+    assert run["logs"][0]["logger"] == "logs_tasks"
+    assert run["logs"][0]["service"] == "worker"
