@@ -33,9 +33,22 @@ from typing import Any
 from logfire_run.agent import destination, report
 from logfire_run.agent.config import Config
 
-#: One captured record, as the pipeline keeps it until it is exported.
-#: (time_ns, levelno, levelname, logger, message, exception, trace_id, span_id, flags, attributes)
-Captured = tuple[int, int, str, str, str, "str | None", int, int, int, "dict[str, Any]"]
+#: One captured record, as the pipeline keeps it until it is exported: (time_ns, levelno, levelname,
+#: logger, message, exception, trace_id, span_id, flags, site), where site is (path, line, function,
+#: thread name): what `site_attributes` turns into attributes, off the app's thread.
+Captured = tuple[int, int, str, str, str, "str | None", int, int, int, "tuple[str, int, str, str]"]
+
+
+def site_attributes(site: tuple[str, int, str, str]) -> dict[str, Any]:
+    """A record's call site and thread as OpenTelemetry's attribute names."""
+    path, line, function, thread = site
+    return {
+        "code.file.path": path,
+        "code.line.number": line,
+        "code.function.name": function,
+        "thread.name": thread,
+    }
+
 
 LOG_EXPORTER_NAMES = ("otlp", "console", "none")
 
@@ -124,12 +137,6 @@ class LogPipeline:
         exception = (
             exception_text(record) if (record.exc_info or record.stack_info or record.exc_text) else None
         )
-        attributes = {
-            "code.file.path": record.pathname,
-            "code.line.number": record.lineno,
-            "code.function.name": record.funcName,
-            "thread.name": record.threadName,
-        }
         self._queue.append(
             (
                 int(record.created * 1e9),
@@ -141,7 +148,7 @@ class LogPipeline:
                 trace_id,
                 span_id,
                 flags,
-                attributes,
+                (record.pathname, record.lineno, record.funcName, record.threadName),
             )
         )
         if self._thread is None or self._pid != os.getpid():
@@ -253,8 +260,8 @@ def readable_records(batch: Sequence[Captured], resource: Any) -> list[Any]:
     scopes: dict[str, Any] = {}
     records = []
     observed = time.time_ns()
-    for when, levelno, levelname, logger, message, exception, trace_id, span_id, flags, attributes in batch:
-        extra = dict(attributes)
+    for when, levelno, levelname, logger, message, exception, trace_id, span_id, flags, site in batch:
+        extra = site_attributes(site)
         if exception is not None:
             extra["exception.stacktrace"] = exception
         scope = scopes.get(logger)

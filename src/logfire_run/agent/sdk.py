@@ -116,6 +116,10 @@ class TracingSdk:
                 self.start_logs()
         if "resource" in changes:
             _replace_resource_attributes(self.provider.resource, self._resource().attributes)
+            if self.logs is not None:
+                from logfire_run.instrumentors import _logging_records
+
+                _logging_records.set_service_name(self.config.resolved_service_name())
 
     def start_logs(self) -> LogPipeline | None:
         """The pipeline for captured log records, (re)built from the config; None with the app's own

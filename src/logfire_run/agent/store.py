@@ -175,27 +175,26 @@ def _service_name(resource: Resource) -> str:
 
 
 def log_rows(batch: Sequence[Any], pid: int, service: str) -> list[Row]:
-    """Captured log records (`agent.logs.Captured`) made inside a span, as rows of the `logs` table."""
+    """Captured log records (`agent.logs.Captured`) made inside a span, as rows of the `logs` table.
+
+    Records come in runs from one span and one call site: the ids' text and the encoded attributes
+    are worked out once per span and once per site in a batch."""
+    from logfire_run.agent.logs import site_attributes
+
+    spans: dict[tuple[int, int], tuple[int, str, str]] = {}
+    sites: dict[Any, str] = {}
     rows: list[Row] = []
-    for when, levelno, levelname, logger, message, exception, trace_id, span_id, _flags, attributes in batch:
+    append = rows.append
+    for when, levelno, levelname, logger, message, exception, trace_id, span_id, _flags, site in batch:
         if not trace_id:
             continue  # made outside any span: the store holds traces
-        rows.append(
-            (
-                trace_key(trace_id),
-                f"{trace_id:032x}",
-                f"{span_id:016x}",
-                when,
-                levelno,
-                levelname,
-                logger,
-                message,
-                exception,
-                _encode(attributes) if attributes else None,
-                service,
-                pid,
-            )
-        )
+        ids = spans.get((trace_id, span_id))
+        if ids is None:
+            ids = spans[(trace_id, span_id)] = (trace_key(trace_id), f"{trace_id:032x}", f"{span_id:016x}")
+        attributes = sites.get(site)
+        if attributes is None:
+            attributes = sites[site] = _encode(site_attributes(site))
+        append((*ids, when, levelno, levelname, logger, message, exception, attributes, service, pid))
     return rows
 
 

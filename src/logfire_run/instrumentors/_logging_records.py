@@ -35,8 +35,6 @@ if TYPE_CHECKING:
 
     #: (record, trace id, span id, trace flags) -> None; must never raise.
     Sink = Callable[[logging.LogRecord, int, int, int], None]
-    #: () -> (trace id, span id, trace flags) of the current span, or None outside one.
-    SpanLookup = Callable[[], "tuple[int, int, int] | None"]
 
 #: Loggers whose records are never captured (a name covers its children).
 EXCLUDED_LOGGERS = ("logfire_run", "opentelemetry")
@@ -44,11 +42,22 @@ EXCLUDED_LOGGERS = ("logfire_run", "opentelemetry")
 EXCLUDED_THREADS = ("OtelBatch", "logfire-run", "OtelPeriodic")
 
 _sink: Sink | None = None
-_span_lookup: SpanLookup | None = None
-_service_name: Callable[[], str] | None = None
+#: () -> the current span object (any object with get_span_context()), or None.
+_current_span: Callable[[], Any] | None = None
+_service_name = ""
 #: Records below this level are not captured (None: capture is off).
 _threshold: int | None = None
 _installed_factory: Callable[..., Any] | None = None
+#: The attributes of a record made outside any span.
+_outside: dict[str, object] = {
+    "otelTraceID": "0",
+    "otelSpanID": "0",
+    "otelTraceSampled": False,
+    "otelServiceName": "",
+}
+#: (the span the last record was made in, its attributes, (trace id, span id, flags)): records come in
+#: runs from one span, so its ids are formatted once per run rather than once per record.
+_last: tuple[object, dict[str, object], tuple[int, int, int]] = (None, _outside, (0, 0, 0))
 
 
 def install(logging_module: Any) -> None:
@@ -93,25 +102,53 @@ def _set_logging_format(logging_module: Any) -> None:
     logging_module.basicConfig(format=log_format, level=level)
 
 
-def start_capture(sink: Sink | None, span_lookup: SpanLookup, service_name: Callable[[], str]) -> None:
-    """Hand records to `sink` from now on (the SDK is up; None: ids only); ids come from `span_lookup`."""
-    global _sink, _span_lookup, _service_name
-    _span_lookup = span_lookup
-    _service_name = service_name
+def start_capture(sink: Sink | None, current_span: Callable[[], Any], service_name: str) -> None:
+    """Hand records to `sink` from now on (the SDK is up; None: ids only); `current_span()` gives
+    the span a record is made in."""
+    global _sink, _current_span
+    set_service_name(service_name)
+    _current_span = current_span
     _sink = sink
 
 
 def stop_capture() -> None:
-    global _sink, _span_lookup, _service_name
+    global _sink, _current_span
     _sink = None
-    _span_lookup = None
-    _service_name = None
+    _current_span = None
+    set_service_name("")
+
+
+def set_service_name(name: str) -> None:
+    """`otelServiceName` from now on (the SDK's resource; `configure(service_name=...)` changes it)."""
+    global _service_name, _outside, _last
+    _service_name = name
+    _outside = {"otelTraceID": "0", "otelSpanID": "0", "otelTraceSampled": False, "otelServiceName": name}
+    _last = (None, _outside, (0, 0, 0))
 
 
 def set_level(level: int | None) -> None:
     """The capture level (None: off); `configure(log_level=...)` and the settings call it."""
     global _threshold
     _threshold = level
+
+
+def _attributes_of(span: Any) -> tuple[dict[str, object], tuple[int, int, int]]:
+    global _last
+    context = span.get_span_context()
+    trace_id, span_id = context.trace_id, context.span_id
+    if not trace_id or not span_id:
+        values, ids = _outside, (0, 0, 0)
+    else:
+        flags = int(context.trace_flags)
+        values = {
+            "otelTraceID": f"{trace_id:032x}",
+            "otelSpanID": f"{span_id:016x}",
+            "otelTraceSampled": bool(flags & 1),
+            "otelServiceName": _service_name,
+        }
+        ids = (trace_id, span_id, flags)
+    _last = (span, values, ids)
+    return values, ids
 
 
 def _excluded(record: logging.LogRecord) -> bool:
@@ -128,29 +165,23 @@ def _make_factory(wrapped: Callable[..., Any]) -> Callable[..., Any]:
     def record_factory(*args: Any, **kwargs: Any) -> Any:
         record = wrapped(*args, **kwargs)
         try:
-            lookup = _span_lookup
-            found = lookup() if lookup is not None else None
-            if found is None:
-                record.otelTraceID = "0"
-                record.otelSpanID = "0"
-                record.otelTraceSampled = False
-                trace_id = span_id = flags = 0
+            current = _current_span
+            span = current() if current is not None else None
+            if span is None:
+                values, ids = _outside, None
             else:
-                trace_id, span_id, flags = found
-                record.otelTraceID = f"{trace_id:032x}"
-                record.otelSpanID = f"{span_id:016x}"
-                record.otelTraceSampled = bool(flags & 1)
-            service = _service_name
-            record.otelServiceName = service() if service is not None else ""
-            sink, threshold, level = _sink, _threshold, record.levelno
-            if (
-                sink is not None
-                and threshold is not None
-                and type(level) is int
-                and level >= threshold
-                and not _excluded(record)
-            ):
-                sink(record, trace_id, span_id, flags)
+                last = _last
+                if last[0] is span:
+                    values, ids = last[1], last[2]
+                else:
+                    values, ids = _attributes_of(span)
+            record.__dict__.update(values)
+            sink, threshold = _sink, _threshold
+            if sink is not None and threshold is not None:
+                level = record.levelno
+                if type(level) is int and level >= threshold and not _excluded(record):
+                    trace_id, span_id, flags = ids or (0, 0, 0)
+                    sink(record, trace_id, span_id, flags)
         except Exception as error:  # never into the app: its record is made either way
             _report_once(error)
         return record

@@ -54,36 +54,42 @@ class LoggingInstrumentor(Instrumentor):
         _logging_records.set_level(state.config().log_level)
         tracing = state.sdk()
         pipeline = tracing.start_logs() if tracing is not None else None
-        from opentelemetry import trace
-
-        get_current_span = trace.get_current_span
-
-        def span_lookup() -> tuple[int, int, int] | None:
-            context = get_current_span().get_span_context()
-            if not context.trace_id or not context.span_id:
-                return None
-            return context.trace_id, context.span_id, context.trace_flags
-
         provider = tracing.provider if tracing is not None else None
-        cached: list[Any] = [None, ""]
-
-        def service_name() -> str:
-            resource = getattr(provider, "resource", None)
-            attributes = getattr(resource, "attributes", None)
-            if attributes is None:
-                return ""
-            if attributes is not cached[0]:  # configure(service_name=...) replaces the attributes
-                cached[0], cached[1] = attributes, str(attributes.get("service.name", "") or "")
-            return str(cached[1])
+        attributes = getattr(getattr(provider, "resource", None), "attributes", None) or {}
+        service_name = str(attributes.get("service.name", "") or "")
 
         def sink(record: logging.LogRecord, trace_id: int, span_id: int, flags: int) -> None:
             logs = tracing.logs if tracing is not None else None  # rebuilt when configure() changes it
             if logs is not None:
                 logs.capture(record, trace_id, span_id, flags)
 
-        _logging_records.start_capture(sink if pipeline is not None else None, span_lookup, service_name)
+        _logging_records.start_capture(sink if pipeline is not None else None, current_span(), service_name)
         report.debug(f"logging: ids on every record; capture {'on' if pipeline else 'off'}")
 
     def _uninstrument(self, **kwargs: Any) -> None:
         _logging_records.stop_capture()
         _logging_records.uninstall(logging)
+
+
+def current_span() -> Any:
+    """A function giving the current span object, or None: the context variable is read directly
+    when OpenTelemetry keeps its context where it always has (a record costs one lookup then)."""
+    import contextvars
+
+    from opentelemetry import context
+    from opentelemetry.trace import get_current_span
+
+    span_key: str | None
+    try:
+        from opentelemetry.trace.propagation import _SPAN_KEY as span_key
+    except ImportError:
+        span_key = None
+    variable = getattr(getattr(context, "_RUNTIME_CONTEXT", None), "_current_context", None)
+    if isinstance(variable, contextvars.ContextVar) and isinstance(span_key, str):
+        get = variable.get
+
+        def from_variable() -> Any:
+            return get().get(span_key)
+
+        return from_variable
+    return get_current_span
