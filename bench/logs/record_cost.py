@@ -95,6 +95,10 @@ def command_and_env(
     env.pop("PYTHONPATH", None)
     env["XDG_CACHE_HOME"] = os.path.join(folder, "cache")
     env["XDG_DATA_HOME"] = os.path.join(folder, "data")
+    # Both agents' log queues hold a whole run (2048 by default): the tight loop logs faster than any
+    # exporter sends, and records dropped at the queue would make an agent look cheaper than it is.
+    env["OTEL_BLRP_MAX_QUEUE_SIZE"] = str(records + 1000)
+    env["LOGFIRE_EXIT_BUDGET"] = "120"
     workload = [str(HERE / "workload.py"), str(records)]
     python = str(BIN / "python")
     if variant == "plain":
