@@ -424,6 +424,13 @@ def test_opentelemetry_logging_instrumentor_is_superseded(tmp_path: Path) -> Non
     info = run_launcher(["--info"], agent_env()).stdout
     line = next(line for line in info.splitlines() if "opentelemetry-instrumentation-logging" in line)
     assert re.search(r"logging\s+replaced\s+by logfire-run's logging", line), line
+    assert re.search(r"log records \(info and up; see docs/logs.md\):\n  store +logs table of", info), info
+    otlp_info = run_launcher(
+        ["--info"], agent_env(OTEL_EXPORTER_OTLP_ENDPOINT="http://collector:4318")
+    ).stdout
+    assert re.search(
+        r"  otlp +endpoint +http://collector:4318/v1/logs +env OTEL_EXPORTER_OTLP_ENDPOINT", otlp_info
+    )
     # A bare logging.warning() still reaches stderr (its handler on the root logger would silence it).
     result = run_launcher(
         ["python", "-c", "import logging, logfire_run\nwith logfire_run.span('s'): logging.warning('hi')"],
