@@ -8,8 +8,10 @@ OTLP receiver got.
 
 from __future__ import annotations
 
+import html
 import json
 import re
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -546,6 +548,23 @@ def test_viewer_shows_hostile_log_messages_as_inert_text(tmp_path: Path) -> None
     source = page.read_text()
     assert "</script><script>alert" not in source
     assert "\\u003c/script\\u003e" in source
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        return
+    dom = run_process(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+         f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", page.as_uri()],
+        child_env(), timeout=120, expect_stderr=None,
+    ).stdout  # fmt: skip
+    # The page drew the span and, under it, the record: its level and its message, as text.
+    assert 'data-rendered="1"' in dom, dom[-2000:]
+    assert '<span class="level level-WARNING">WARNING</span><span class="logger">root: </span>' in dom
+    message = re.search(r'<span class="message">(.*?)</span>', dom, re.DOTALL)
+    assert message is not None
+    assert html.unescape(message.group(1)) == (
+        "a\nforged  [x] INTERNAL 1.0 ms \x1b[2J</script><script>alert(1)</script>"
+    )
+    assert "<script>alert" not in dom
 
 
 def test_launcher_flag_sets_the_level(tmp_path: Path) -> None:

@@ -32,22 +32,12 @@ from typing import Any
 
 from logfire_run.agent import destination, report
 from logfire_run.agent.config import Config
+from logfire_run.agent.store_format import site_attributes
 
 #: One captured record, as the pipeline keeps it until it is exported: (time_ns, levelno, levelname,
 #: logger, message, exception, trace_id, span_id, flags, site), where site is (path, line, function,
 #: thread name): what `site_attributes` turns into attributes, off the app's thread.
 Captured = tuple[int, int, str, str, str, "str | None", int, int, int, "tuple[str, int, str, str]"]
-
-
-def site_attributes(site: tuple[str, int, str, str]) -> dict[str, Any]:
-    """A record's call site and thread as OpenTelemetry's attribute names."""
-    path, line, function, thread = site
-    return {
-        "code.file.path": path,
-        "code.line.number": line,
-        "code.function.name": function,
-        "thread.name": thread,
-    }
 
 
 LOG_EXPORTER_NAMES = ("otlp", "console", "none")

@@ -47,6 +47,7 @@ from logfire_run.agent.store_format import (
     open_store,
     prune,
     prune_logs,
+    site_attributes,
     trace_key,
     with_retries,
 )
@@ -179,8 +180,6 @@ def log_rows(batch: Sequence[Any], pid: int, service: str) -> list[Row]:
 
     Records come in runs from one span and one call site: the ids' text and the encoded attributes
     are worked out once per span and once per site in a batch."""
-    from logfire_run.agent.logs import site_attributes
-
     spans: dict[tuple[int, int], tuple[int, str, str]] = {}
     sites: dict[Any, str] = {}
     rows: list[Row] = []

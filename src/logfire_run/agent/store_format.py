@@ -38,6 +38,7 @@ __all__ = [
     "open_store",
     "prune",
     "prune_logs",
+    "site_attributes",
     "trace_key",
     "with_retries",
 ]
@@ -265,6 +266,17 @@ def _upgrade(connection: sqlite3.Connection) -> None:
     except BaseException:
         _rollback(connection)
         raise
+
+
+def site_attributes(site: tuple[str, int, str, str]) -> dict[str, Any]:
+    """A log record's (path, line, function, thread name) as OpenTelemetry's attribute names."""
+    path, line, function, thread = site
+    return {
+        "code.file.path": path,
+        "code.line.number": line,
+        "code.function.name": function,
+        "thread.name": thread,
+    }
 
 
 def has_logs(connection: sqlite3.Connection) -> bool:

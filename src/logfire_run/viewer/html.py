@@ -182,7 +182,7 @@ h1 { font-size: 16px; margin: 0 0 4px; }
     track.appendChild(mark);
     row.appendChild(track);
     var details = el("div", "details");
-    details.appendChild(el("pre", "", log.message + (log.exception ? "\n" + log.exception : "")));
+    details.appendChild(el("pre", "", log.message + (log.exception ? "\\n" + log.exception : "")));
     row.addEventListener("click", function () { details.classList.toggle("open"); });
     waterfall.appendChild(row);
     waterfall.appendChild(details);
