@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from opentelemetry.proto.collector.logs.v1 import logs_service_pb2, logs_service_pb2_grpc
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
@@ -155,8 +157,14 @@ class GrpcReceiver(_Collecting):
                 receiver.collect(request, dict(context.invocation_metadata()))
                 return trace_service_pb2.ExportTraceServiceResponse()
 
+        class LogsServicer(logs_service_pb2_grpc.LogsServiceServicer):  # type: ignore[misc]
+            def Export(self, request: Any, context: Any) -> Any:
+                receiver.collect_logs(request)
+                return logs_service_pb2.ExportLogsServiceResponse()
+
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
         trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Servicer(), self.server)
+        logs_service_pb2_grpc.add_LogsServiceServicer_to_server(LogsServicer(), self.server)
         if certificate is None:
             self.port = self.server.add_insecure_port("127.0.0.1:0")
             scheme = "http"
@@ -192,9 +200,14 @@ class HttpReceiver(_Collecting):
                     body = gzip.decompress(body)
                 elif encoding == "deflate":
                     body = zlib.decompress(body)
-                request = ExportTraceServiceRequest()
-                request.ParseFromString(body)
-                receiver.collect(request, dict(self.headers.items()), self.path)
+                if self.path.endswith("/v1/logs"):
+                    logs_request = ExportLogsServiceRequest()
+                    logs_request.ParseFromString(body)
+                    receiver.collect_logs(logs_request)
+                else:
+                    request = ExportTraceServiceRequest()
+                    request.ParseFromString(body)
+                    receiver.collect(request, dict(self.headers.items()), self.path)
                 self.send_response(200)
                 self.send_header("Content-Type", "application/x-protobuf")
                 self.send_header("Content-Length", "0")
