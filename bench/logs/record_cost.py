@@ -1,4 +1,4 @@
-"""Cost per `logger.info()` call inside a span: plain, logfire-run (captured or not), opentelemetry-instrument.
+"""Cost per `logger.info()` call inside a span: plain, logfire-run (captured or not), OpenTelemetry.
 
     .venv/bin/python bench/logs/record_cost.py [--rounds 5] [--records 20000]
 
