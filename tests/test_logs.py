@@ -473,11 +473,11 @@ def test_otlp_logs_arrive_with_their_trace_and_span_ids(tmp_path: Path) -> None:
         # and its records print, but are never captured and sent (each send would log again).
         result = run_launcher(["python", "app.py"], env, cwd=tmp_path, expect_stderr=None)
         assert result.returncode == 0, result.stderr
-        assert "urllib3.connectionpool Starting new HTTP connection" in result.stderr
+        assert "urllib3.connectionpool Starting new HTTP connection" in result.stderr, result.stderr
         trace_id, span_id = result.stdout.split()
         receiver.wait_count(1)
         logs = receiver.wait_for_logs(3)
-        assert sorted(log["body"] for log in logs) == ["divided", "no span", "over otlp"], logs
+        assert sorted(log["body"] for log in logs) == ["divided", "no span", "over otlp"], result.stderr
         by_body = {log["body"]: log for log in logs}
         for body in ("over otlp", "divided"):
             assert (by_body[body]["trace_id"], by_body[body]["span_id"]) == (trace_id, span_id)

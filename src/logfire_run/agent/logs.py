@@ -77,7 +77,11 @@ class LogPipeline:
     """A bounded queue of captured records and one thread that hands batches to the exporters."""
 
     def __init__(self, exporters: Sequence[LogExporter]) -> None:
-        self.exporters = tuple(exporters)
+        # Built with the pipeline, when the SDK comes up, like the span exporters: OpenTelemetry's
+        # exporters cannot be built during interpreter shutdown, when a short program's first batch
+        # would leave.
+        self._exporters = tuple(exporters)
+        self.names = tuple(exporter.name for exporter in self._exporters)
         self.max_queue = _int_env("OTEL_BLRP_MAX_QUEUE_SIZE", 2048)
         self.batch_size = min(_int_env("OTEL_BLRP_MAX_EXPORT_BATCH_SIZE", 512), self.max_queue)
         self.delay = _int_env("OTEL_BLRP_SCHEDULE_DELAY", 1000) / 1000
@@ -91,19 +95,41 @@ class LogPipeline:
         self._closed = False
         #: Records of the export running now (counted as unsent if the process exits meanwhile).
         self.in_flight = 0
+        self._held_for_fork = False
         if hasattr(os, "register_at_fork"):
-            reinit = weakref.WeakMethod(self._after_fork_in_child)
+            before = weakref.WeakMethod(self._before_fork)
+            in_parent = weakref.WeakMethod(self._after_fork_in_parent)
+            in_child = weakref.WeakMethod(self._after_fork_in_child)
 
-            def after_in_child() -> None:
-                method = reinit()
-                if method is not None:
-                    method()
+            def call(reference: weakref.WeakMethod[Callable[[], None]]) -> Callable[[], None]:
+                def run() -> None:
+                    method = reference()
+                    if method is not None:
+                        method()
 
-            os.register_at_fork(after_in_child=after_in_child)
+                return run
+
+            os.register_at_fork(
+                before=call(before), after_in_parent=call(in_parent), after_in_child=call(in_child)
+            )
+
+    # A fork waits (a bounded time) for an export in flight, as `exporters.ForkSafeExporter` does for
+    # spans: exporting imports modules lazily, and a child forked while another thread holds an import
+    # lock hangs on its first import of that module.
+    FORK_WAIT_SECONDS = 2.0
+
+    def _before_fork(self) -> None:
+        self._held_for_fork = self._export_lock.acquire(timeout=self.FORK_WAIT_SECONDS)
+
+    def _after_fork_in_parent(self) -> None:
+        if self._held_for_fork:
+            self._held_for_fork = False
+            self._export_lock.release()
 
     def _after_fork_in_child(self) -> None:
         # The parent exports what it had queued; the child starts empty, with a thread of its own.
         self._queue.clear()
+        self._held_for_fork = False
         self._export_lock = threading.Lock()
         self._start_lock = threading.Lock()
         self._wake = threading.Event()
@@ -113,7 +139,7 @@ class LogPipeline:
 
     def capture(self, record: Any, trace_id: int, span_id: int, flags: int) -> None:
         """Keep one record (on the thread that logged it): read what it holds now, queue it."""
-        if self._closed or not self.exporters:
+        if self._closed or not self.names:
             return
         if len(self._queue) >= self.max_queue:
             self.dropped += 1
@@ -169,7 +195,7 @@ class LogPipeline:
                 batch = [self._queue.popleft() for _ in range(count)]
                 self.in_flight = len(batch)
                 try:
-                    for exporter in self.exporters:
+                    for exporter in self.exporters():
                         try:
                             exporter.export(batch)
                         except Exception as error:
@@ -183,6 +209,9 @@ class LogPipeline:
                 if not everything and len(self._queue) < self.batch_size:
                     return
 
+    def exporters(self) -> tuple[LogExporter, ...]:
+        return self._exporters
+
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         """Export every queued record now (the caller bounds the wait: see `state.exit_flush`)."""
         self._export(everything=True)
@@ -195,7 +224,7 @@ class LogPipeline:
         self.force_flush()
         self._closed = True
         self._wake.set()
-        for exporter in self.exporters:
+        for exporter in self._exporters:
             exporter.shutdown()
 
 
@@ -315,8 +344,10 @@ def build_log_exporters(config: Config, resource: Callable[[], Any]) -> list[Log
             else:
                 exporters.append(OpenTelemetryLogExporter(name, build_otlp_log_exporter(config), resource))
         except Exception as error:
+            # The key of the span exporter's own line: the same cause (a missing package, a bad
+            # certificate) is said once, not once per signal.
             report.problem(
-                f"logs:exporter:{name}",
+                f"exporter:{name}",
                 f"the {name} log exporter could not be set up ({type(error).__name__}: {error}); "
                 "log records are not sent there, the app runs on",
             )
@@ -331,8 +362,15 @@ def otlp_log_destination(config: Config, environ: Any = None) -> destination.Otl
     if not (environ.get(own, "").strip() or environ.get(general, "").strip()):
         protocol = (config.resolved_otlp_protocol(), config.sources.get("otlp_protocol", "default"))
     found, errors = destination.resolve("logs", environ, protocol)
+    # Said on stderr when the logs variables were set: otherwise the error is one of the general and
+    # traces variables, which spans report (a traces-only client certificate leaves logs with half a
+    # pair: they go without one).
+    own_variables = any(name.startswith("OTEL_EXPORTER_OTLP_LOGS_") for name in environ)
     for error in errors:
-        report.problem(f"logs:config:{error}", f"{error}; using the default")
+        if own_variables:
+            report.problem(f"logs:config:{error}", f"{error}; using the default")
+        else:
+            report.debug(f"OTLP logs: {error}; using the default")
     return found
 
 

@@ -126,15 +126,15 @@ class TracingSdk:
         provider (its spans are exported by the app's exporters, not ours: so would its logs be)."""
         if not self.owns_provider or self.provider is None:
             return None
-        from logfire_run.agent.logs import LogPipeline, build_log_exporters
+        from logfire_run.agent.logs import LogPipeline, build_log_exporters, log_exporter_names
 
-        provider = self.provider
-        old, self.logs = self.logs, LogPipeline(build_log_exporters(self.config, lambda: provider.resource))
+        provider, config = self.provider, self.config
+        names = log_exporter_names(config)
+        old = self.logs
+        self.logs = LogPipeline(build_log_exporters(config, lambda: provider.resource))
         if old is not None:
             old.shutdown()
-        report.debug(
-            f"log exporters: {', '.join(exporter.name for exporter in self.logs.exporters) or 'none'}"
-        )
+        report.debug(f"log exporters: {', '.join(names) or 'none'}")
         return self.logs
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
