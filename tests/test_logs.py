@@ -683,3 +683,29 @@ def test_celery_task_records_sit_under_the_task_run_span(tmp_path: Path, redis_u
     ]
     assert run["logs"][0]["logger"] == "logs_tasks"
     assert run["logs"][0]["service"] == "worker"
+
+
+def test_configure_sets_the_level_at_run_time(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        """
+        import logging, logfire_run
+        log = logging.getLogger("app")
+        log.setLevel(logging.INFO)
+        with logfire_run.span("configured"):
+            log.info("kept at info")
+            logfire_run.configure(log_level="error")
+            log.warning("not kept at error")
+            log.error("kept at error")
+        """,
+    )
+    store = store_of(tmp_path)
+    result = run_launcher(
+        ["python", "app.py"], agent_env(LOGFIRE_STORE=str(store)), cwd=tmp_path, expect_stderr=None
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == "not kept at error\nkept at error\n"
+    assert [message for _s, _l, message in logs_of(trace_rooted_at(store, "configured"))] == [
+        "kept at info",
+        "kept at error",
+    ]
