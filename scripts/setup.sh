@@ -36,7 +36,7 @@ fi
 
 # What the venv was installed from: when none of it changed, the venv is as pip would leave it.
 stamp="$VENV/.logfire-run-setup"
-inputs=$(cat pyproject.toml "$CONSTRAINTS" scripts/setup.sh | cksum)
+inputs=$(cat pyproject.toml "$CONSTRAINTS" scripts/setup.sh src/logfire_run.pth | cksum)
 if [ "$(cat "$stamp" 2>/dev/null)" = "$inputs" ]; then
   exit 0
 fi

@@ -80,8 +80,8 @@ def test_nothing_lazy_is_imported_at_startup_with_a_warm_cache(tmp_path: Path, a
 def _as_launched(user_dir: Path) -> dict[str, str]:
     """The environment the launcher gives the app: our sitecustomize folder first on PYTHONPATH.
 
-    These tests run the app's interpreter directly with it: the launcher is a Python process of its
-    own, which (like `opentelemetry-instrument`) runs the user's sitecustomize for itself before exec.
+    These tests run the app's interpreter directly with it; the test after them goes through the
+    launcher itself.
     """
     from logfire_run.agent.paths import SITECUSTOMIZE_DIR
 
@@ -103,6 +103,28 @@ def test_user_sitecustomize_on_pythonpath_runs_once(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout == "True True\n"
     assert counter.read_text() == "x"
+
+
+@pytest.mark.parametrize("env_only_too", [False, True], ids=["launcher", "launcher-with-LOGFIRE_RUN"])
+def test_user_sitecustomize_runs_once_per_pid_via_launcher(tmp_path: Path, env_only_too: bool) -> None:
+    # The launcher is a Python program too; its own interpreter must not run the user's sitecustomize
+    # (or usercustomize) before the exec, or it runs twice in one PID.
+    user = tmp_path / "user"
+    user.mkdir()
+    counter = tmp_path / "count"
+    for name in ("sitecustomize", "usercustomize"):
+        line = f"open({str(counter)!r}, 'a').write('{name} %d\\n' % os.getpid())"
+        (user / f"{name}.py").write_text(f"import os\n{line}\n")
+    extra = {"LOGFIRE_RUN": "1"} if env_only_too else {}
+    code = "import os, sys; print(os.getpid(), 'logfire_run.agent.bootstrap' in sys.modules)"
+    result = run_launcher([sys.executable, "-c", code], agent_env(PYTHONPATH=str(user), **extra))
+    assert result.returncode == 0, result.stderr
+    pid, agent_flag = result.stdout.split()
+    assert agent_flag == "True"
+    # usercustomize is imported only when the user site is enabled; where it is, it runs once too.
+    ran = counter.read_text().splitlines()
+    assert ran[0] == f"sitecustomize {pid}"
+    assert ran[1:] in ([], [f"usercustomize {pid}"])
 
 
 def test_sitecustomize_in_site_packages_still_runs(tmp_path: Path) -> None:

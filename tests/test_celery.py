@@ -101,6 +101,7 @@ class Worker:
         agent_flags: tuple[str, ...] = (),
         worker_args: tuple[str, ...] = (),
         agent: bool = True,
+        broker_chatter: bool = False,
         **env: str,
     ) -> None:
         self.name = name
@@ -110,9 +111,10 @@ class Worker:
         self.err = directory / f"{name}.stderr"
         celery = [
             "celery", "-A", "celery_tasks", "worker", "--pool", pool, "-Q", self.queue,
-            "--without-gossip", "--without-mingle", "--without-heartbeat",
             "--loglevel", "WARNING", "--logfile", str(self.log), *worker_args,
         ]  # fmt: skip
+        if not broker_chatter:  # gossip, mingle and heartbeats: Redis traffic while the worker waits
+            celery[4:4] = ["--without-gossip", "--without-mingle", "--without-heartbeat"]
         launch = [LAUNCHER, "--service-name", name, *agent_flags]
         command = [*launch, *celery] if agent else [CELERY, *celery[1:]]
         with open(self.err, "w") as stderr:
@@ -539,3 +541,70 @@ def test_celery_third_party_obeys_the_policy(
     assert run.trace_id != output["trace_id"]
     assert run.links == ([(publish.trace_id, publish.span_id)] if mode == "link" else [])
     untrusting.assert_quiet()
+
+
+# Broker housekeeping with OpenTelemetry's redis instrumentor installed (not in the test extra: it
+# would add Redis spans to every tree above). It goes on PYTHONPATH for these workers and producers only.
+
+
+@pytest.fixture(scope="module")
+def redis_instrumentor(tmp_path_factory: pytest.TempPathFactory) -> str:
+    from importlib.metadata import version
+
+    target = tmp_path_factory.mktemp("redis-instrumentor")
+    # The release of the installed instrumentation train, so its pins are the ones already installed.
+    wanted = f"opentelemetry-instrumentation-redis=={version('opentelemetry-instrumentation-celery')}"
+    pip = [sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps"]
+    installed = subprocess.run(
+        [*pip, "--target", str(target), wanted], capture_output=True, text=True, timeout=300
+    )
+    assert installed.returncode == 0, installed.stderr
+    return str(target)
+
+
+BROKER_PRODUCER = """
+import sys
+from opentelemetry import trace
+from celery_tasks import add
+
+with trace.get_tracer("app").start_as_current_span("produce in a span") as span:
+    print(format(span.get_span_context().trace_id, "032x"))
+    assert add.delay(2, 3).get(timeout=30) == 5
+"""
+
+
+@pytest.mark.parametrize("broker_spans", [False, True], ids=["default", "broker-spans"])
+def test_broker_housekeeping_is_not_a_trace(
+    broker_spans: bool, redis_url: str, redis_instrumentor: str, tmp_path: Path
+) -> None:
+    receiver = OtlpReceiver()
+    flags = ("--broker-spans",) if broker_spans else ()
+    # Heartbeats, gossip and mingle on (the defaults): the worker talks to Redis while it waits.
+    worker = Worker(
+        "housekeeping", receiver, redis_url, tmp_path, agent_flags=flags, broker_chatter=True,
+        PYTHONPATH=redis_instrumentor,
+    )  # fmt: skip
+    try:
+        env = app_env(receiver, redis_url, worker.queue, PYTHONPATH=redis_instrumentor)
+        command = ["--service-name", "producer", *flags, "python", "-c", BROKER_PRODUCER]
+        produced = run_launcher(command, env, cwd=SUPPORT, timeout=90)
+        assert produced.returncode == 0, produced.stderr
+        trace_id = produced.stdout.strip()
+        # Let the idle worker poll and send heartbeats for a few seconds.
+        receiver.wait_for(lambda spans: False, timeout=5)
+    finally:
+        assert worker.stop() == 0
+    spans = receiver.wait_for(
+        lambda spans: any(span.kind == "CONSUMER" and span.trace_id == trace_id for span in spans)
+    )
+    receiver.close()
+    redis = [span for span in spans if span.attributes.get("db.system") == "redis"]
+    in_trace = [span for span in redis if span.trace_id == trace_id]
+    outside = [span for span in redis if span.parent_id is None]
+    # Inside the producer's span, the publish's own Redis commands are children in its trace.
+    assert any(span.name.startswith("LPUSH") for span in in_trace), render_tree(spans)
+    assert any(span.kind == "CONSUMER" and span.trace_id == trace_id for span in spans), render_tree(spans)
+    if broker_spans:
+        assert outside, "with --broker-spans the worker's own Redis commands were not recorded"
+    else:
+        assert outside == [], render_tree(outside)

@@ -364,6 +364,8 @@ BAD_VALUES = [
     ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "localhost:4318", "use an http:// or https:// URL"),
     ("OTEL_EXPORTER_OTLP_INSECURE", "maybe", "use true or false"),
     ("OTEL_TRACES_EXPORTER", "otlp,zipkin", "unknown exporter 'zipkin'"),
+    # OpenTelemetry itself logs an unprefixed warning per member it cannot use.
+    ("OTEL_RESOURCE_ATTRIBUTES", "team=a,no-equals,=x", "invalid member 'no-equals', '=x'"),
 ]
 
 
@@ -380,6 +382,9 @@ def test_bad_value_stops_the_launcher(variable: str, value: str, accepted: str, 
     assert repr(value.split(",")[-1]) in lines[0] or repr(value) in lines[0], lines[0]
     assert accepted in lines[0]
     assert not marker.exists()
+    if variable == "OTEL_TRACES_SAMPLER":  # the SDK registers its built-in samplers as entry points too
+        names = lines[0].partition("use one of ")[2].split(", ")
+        assert len(names) == len(set(names)), lines[0]
 
 
 @pytest.mark.parametrize(("variable", "value", "accepted"), BAD_VALUES, ids=[row[0] for row in BAD_VALUES])

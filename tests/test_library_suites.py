@@ -43,6 +43,34 @@ for host in ("example.test", "a.other.test", "bad.test"):
 """
 
 
+FREED_ON_ZERO_REFCOUNT_APP = """
+import gc
+import weakref
+
+import flask
+
+gc.disable()  # freed by reference counting alone, as Flask's own test_app_freed_on_zero_refcount asks
+
+
+class Subclassed(flask.Flask):
+    def wsgi_app(self, environ, start_response):
+        return super().wsgi_app(environ, start_response)
+
+
+for label, cls in (("Flask", flask.Flask), ("Subclassed", Subclassed)):
+    app = cls(__name__)
+
+    @app.get("/")
+    def index():
+        return "ok " + label
+
+    print(app.test_client().get("/").get_data(as_text=True))
+    weak = weakref.ref(app)
+    del app, index
+    print(label, "freed" if weak() is None else "still alive")
+"""
+
+
 def _run_both(tmp_path: Path, source: str, receiver: OtlpReceiver) -> tuple[str, str]:
     script = tmp_path / "app.py"
     script.write_text(textwrap.dedent(source))
@@ -54,6 +82,15 @@ def _run_both(tmp_path: Path, source: str, receiver: OtlpReceiver) -> tuple[str,
     assert traced.returncode == 0, traced.stderr
     assert_clean_stderr(traced.stderr)
     return plain.stdout, traced.stdout
+
+
+def test_flask_app_freed_on_zero_refcount(tmp_path: Path, receiver: OtlpReceiver) -> None:
+    plain, traced = _run_both(tmp_path, FREED_ON_ZERO_REFCOUNT_APP, receiver)
+    assert plain.splitlines() == ["ok Flask", "Flask freed", "ok Subclassed", "Subclassed freed"]
+    assert traced == plain
+    # The apps were instrumented all the same: each request made its server span.
+    spans = receiver.wait_for(lambda spans: sum(span.kind == "SERVER" for span in spans) >= 2)
+    assert sum(span.kind == "SERVER" for span in spans) == 2, spans
 
 
 def test_requests_unprepared_send_raises_requests_own_error(tmp_path: Path, receiver: OtlpReceiver) -> None:

@@ -327,3 +327,61 @@ def test_the_otlp_exporter_sends_what_opentelemetrys_exporter_sends(
 def test_the_otlp_exporter_reports_a_dead_endpoint_as_a_failure() -> None:
     exporter = OTLPSpanExporter(endpoint="http://127.0.0.1:9/v1/traces", timeout=1)
     assert exporter.export(sdk_spans()[:1]) is SpanExportResult.FAILURE
+
+
+class RawGrpcReceiver:
+    """An OTLP/gRPC endpoint that keeps each request's raw bytes (no protobuf decoding on the way in)."""
+
+    def __init__(self) -> None:
+        from concurrent import futures
+
+        import grpc
+
+        self.bodies: list[bytes] = []
+        self.compressions: list[str | None] = []
+
+        def export(body: bytes, context: Any) -> bytes:
+            self.bodies.append(body)
+            self.compressions.append(dict(context.invocation_metadata()).get("grpc-encoding"))
+            return b""  # an empty ExportTraceServiceResponse
+
+        handler = grpc.method_handlers_generic_handler(
+            "opentelemetry.proto.collector.trace.v1.TraceService",
+            {"Export": grpc.unary_unary_rpc_method_handler(export)},  # raw bytes in and out
+        )
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=2), handlers=[handler])
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server.start()
+
+
+@pytest.mark.parametrize("gzip_compressed", [False, True], ids=["none", "gzip"])
+def test_the_grpc_exporter_sends_what_opentelemetrys_grpc_exporter_sends(gzip_compressed: bool) -> None:
+    import grpc
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as OfficialGrpc
+
+    from logfire_run.agent.otlp_grpc import OTLPSpanExporter as OurGrpc
+
+    receiver = RawGrpcReceiver()
+    compression = grpc.Compression.Gzip if gzip_compressed else grpc.Compression.NoCompression
+    try:
+        spans = sdk_spans()
+        options = {"endpoint": f"127.0.0.1:{receiver.port}", "insecure": True, "compression": compression}
+        ours, theirs = OurGrpc(**options), OfficialGrpc(**options)
+        # Ours sends the direct encoder's bytes, not a message object it serializes.
+        assert type(ours._translate_data(spans)).__name__ == "EncodedBatch"
+        assert ours.export(spans) is SpanExportResult.SUCCESS
+        assert theirs.export(spans) is SpanExportResult.SUCCESS
+        ours.shutdown()
+        theirs.shutdown()
+    finally:
+        receiver.server.stop(grace=None)
+    sent_by_us, sent_by_them = receiver.bodies
+    assert sent_by_us == sent_by_them == encode_export_request(spans)
+    assert receiver.compressions[0] == receiver.compressions[1]
+
+
+def test_the_grpc_exporter_reports_a_dead_endpoint_as_a_failure() -> None:
+    from logfire_run.agent.otlp_grpc import OTLPSpanExporter as OurGrpc
+
+    exporter = OurGrpc(endpoint="127.0.0.1:9", insecure=True, timeout=1)
+    assert exporter.export(sdk_spans()[:1]) is SpanExportResult.FAILURE

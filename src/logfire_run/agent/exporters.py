@@ -200,7 +200,9 @@ def build_otlp_exporter(where: OtlpDestination) -> SpanExporter:
     timeout = where.timeout_millis / 1000
     if where.protocol == "grpc":
         import grpc
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
+
+        # OpenTelemetry's OTLP/gRPC exporter, sending the bytes of the direct encoder (otlp_grpc.py).
+        from logfire_run.agent.otlp_grpc import OTLPSpanExporter as GrpcExporter
 
         credentials = None
         if not where.insecure:

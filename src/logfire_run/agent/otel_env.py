@@ -74,9 +74,24 @@ def _sampler(raw: str) -> object:
     installed = entry_point_names("opentelemetry_traces_sampler")
     if raw.strip() in installed:
         return raw.strip()
-    raise ConfigError(
-        f"unknown sampler {raw!r}: use one of {', '.join(_BUILTIN_SAMPLERS + tuple(installed))}"
-    )
+    # The SDK registers the built-in samplers as entry points too: name each one once.
+    known = list(_BUILTIN_SAMPLERS) + sorted(set(installed) - set(_BUILTIN_SAMPLERS))
+    raise ConfigError(f"unknown sampler {raw!r}: use one of {', '.join(known)}")
+
+
+def _resource_attributes(raw: str) -> object:
+    # OpenTelemetry splits on "," then on the first "=", and logs an unprefixed warning for each member
+    # it cannot use (no "=", or an empty key). Those members are named here and left out of the rewrite.
+    members = raw.split(",")
+    bad = [member for member in members if "=" not in member or not member.partition("=")[0].strip()]
+    if bad:
+        kept = [member for member in members if member not in bad]
+        raise ConfigError(
+            f"invalid member {', '.join(repr(member) for member in bad)}: use comma-separated key=value "
+            "pairs with non-empty keys (percent-encode ',' and '=' in values)",
+            usable_raw=",".join(kept) or None,
+        )
+    return raw
 
 
 def _sampler_ratio(raw: str) -> object:
@@ -108,6 +123,7 @@ CHECKS: dict[str, Callable[[str], object]] = {
     "OTEL_LINK_ATTRIBUTE_COUNT_LIMIT": _NON_NEGATIVE,
     "OTEL_PROPAGATORS": _propagators,
     "OTEL_TRACES_SAMPLER": _sampler,
+    "OTEL_RESOURCE_ATTRIBUTES": _resource_attributes,
 }
 
 _RATIO_SAMPLERS = ("traceidratio", "parentbased_traceidratio")

@@ -14,15 +14,16 @@ status, flags, dropped counts, trace_state. An attribute whose value cannot be e
 past 64 bits, text that is not valid Unicode) is left out and reported once, as OpenTelemetry's
 encoder leaves it out and logs it; a span that cannot be encoded at all raises.
 
-Where it stops: it knows nothing of transports. OTLP/HTTP (`otlp_http.py`) sends these bytes, and so
-can any gRPC transport, whose request body is the same message.
+Where it stops: it knows nothing of transports. OTLP/HTTP (`otlp_http.py`) and OTLP/gRPC
+(`otlp_grpc.py`) send these bytes, wrapped in an `EncodedBatch`: both request bodies are the same
+message.
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, overload
 
 from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.sdk.resources import Resource
@@ -33,7 +34,7 @@ from opentelemetry.trace import SpanKind
 
 from logfire_run.agent import report
 
-__all__ = ["encode_export_request"]
+__all__ = ["EncodedBatch", "encode_export_request"]
 
 _ONE_BYTE = [bytes((value,)) for value in range(128)]
 _pack_fixed64 = struct.Struct("<Q").pack
@@ -392,3 +393,35 @@ def _append_field(out: list[bytes], tag: int, parts: list[bytes]) -> None:
     payload = b"".join(parts)
     out.append(bytes((tag,)) + _varint(len(payload)))
     out.append(payload)
+
+
+class EncodedBatch(Sequence[ReadableSpan]):
+    """A batch of spans with its request bytes, standing in for the protobuf request message.
+
+    The transports serialize a request with `SerializePartialToString` (HTTP) or `SerializeToString`
+    (gRPC); both return the bytes already written.
+    """
+
+    __slots__ = ("_body", "_spans")
+
+    def __init__(self, spans: Sequence[ReadableSpan], body: bytes) -> None:
+        self._spans = spans
+        self._body = body
+
+    def SerializePartialToString(self) -> bytes:  # the protobuf message method's name
+        return self._body
+
+    SerializeToString = SerializePartialToString
+
+    @overload
+    def __getitem__(self, index: int) -> ReadableSpan: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[ReadableSpan]: ...
+    def __getitem__(self, index: int | slice) -> ReadableSpan | Sequence[ReadableSpan]:
+        return self._spans[index]
+
+    def __len__(self) -> int:
+        return len(self._spans)
+
+    def __iter__(self) -> Iterator[ReadableSpan]:
+        return iter(self._spans)

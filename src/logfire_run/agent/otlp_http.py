@@ -14,44 +14,16 @@ OpenTelemetry's own encoding, the same bytes, only slower.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any, overload
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from opentelemetry.exporter.otlp.proto.http import trace_exporter as _otel_http
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
 
-from logfire_run.agent.otlp_encoding import encode_export_request
+from logfire_run.agent.otlp_encoding import EncodedBatch, encode_export_request
 
 __all__ = ["OTLPSpanExporter"]
-
-
-class _EncodedBatch(Sequence[ReadableSpan]):
-    """A batch of spans with its request bytes: what the wrapped `encode_spans` returns as its message."""
-
-    __slots__ = ("_body", "_spans")
-
-    def __init__(self, spans: Sequence[ReadableSpan], body: bytes) -> None:
-        self._spans = spans
-        self._body = body
-
-    def SerializePartialToString(self) -> bytes:  # the protobuf message method's name
-        return self._body
-
-    SerializeToString = SerializePartialToString
-
-    @overload
-    def __getitem__(self, index: int) -> ReadableSpan: ...
-    @overload
-    def __getitem__(self, index: slice) -> Sequence[ReadableSpan]: ...
-    def __getitem__(self, index: int | slice) -> ReadableSpan | Sequence[ReadableSpan]:
-        return self._spans[index]
-
-    def __len__(self) -> int:
-        return len(self._spans)
-
-    def __iter__(self) -> Iterator[ReadableSpan]:
-        return iter(self._spans)
 
 
 def _wrap_encode_spans() -> None:
@@ -60,7 +32,7 @@ def _wrap_encode_spans() -> None:
         return
 
     def encode_spans(spans: Sequence[ReadableSpan]) -> Any:
-        if type(spans) is _EncodedBatch:
+        if type(spans) is EncodedBatch:
             return spans
         return original(spans)
 
@@ -81,4 +53,4 @@ class OTLPSpanExporter(_otel_http.OTLPSpanExporter):
         except Exception:
             # OpenTelemetry's own encoder then meets the same span, and reports it its own way.
             return super().export(spans)
-        return super().export(_EncodedBatch(spans, body))
+        return super().export(EncodedBatch(spans, body))

@@ -409,6 +409,18 @@ SETTINGS: tuple[Setting, ...] = (
         unset=False,
     ),
     Setting(
+        name="broker_spans",
+        flag="--broker-spans",
+        env="LOGFIRE_BROKER_SPANS",
+        kind=BOOL,
+        default="off",
+        accepted="1/true/on or 0/false/off",
+        help="record the Redis commands Celery's broker and result backend send outside any span "
+        "(heartbeats, polling), which are left out by default (see docs/celery.md)",
+        switch=True,
+        unset=False,
+    ),
+    Setting(
         name="exporters",
         flag="--exporter",
         env="LOGFIRE_EXPORTER",

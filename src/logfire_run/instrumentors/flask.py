@@ -8,6 +8,10 @@ What it patches:
     response. With no excluded URLs configured there is nothing to match, so the list is set to None,
     which the instrumentation's hooks check before reading the URL: the app answers as it would
     without the agent.
+    `_InstrumentedFlask.__init__`, which keeps the app's own bound `wsgi_app` twice (as
+    `_original_wsgi_app` and inside the WSGI wrapper it sets on the app): a reference cycle, so an
+    app was freed only by the cycle collector, never when its last reference went. After it runs,
+    both places hold a callable that reaches the app through a weak reference instead.
 
 When it is enabled:
     When the app first imports `flask`, for the versions OpenTelemetry's instrumentor supports. It
@@ -20,14 +24,16 @@ How it refuses:
 
 Where it stops:
     With excluded URLs configured (`OTEL_PYTHON_FLASK_EXCLUDED_URLS`) and `TRUSTED_HOSTS` both set, a
-    request for an untrusted host still raises from OpenTelemetry's hooks. An instrumented app still
-    refers to itself through OpenTelemetry's WSGI wrapper, so it is freed by the cycle collector,
-    not as soon as its last reference goes (Flask's `test_app_freed_on_zero_refcount`).
+    request for an untrusted host still raises from OpenTelemetry's hooks. A release whose WSGI
+    wrapper keeps the bound method somewhere other than its closure is left as it is (one `--debug`
+    line): such an app is again freed by the cycle collector only.
 """
 
 from __future__ import annotations
 
 import importlib
+import types
+import weakref
 from typing import Any, ClassVar
 
 from logfire_run.agent import report
@@ -71,8 +77,44 @@ class FlaskInstrumentor(Instrumentor):
         # ExcludeList keeps its patterns in `_excluded_urls`; an empty one matches nothing.
         if not getattr(instrumented._excluded_urls, "_excluded_urls", None):
             self._patches.replace(instrumented, "_excluded_urls", None, copy_metadata=False)
+        self._patches.wrap(instrumented, "__init__", _init_without_self_reference)
 
     def _uninstrument(self, **kwargs: Any) -> None:
         self._patches.restore()
         stop_opentelemetry_instrumentor(self._otel)
         self._otel = None
+
+
+class _WeakWsgiApp:
+    """The app's own `wsgi_app`, called through a weak reference to the app."""
+
+    __slots__ = ("_app", "_function")
+
+    def __init__(self, app: Any, function: Any) -> None:
+        self._app = weakref.ref(app)
+        self._function = function
+
+    def __call__(self, environ: Any, start_response: Any) -> Any:
+        app = self._app()
+        if app is None:
+            raise ReferenceError("the Flask app behind this wsgi_app has been freed")
+        return self._function(app, environ, start_response)
+
+
+def _init_without_self_reference(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> None:
+    wrapped(*args, **kwargs)
+    own = instance.__dict__
+    original, wrapper = own.get("_original_wsgi_app"), own.get("wsgi_app")
+    if not isinstance(original, types.MethodType) or original.__self__ is not instance:
+        return  # not the shape this fix knows: leave the app as OpenTelemetry made it
+    weak = _WeakWsgiApp(instance, original.__func__)
+    cells = [
+        cell
+        for cell in getattr(wrapper, "__closure__", None) or ()
+        if isinstance(cell.cell_contents, types.MethodType) and cell.cell_contents.__self__ is instance
+    ]
+    if len(cells) != 1:
+        report.debug("Flask: OpenTelemetry's WSGI wrapper has an unknown shape; the app refers to itself")
+        return
+    cells[0].cell_contents = weak
+    own["_original_wsgi_app"] = weak
