@@ -709,3 +709,29 @@ def test_configure_sets_the_level_at_run_time(tmp_path: Path) -> None:
         "kept at info",
         "kept at error",
     ]
+
+
+def test_direct_log_encoding_decodes_to_opentelemetry_encoding() -> None:
+    from opentelemetry.exporter.otlp.proto.common._log_encoder import encode_logs
+    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+    from opentelemetry.sdk.resources import Resource
+
+    from logfire_run.agent.logs import readable_records
+    from logfire_run.agent.otlp_logs import encode_logs_request
+
+    resource = Resource.create({"service.name": "enc", "process.pid": 7, "x.list": ("a", "b")})
+    site = ("/srv/app.py", 12, "handler", "MainThread")
+    batch = [
+        (1_000, 20, "INFO", "app", "plain", None, 0xABC << 64 | 1, 0xDEF, 1, site),
+        (2_000, 30, "WARNING", "app.db", "ünïcode ✓", None, 1, 2, 0, site),
+        (3_000, 40, "ERROR", "app", "x" * 300, "Traceback ...\nKeyError: 'card'", 5, 6, 1, site),
+        (4_000, 5, "Level 5", "", "", None, 0, 0, 0, ("/p", 1, "f", "T")),
+        (5_000, 50, "CRITICAL", "app.db", "fatal", None, 7, 8, 1, site),
+    ]
+    ours = ExportLogsServiceRequest()
+    ours.ParseFromString(encode_logs_request(batch, resource, 9_000))
+    records = readable_records(batch, resource)
+    for record in records:
+        record.log_record.observed_timestamp = 9_000
+    theirs = encode_logs(records)
+    assert ours == theirs, f"{ours}\n!=\n{theirs}"

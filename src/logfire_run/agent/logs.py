@@ -253,12 +253,23 @@ class StoreLogExporter(LogExporter):
 class OpenTelemetryLogExporter(LogExporter):
     """Hands captured records to one of OpenTelemetry's log exporters (OTLP, console)."""
 
-    def __init__(self, name: str, exporter: Any, resource: Callable[[], Any]) -> None:
+    def __init__(
+        self, name: str, exporter: Any, resource: Callable[[], Any], *, direct: bool = False
+    ) -> None:
         self.name = name
         self._exporter = exporter
         self._resource = resource
+        #: OTLP/HTTP: the request written by `otlp_logs`, sent by OpenTelemetry's exporter.
+        self._direct = direct
 
     def export(self, batch: Sequence[Captured]) -> None:
+        if self._direct:
+            from logfire_run.agent.otlp_logs import encode_logs_request, send_encoded
+
+            body = encode_logs_request(batch, self._resource(), time.time_ns())
+            if send_encoded(self._exporter, body) is not None:
+                return
+            self._direct = False  # an OpenTelemetry without the seam: its own path from now on
         self._exporter.export(readable_records(batch, self._resource()))
 
     def shutdown(self) -> None:
@@ -342,7 +353,9 @@ def build_log_exporters(config: Config, resource: Callable[[], Any]) -> list[Log
                     OpenTelemetryLogExporter(name, ConsoleLogRecordExporter(out=sys.stderr), resource)
                 )
             else:
-                exporters.append(OpenTelemetryLogExporter(name, build_otlp_log_exporter(config), resource))
+                exporter = build_otlp_log_exporter(config)
+                direct = type(exporter).__module__.startswith("opentelemetry.exporter.otlp.proto.http")
+                exporters.append(OpenTelemetryLogExporter(name, exporter, resource, direct=direct))
         except Exception as error:
             # The key of the span exporter's own line: the same cause (a missing package, a bad
             # certificate) is said once, not once per signal.
