@@ -19,7 +19,8 @@ OTLP goes to a receiver inside this script that counts the log records and disca
 are printed, so a run that lost records shows. Reported: microseconds per call in the logging thread
 (the loop's wall time over the calls, what the app waits), and the process's CPU per record (every
 thread, the exporting ones included), each as overhead over plain and as a ratio to
-opentelemetry-instrument's overhead.
+opentelemetry-instrument's overhead; and, measured inside the `logfire-run off` processes, the record
+factory's own cost (the loop with the agent's factory and with the one it wraps, alternately).
 """
 
 from __future__ import annotations
@@ -108,6 +109,7 @@ def command_and_env(
         if mode == "off":
             env["LOGFIRE_LOG_LEVEL"] = "off"
             env["LOGFIRE_EXPORTER"] = "none"
+            workload.append("ab")
         elif mode == "store":
             env["LOGFIRE_STORE"] = os.path.join(folder, f"store-{os.urandom(4).hex()}.db")
         else:
@@ -176,6 +178,12 @@ def main() -> None:
         print(
             f"{variant:<32} {wall:>7.2f} {extra_wall:>+9.2f} {extra_wall / ref_wall:>6.2f}   {cpu:>10.2f} "
             f"{extra_cpu:>+9.2f} {extra_cpu / ref_cpu:>6.2f}   {received}"
+        )
+    factory = [run["factory_us"] for run in results["logfire-run off"] if "factory_us" in run]
+    if factory:
+        print(
+            f"\nlogfire-run's record factory, capture off, in-process A/B (median of {len(factory)} runs): "
+            f"+{statistics.median(factory):.2f} us per record"
         )
 
 
