@@ -13,5 +13,9 @@ def running_sdk() -> TracingSdk | None:
 
     if state.sdk() is None:
         bootstrap.start("api")
+        if state.sdk_state() == "off":
+            from logfire_run.agent import report
+
+            report.debug("the app called logfire_run's API: the SDK starts")
         state.start_sdk()
     return state.sdk()

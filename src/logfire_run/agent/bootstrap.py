@@ -10,6 +10,9 @@ finder on `sys.meta_path`. What it registers:
 - on `opentelemetry.trace`: the SDK starts when the app first asks for a tracer or the provider
   (not when it imports the API, so an app that installs its own TracerProvider first keeps it).
 
+It also notes the `TRACEPARENT`, `TRACESTATE` and `BAGGAGE` this process was started with
+(`env_carrier`): the SDK's start makes them the parent of the process's root spans.
+
 With `LOGFIRE_RUN_INHERIT=0` it also takes the agent out of the environment children inherit. The
 state it starts (config, policy, SDK, flushes) belongs to `state`; nothing here keeps any.
 """
@@ -19,7 +22,7 @@ from __future__ import annotations
 import os
 import sys
 
-from logfire_run.agent import importhooks, paths, report, state
+from logfire_run.agent import env_carrier, importhooks, paths, report, state
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -44,6 +47,8 @@ def start(via: str) -> None:
 def _start(via: str) -> None:
     config = state.config()
     report.debug(f"agent started via {via} in {sys.executable}")
+    # Read now, before the app can change them: the parent's word about its span (see state).
+    env_carrier.remember_inherited(os.environ)
     if not config.inherit:
         _stop_inheritance()
     if not config.instrumentation_disabled("logging"):
@@ -105,11 +110,13 @@ def _on_trace_import(module: ModuleType) -> None:
 
     def get_tracer_provider_first(*args: Any, **kwargs: Any) -> Any:
         restore()
+        _say_what_starts("the app asked for the tracer provider")
         state.start_sdk()
         return get_tracer_provider(*args, **kwargs)
 
     def get_tracer_first(*args: Any, **kwargs: Any) -> Any:
         restore()
+        _say_what_starts("the app asked for a tracer")
         state.start_sdk()
         return get_tracer(*args, **kwargs)
 
@@ -130,6 +137,11 @@ def _on_trace_import(module: ModuleType) -> None:
     api.get_tracer_provider = get_tracer_provider_first
     api.get_tracer = get_tracer_first
     api.set_tracer_provider = set_tracer_provider_first
+
+
+def _say_what_starts(cause: str) -> None:
+    if not state.sdk_running():
+        report.debug(f"{cause}: the SDK starts")
 
 
 def configure(**settings: Any) -> None:

@@ -52,7 +52,10 @@ def print_info(config: Config, flag_settings: dict[str, str], env: Mapping[str, 
     out.write(f"\nlog records ({captured}; see docs/logs.md):\n")
     for name, label, value, origin in log_destination_rows(config, environ):
         out.write(f"  {name:<9} {label:<19} {value:<40} {origin}\n")
-    out.write("\ninstrumentors (entry points; each loads when your code first imports its target):\n")
+    out.write(
+        "\ninstrumentors (entry points; each loads when your code first imports its target; the SDK\n"
+        "starts at the first of those imports that says so, or when your code first asks for a tracer):\n"
+    )
     instrumentors = loader.discover(use_cache=False)
     disabled_by = _disabled_source(config, flag_settings)
     replaced = loader.superseded(instrumentors, config)
@@ -269,7 +272,11 @@ def _state(
         except (ImportError, ValueError):
             installed = False
         targets.append(module if installed else f"{module} (not installed)")
-    return "enabled", f"on import of {', '.join(targets)}  {origin}"
+    if any(loader.starts_sdk(instrumentor, module) for module in instrumentor.modules):
+        when = f"on import of {', '.join(targets)}, which starts the SDK"
+    else:
+        when = f"once the SDK is up, if {' or '.join(targets)} is imported"
+    return "enabled", f"{when}  {origin}"
 
 
 def _normalize(name: str) -> str:

@@ -409,6 +409,20 @@ SETTINGS: tuple[Setting, ...] = (
         unset=False,
     ),
     Setting(
+        name="env_context",
+        flag="--no-env-context",
+        env="LOGFIRE_ENV_CONTEXT",
+        kind=BOOL,
+        default="on",
+        accepted="1/true/on or 0/false/off",
+        help="with 0, TRACEPARENT/TRACESTATE/BAGGAGE in this process's environment are ignored: its "
+        "spans start their own traces (for a service whose environment an outsider controls; see "
+        "docs/process-boundaries.md)",
+        switch=True,
+        switch_value="0",
+        unset=True,
+    ),
+    Setting(
         name="broker_spans",
         flag="--broker-spans",
         env="LOGFIRE_BROKER_SPANS",

@@ -30,7 +30,7 @@ from logfire_run.agent import importhooks, report
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
-    from typing import NoReturn
+    from typing import Any, NoReturn
 
     from opentelemetry.context import Context
 
@@ -38,6 +38,9 @@ if TYPE_CHECKING:
     from logfire_run.agent.errors import ConfigError
     from logfire_run.agent.policy import DistributedTracingPolicy
     from logfire_run.agent.sdk import TracingSdk
+
+#: What the SDK's set-up imports besides OpenTelemetry (the OTLP exporters' HTTP and gRPC stacks).
+_SETUP_IMPORTS = ("requests", "urllib3", "grpc", "google.protobuf")
 
 _lock = _thread.RLock()
 _started_via: str | None = None
@@ -176,12 +179,20 @@ def sdk_running() -> bool:
     return _sdk_state == "on"
 
 
+def sdk_state() -> str:
+    """off, starting, on, failed or disabled."""
+    return _sdk_state
+
+
 def start_sdk() -> bool:
     """Set the OpenTelemetry SDK up if it is not yet; False when tracing is off, failed or must wait.
 
     It must wait (False, nothing changed) while an OpenTelemetry module is half-imported (the app
     imported `opentelemetry.sdk.trace`, which imported `opentelemetry.trace`, whose hook called us):
-    setting up then would read half-initialized modules. The next trigger tries again.
+    setting up then would read half-initialized modules. The next trigger tries again. So it must
+    while a library that the set-up imports is half-imported (requests imports urllib.request, whose
+    instrumentor starts the SDK, whose OTLP exporter imports requests): that library's own hook, at
+    the end of its import, is the next trigger.
     """
     global _sdk_state, _sdk
     if _sdk_state == "on":
@@ -194,7 +205,9 @@ def start_sdk() -> bool:
             _sdk_state = "disabled"
             _deferred.clear()
             return False
-        if importhooks.initializing("opentelemetry", but="opentelemetry.propagate"):
+        if importhooks.initializing("opentelemetry", but="opentelemetry.propagate") or any(
+            importhooks.initializing(name) for name in _SETUP_IMPORTS
+        ):
             return False
         _sdk_state = "starting"
         try:
@@ -202,6 +215,7 @@ def start_sdk() -> bool:
 
             tracing = TracingSdk(config(), policy())
             tracing.install()
+            _join_inherited_context()
             _sdk = tracing
             _sdk_state = "on"
         except Exception as error:
@@ -215,6 +229,99 @@ def start_sdk() -> bool:
     _install_fork_without_our_warning()
     _run_deferred()
     return True
+
+
+# The context this process was started with. OpenTelemetry's env-carriers spec: a child reads
+# TRACEPARENT, TRACESTATE and BAGGAGE at start-up. It is the parent process's word, so it is
+# first-party (no policy warning, honoured under distributed_tracing=False); `env_context=False`
+# ignores it. It becomes the value of the current context wherever nothing is attached (every
+# thread, before and after every span), so each root span of the process is its child, while an
+# explicit context (a server span's extracted headers, `attach_context()`) is left alone.
+
+_inherited_context: Context | None = None
+
+
+def inherited_context() -> Context | None:
+    """The context joined from this process's environment, or None (none there, ignored, malformed)."""
+    return _inherited_context
+
+
+def _join_inherited_context() -> None:
+    global _inherited_context
+    from logfire_run.agent import env_carrier
+
+    carrier = env_carrier.inherited_carrier()
+    if not carrier:
+        return
+    if not config().env_context:
+        report.debug("TRACEPARENT in the environment is ignored (env_context is off)")
+        return
+    try:
+        joined = _with_default_context(extract(carrier, third_party=False))
+    except Exception as error:
+        report.debug(f"the context in the environment is ignored ({type(error).__name__}: {error})")
+        return
+    if joined is not None:
+        _inherited_context = joined
+
+
+def _with_default_context(extracted: Context) -> Context | None:
+    """Make `extracted` the current context wherever none is attached; None when it cannot be."""
+    import contextvars
+
+    from opentelemetry import context as context_api
+    from opentelemetry import trace
+
+    span_context = trace.get_current_span(extracted).get_span_context()
+    if not span_context.is_valid:
+        shown = {name: value[:80] for name, value in _inherited_items()}
+        report.debug(f"no valid trace context in the environment ({shown}); ignored")
+        return None
+    runtime = getattr(context_api, "_RUNTIME_CONTEXT", None)
+    get_current = getattr(runtime, "get_current", None)
+    if runtime is None or get_current is None or isinstance(runtime, _InheritedDefault):
+        return None
+    # The value the runtime context has where nothing was attached: a fresh contextvars.Context
+    # has no value set, so this is the ContextVar's default, the same object in every thread.
+    unset = contextvars.Context().run(get_current)
+    if contextvars.Context().run(get_current) is not unset:
+        report.debug(f"the runtime context {type(runtime).__name__} has no shared default; not joined")
+        return None
+    context_api._RUNTIME_CONTEXT = _InheritedDefault(runtime, unset, extracted)  # type: ignore[assignment]
+    report.debug(
+        f"root spans are children of trace {span_context.trace_id:032x} span {span_context.span_id:016x} "
+        "(TRACEPARENT in the environment)"
+    )
+    return extracted
+
+
+def _inherited_items() -> list[tuple[str, str]]:
+    from logfire_run.agent import env_carrier
+
+    return list(env_carrier.inherited.items())
+
+
+class _InheritedDefault:
+    """OpenTelemetry's runtime context, whose value where nothing is attached is the inherited one.
+
+    Tokens and attached contexts are the wrapped runtime's own: attach and detach pass through, so
+    nothing attached before or after the switch is lost.
+    """
+
+    def __init__(self, runtime: Any, unset: Context, inherited: Context) -> None:
+        self._runtime = runtime
+        self._unset = unset
+        self._inherited = inherited
+
+    def get_current(self) -> Context:
+        current: Context = self._runtime.get_current()
+        return self._inherited if current is self._unset else current
+
+    def attach(self, context: Context) -> object:
+        return self._runtime.attach(context)
+
+    def detach(self, token: object) -> None:
+        self._runtime.detach(token)
 
 
 # Python 3.12+ warns at os.fork() when the process has other threads (a DeprecationWarning shown for

@@ -192,7 +192,9 @@ def open_store(
         create_private_file(path)
     elif not os.path.exists(path):
         raise FileNotFoundError(path)
-    connection = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
+    # The class, not sqlite3.connect: an instrumentor of sqlite3 (OpenTelemetry's wraps connect) would
+    # trace the store's own queries, and the spans of each export would be exported in the next.
+    connection = sqlite3.Connection(path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
     try:
         with_retries(lambda: _prepare(connection, path, create))
     except BaseException:

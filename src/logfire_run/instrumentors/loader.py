@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from logfire_run.agent.config import Config
 
 GROUPS = ("opentelemetry_instrumentor", "logfire_run_instrumentor")
-_CACHE_FORMAT = 2
+_CACHE_FORMAT = 3
 #: Entry points whose value starts with this are this project's: their declarations are read.
 _OWN_PREFIX = "logfire_run."
 #: What this project's instrumentors declare, next to their class (see instrumentors._base).
@@ -322,8 +322,23 @@ def _targets(
         installed = module_names.get(name)
         modules.extend(sorted(installed) if installed else [name.replace("-", "_")])
     if not modules:
-        modules.append(entry_name)  # stdlib targets such as threading declare no requirement
+        # Standard-library targets declare no requirement: the entry point's name is the module
+        # (threading, sqlite3), or names a package whose one module it patches.
+        modules.extend(_STDLIB_TARGETS.get(entry_name, (entry_name,)))
     return tuple(dict.fromkeys(modules))
+
+
+#: Entry-point names of standard-library instrumentors whose target is not the module of that name.
+#: `urllib` patches `urllib.request`; a hook on `urllib` would fire in nearly every program (pathlib
+#: and email import `urllib.parse`).
+_STDLIB_TARGETS = {"urllib": ("urllib.request",)}
+
+#: Standard-library modules that nearly every program imports without making a span of them (asyncio
+#: imports concurrent.futures, and the SDK itself imports threading and logging): their
+#: instrumentors wait for something else to start the SDK, as this project's own ones always do.
+_IMPORTED_BY_EVERYONE = frozenset(
+    {"threading", "concurrent.futures", "asyncio", "logging", "os", "subprocess"}
+)
 
 
 # Activation
@@ -357,16 +372,34 @@ def register_hooks(config: Config) -> list[EntryPointRecord]:
     return registered
 
 
+def starts_sdk(record: EntryPointRecord, module_name: str) -> bool:
+    """Whether the app's first import of `module_name` (a target of `record`) starts the SDK.
+
+    A library's first import does: its instrumentor makes spans, which need the SDK. So does a
+    standard-library client's (urllib.request, sqlite3), or a program using only the standard library
+    would never get a span. Not the modules nearly every program imports (threading, logging,
+    asyncio, os, subprocess) nor the targets of this project's own context-carrying instrumentors,
+    which make no span of their own: those wait until something else starts the SDK.
+    """
+    if module_name.partition(".")[0] not in getattr(sys, "stdlib_module_names", ()):
+        return True
+    return not record.value.startswith(_OWN_PREFIX) and module_name not in _IMPORTED_BY_EVERYONE
+
+
 def _hook_for(record: EntryPointRecord) -> importhooks.Hook:
     def activate(module: ModuleType) -> None:
-        # A standard-library target (threading, concurrent.futures) is often imported half-way through
-        # another stdlib import that the SDK itself needs, and it needs no import-time class swap: it
-        # waits until the SDK is up. So does a target imported by OpenTelemetry's own code (the OTLP
-        # exporter imports requests): an app that imports the exporter to build its own
-        # TracerProvider must still be able to install it.
-        stdlib = module.__name__.partition(".")[0] in getattr(sys, "stdlib_module_names", ())
-        by_opentelemetry = importhooks.importer().startswith("opentelemetry")
-        state.when_sdk_ready(lambda: activate_now(record), start=not (stdlib or by_opentelemetry))
+        # A target imported by OpenTelemetry's own code (the OTLP exporter imports requests) waits
+        # until the SDK is up: an app that imports the exporter to build its own TracerProvider must
+        # still be able to install it. So does a module that waits by `starts_sdk`: the SDK's set-up
+        # may itself be what imports it.
+        start = starts_sdk(record, module.__name__) and not importhooks.importer().startswith("opentelemetry")
+        sdk_state = state.sdk_state()
+        if sdk_state == "off":
+            what = "starts the SDK" if start else "waits for something else to start the SDK"
+            report.debug(f"{module.__name__} imported: {record.name} {what}")
+        elif sdk_state == "starting":
+            report.debug(f"{module.__name__} imported by the SDK's set-up: {record.name} runs once it is up")
+        state.when_sdk_ready(lambda: activate_now(record), start=start)
 
     activate.__name__ = f"activate_{record.name}"
     return activate
