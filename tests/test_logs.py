@@ -94,8 +94,8 @@ def descends_from(trace: dict[str, Any], span_id: str, ancestor: str) -> bool:
 FLASK_APP = """
     import logging
     import sys
+    import http.client
     import threading
-    import urllib.request
 
     from flask import Flask
 
@@ -125,8 +125,11 @@ FLASK_APP = """
             break
         except OSError:
             time.sleep(0.05)
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/order") as response:
-        print("client got", response.read().decode(), flush=True)
+    # http.client, which nothing instruments: the request carries no trace context, and the server
+    # span is the root of its trace (urllib.request would be a client span, its parent).
+    connection = http.client.HTTPConnection("127.0.0.1", port)
+    connection.request("GET", "/order")
+    print("client got", connection.getresponse().read().decode(), flush=True)
     time.sleep(0.2)  # the access log line is written by the server thread
 """
 
