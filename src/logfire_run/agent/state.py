@@ -136,6 +136,10 @@ def configure(settings: Mapping[str, object]) -> None:
     applies = {setting.applies for setting in changed if setting.applies}
     if "policy" in applies and _policy is not None:
         _policy.mode = current.distributed_tracing  # the policy's one writer
+    if "logs" in applies:
+        from logfire_run.instrumentors import _logging_records
+
+        _logging_records.set_level(current.log_level)
     if _sdk is not None:
         _sdk.apply(applies)
 
@@ -495,13 +499,15 @@ def exit_flush(reason: str) -> None:
         finished = flusher is not None and flusher.flush(tracing, remaining, reason)
     if not finished:
         unsent = tracing.unsent()
-        if unsent:
+        unsent_logs = tracing.unsent_logs()
+        if unsent or unsent_logs:
             from logfire_run.agent.exporters import last_transient_error
 
             cause = last_transient_error()
+            what = f"{unsent} spans" + (f" and {unsent_logs} log records" if unsent_logs else "")
             report.problem(
                 "exit-budget",
-                f"{unsent} spans were not sent within the exit budget ({budget:g} s, at {reason}) and "
+                f"{what} were not sent within the exit budget ({budget:g} s, at {reason}) and "
                 "are dropped" + (f" (the backend: {cause})" if cause else "") + "; "
                 "LOGFIRE_EXIT_BUDGET (--exit-budget) sets the budget",
             )
