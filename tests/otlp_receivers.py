@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from opentelemetry.proto.collector.logs.v1 import logs_service_pb2, logs_service_pb2_grpc
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
@@ -42,12 +44,50 @@ class _Collecting(OtlpReceiver):
         self._lock = threading.Lock()
         self.headers: list[dict[str, str]] = []
         self.paths: list[str] = []
+        #: Log records received (OTLP logs), decoded: see `collect_logs`.
+        self.logs: list[dict[str, Any]] = []
 
     def collect(self, request: ExportTraceServiceRequest, headers: dict[str, str], path: str = "") -> None:
         with self._lock:
             self.headers.append({key.lower(): value for key, value in headers.items()})
             self.paths.append(path)
         self._add(request)
+
+    def collect_logs(self, request: Any) -> None:
+        """An ExportLogsServiceRequest: each record with its ids, body, severity and resource."""
+        from conftest import _attrs
+
+        records = []
+        for resource_logs in request.resource_logs:
+            resource = _attrs(resource_logs.resource.attributes)
+            for scope_logs in resource_logs.scope_logs:
+                for record in scope_logs.log_records:
+                    records.append(
+                        {
+                            "trace_id": record.trace_id.hex(),
+                            "span_id": record.span_id.hex(),
+                            "body": record.body.string_value,
+                            "severity_text": record.severity_text,
+                            "severity_number": record.severity_number,
+                            "scope": scope_logs.scope.name,
+                            "attributes": _attrs(record.attributes),
+                            "resource": resource,
+                        }
+                    )
+        with self._lock:
+            self.logs.extend(records)
+
+    def wait_for_logs(self, count: int, timeout: float = 20.0) -> list[dict[str, Any]]:
+        import time
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if len(self.logs) >= count:
+                    break
+            time.sleep(0.05)
+        with self._lock:
+            return list(self.logs)
 
     def header_values(self, name: str) -> set[str]:
         with self._lock:
@@ -68,7 +108,7 @@ class ThirdPartyReceiver(_Collecting):
 
         class Handler(RequestHandler):
             def handle_logs(self, request: Any, headers: Any) -> None:
-                pass
+                receiver.collect_logs(request)
 
             def handle_metrics(self, request: Any, headers: Any) -> None:
                 pass
@@ -117,8 +157,14 @@ class GrpcReceiver(_Collecting):
                 receiver.collect(request, dict(context.invocation_metadata()))
                 return trace_service_pb2.ExportTraceServiceResponse()
 
+        class LogsServicer(logs_service_pb2_grpc.LogsServiceServicer):  # type: ignore[misc]
+            def Export(self, request: Any, context: Any) -> Any:
+                receiver.collect_logs(request)
+                return logs_service_pb2.ExportLogsServiceResponse()
+
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
         trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Servicer(), self.server)
+        logs_service_pb2_grpc.add_LogsServiceServicer_to_server(LogsServicer(), self.server)
         if certificate is None:
             self.port = self.server.add_insecure_port("127.0.0.1:0")
             scheme = "http"
@@ -154,9 +200,14 @@ class HttpReceiver(_Collecting):
                     body = gzip.decompress(body)
                 elif encoding == "deflate":
                     body = zlib.decompress(body)
-                request = ExportTraceServiceRequest()
-                request.ParseFromString(body)
-                receiver.collect(request, dict(self.headers.items()), self.path)
+                if self.path.endswith("/v1/logs"):
+                    logs_request = ExportLogsServiceRequest()
+                    logs_request.ParseFromString(body)
+                    receiver.collect_logs(logs_request)
+                else:
+                    request = ExportTraceServiceRequest()
+                    request.ParseFromString(body)
+                    receiver.collect(request, dict(self.headers.items()), self.path)
                 self.send_response(200)
                 self.send_header("Content-Type", "application/x-protobuf")
                 self.send_header("Content-Length", "0")

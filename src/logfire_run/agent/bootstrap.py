@@ -6,6 +6,7 @@ finder on `sys.meta_path`. What it registers:
 
 - one post-import hook per target module of each enabled instrumentor (`instrumentors.loader`);
 - on `opentelemetry.propagate`: the policy becomes the global propagator, SDK or not;
+- on `logging`: the record factory that puts trace ids on every record (`_logging_records`);
 - on `opentelemetry.trace`: the SDK starts when the app first asks for a tracer or the provider
   (not when it imports the API, so an app that installs its own TracerProvider first keeps it).
 
@@ -50,6 +51,9 @@ def _start(via: str) -> None:
     env_carrier.remember_inherited(os.environ)
     if not config.inherit:
         _stop_inheritance()
+    if not config.instrumentation_disabled("logging"):
+        # Before the SDK check: a format naming the trace ids works with the SDK off too.
+        _on_import("logging", _on_logging_import)
     if state.sdk_disabled():
         report.debug("OTEL_SDK_DISABLED is true: no tracing in this process")
         return
@@ -77,6 +81,15 @@ def _run_hooks_later(module_name: str, module: ModuleType) -> Callable[[], None]
         importhooks.run_hooks(module_name, module)
 
     return run
+
+
+def _on_logging_import(module: ModuleType) -> None:
+    """Trace ids on every log record from the first import of `logging` on, SDK or not (see
+    `instrumentors._logging_records`); capture starts with the `logging` instrumentor."""
+    from logfire_run.instrumentors import _logging_records
+
+    _logging_records.set_level(state.config().log_level)
+    _logging_records.install(module)
 
 
 def _on_propagate_import(module: ModuleType) -> None:

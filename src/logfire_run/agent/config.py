@@ -35,6 +35,7 @@ class Config:
     disabled_instrumentations: tuple[str, ...]
     store_path: str | None
     exit_budget: float
+    log_level: int | None
     debug: bool
     inherit: bool
 

@@ -306,8 +306,11 @@ class _ExportProblemHandler(logging.Handler):
             _last_transient = message
             return
         cause = f" (last error: {_last_transient})" if _last_transient and _last_transient != message else ""
+        # One line per backend, not per signal: the log exporter of the same protocol (`_log_exporter`,
+        # docs/logs.md) fails with the trace exporter, and says the same.
+        key = record.name.replace("._log_exporter", ".trace_exporter")
         report.problem(
-            f"export:{record.name}",
+            f"export:{key}",
             f"exporting spans failed: {destination.explain(message + cause)} (reported once per process; "
             "the app runs on, "
             "spans beyond the bounded queue are dropped; LOGFIRE_DEBUG=1 shows every occurrence)",

@@ -12,7 +12,7 @@ import os
 import sys
 
 from logfire_run.agent.config import Config
-from logfire_run.agent.settings import SETTINGS
+from logfire_run.agent.settings import SETTINGS, SETTINGS_BY_NAME
 from logfire_run.instrumentors.loader import GROUPS
 
 TYPE_CHECKING = False
@@ -47,6 +47,11 @@ def print_info(config: Config, flag_settings: dict[str, str], env: Mapping[str, 
     for name, rows in destination_rows(config, environ):
         for index, (label, value, origin) in enumerate(rows):
             out.write(f"  {name if index == 0 else '':<9} {label:<19} {value:<40} {origin}\n")
+    level = SETTINGS_BY_NAME["log_level"].kind.show(config.log_level)
+    captured = "none captured" if config.log_level is None else f"{level} and up"
+    out.write(f"\nlog records ({captured}; see docs/logs.md):\n")
+    for name, label, value, origin in log_destination_rows(config, environ):
+        out.write(f"  {name:<9} {label:<19} {value:<40} {origin}\n")
     out.write(
         "\ninstrumentors (entry points; each loads when your code first imports its target; the SDK\n"
         "starts at the first of those imports that says so, or when your code first asks for a tracer):\n"
@@ -124,6 +129,25 @@ def destination_rows(
     if not result:
         result.append(("none", [("", "spans are not exported", "")]))
     return result
+
+
+def log_destination_rows(config: Config, environ: Mapping[str, str]) -> list[tuple[str, str, str, str]]:
+    """(exporter, what, value, source) for where captured log records go."""
+    from logfire_run.agent import logs
+
+    if config.log_level is None:
+        return [("none", "", "nothing is captured (the ids are still on every record)", "")]
+    rows: list[tuple[str, str, str, str]] = []
+    for name in logs.log_exporter_names(config, environ):
+        if name == "store":
+            rows.append((name, "logs table of", config.resolved_store_path(), "with the spans"))
+        elif name == "console":
+            rows.append((name, "writes to", "stderr", "env OTEL_LOGS_EXPORTER"))
+        else:
+            where = logs.otlp_log_destination(config, environ)
+            rows.append((name, "endpoint", where.endpoint, where.sources["endpoint"]))
+            rows.append(("", "protocol", where.protocol, where.sources["protocol"]))
+    return rows or [("none", "", "log records are not exported", "")]
 
 
 def _exporter_entry_point(name: str) -> str:

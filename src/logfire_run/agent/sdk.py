@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Collection
+from typing import TYPE_CHECKING
 
 from opentelemetry import trace
 from opentelemetry.context import Context, get_value
@@ -27,6 +28,9 @@ from logfire_run.agent import report
 from logfire_run.agent.config import Config
 from logfire_run.agent.exporters import ExportingSpanProcessor, route_export_logs
 from logfire_run.agent.policy import REFUSED_PARENT_KEY, DistributedTracingPolicy, install_as_global
+
+if TYPE_CHECKING:
+    from logfire_run.agent.logs import LogPipeline
 
 
 class RefusedParentLinkProcessor(SpanProcessor):
@@ -60,6 +64,8 @@ class TracingSdk:
         self.policy = policy
         self.provider: TracerProvider | None = None
         self.owns_provider = False
+        #: The pipeline of captured `logging` records (`agent.logs`), once the logging instrumentor runs.
+        self.logs: LogPipeline | None = None
 
     def install(self) -> None:
         propagate = sys.modules.get("opentelemetry.propagate")
@@ -106,21 +112,52 @@ class TracingSdk:
             return
         if "exporters" in changes:
             self.exporting.set_exporters(self.config)
+            if self.logs is not None:
+                self.start_logs()
         if "resource" in changes:
             _replace_resource_attributes(self.provider.resource, self._resource().attributes)
+            if self.logs is not None:
+                from logfire_run.instrumentors import _logging_records
+
+                _logging_records.set_service_name(self.config.resolved_service_name())
+
+    def start_logs(self) -> LogPipeline | None:
+        """The pipeline for captured log records, (re)built from the config; None with the app's own
+        provider (its spans are exported by the app's exporters, not ours: so would its logs be)."""
+        if not self.owns_provider or self.provider is None:
+            return None
+        from logfire_run.agent.logs import LogPipeline, build_log_exporters, log_exporter_names
+
+        provider, config = self.provider, self.config
+        names = log_exporter_names(config)
+        old = self.logs
+        self.logs = LogPipeline(build_log_exporters(config, lambda: provider.resource))
+        if old is not None:
+            old.shutdown()
+        report.debug(f"log exporters: {', '.join(names) or 'none'}")
+        return self.logs
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         flush = getattr(current_provider(), "force_flush", None)
-        return bool(flush(timeout_millis)) if callable(flush) else True
+        flushed = bool(flush(timeout_millis)) if callable(flush) else True
+        if self.logs is not None:
+            flushed = self.logs.force_flush(timeout_millis) and flushed
+        return flushed
 
     def unsent(self) -> int:
         """Spans of the agent's exporters not sent yet (0 for an app's own provider: not ours to count)."""
         return self.exporting.unsent() if self.owns_provider else 0
 
+    def unsent_logs(self) -> int:
+        """Captured log records not exported yet."""
+        return self.logs.unsent() if self.logs is not None else 0
+
     def shutdown(self) -> None:
         stop = getattr(current_provider(), "shutdown", None)
         if callable(stop):
             stop()
+        if self.logs is not None:
+            self.logs.shutdown()
 
 
 def distribution_attributes() -> dict[str, str]:

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Mapping
 
 from logfire_run.agent import paths
 from logfire_run.agent.errors import ConfigError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Callable
 
     #: What `distributed_tracing` may hold: None (warn), True, False or "link".
     DistributedTracing = bool | None | str
@@ -178,6 +179,48 @@ class SecondsKind(Kind):
         return f"{value:g} s" if isinstance(value, float) else str(value)
 
 
+class LogLevelKind(Kind):
+    """A `logging` level: a name (debug, info, warning, error, critical), a number, or `off`.
+
+    The value is the level as a number, or None for `off` (nothing is captured)."""
+
+    NAMES: Mapping[str, int] = {
+        "debug": 10,
+        "info": 20,
+        "warning": 30,
+        "warn": 30,
+        "error": 40,
+        "critical": 50,
+        "fatal": 50,
+    }
+
+    def parse(self, raw: str) -> object:
+        value = raw.strip().lower()
+        if value in ("off", "none", "false", "0"):
+            return None
+        if value in self.NAMES:
+            return self.NAMES[value]
+        if value.isdigit() and 1 <= int(value) <= 100:
+            return int(value)
+        raise ConfigError(
+            f"invalid log level {raw!r}: use debug, info, warning, error, critical, a number from 1 to 100, "
+            "or off"
+        )
+
+    def coerce(self, value: object) -> object:
+        if value is None or value is False:
+            return None
+        if isinstance(value, int) and not isinstance(value, bool):
+            return self.parse(str(value))
+        return super().coerce(value)
+
+    def show(self, value: object) -> str:
+        if value is None:
+            return "off"
+        names = {number: name for name, number in reversed(list(self.NAMES.items()))}
+        return names.get(value, str(value)) if isinstance(value, int) else str(value)
+
+
 TEXT = Kind()
 BOOL = BoolKind()
 NAME_LIST = NameListKind()
@@ -185,6 +228,7 @@ EXPORTERS = ExportersKind()
 DISTRIBUTED_TRACING = DistributedTracingKind()
 PROTOCOL = ProtocolKind()
 SECONDS = SecondsKind()
+LOG_LEVEL = LogLevelKind()
 
 
 def parse_distributed_tracing(raw: str) -> DistributedTracing:
@@ -446,6 +490,18 @@ SETTINGS: tuple[Setting, ...] = (
         help="the longest a process's exit (normal, SIGTERM, os._exit) waits for its spans to be sent; "
         "what is left then is dropped and counted on stderr",
         unset=2.0,
+    ),
+    Setting(
+        name="log_level",
+        flag="--log-level",
+        env="LOGFIRE_LOG_LEVEL",
+        kind=LOG_LEVEL,
+        default="info",
+        accepted="debug, info, warning, error, critical, a number, or off",
+        help="the app's `logging` records at or above this level are captured with their span "
+        "(to the store, and over OTLP as logs); off captures none (see docs/logs.md)",
+        applies="logs",
+        unset=20,
     ),
     Setting(
         name="debug",

@@ -136,6 +136,10 @@ def configure(settings: Mapping[str, object]) -> None:
     applies = {setting.applies for setting in changed if setting.applies}
     if "policy" in applies and _policy is not None:
         _policy.mode = current.distributed_tracing  # the policy's one writer
+    if "logs" in applies:
+        from logfire_run.instrumentors import _logging_records
+
+        _logging_records.set_level(current.log_level)
     if _sdk is not None:
         _sdk.apply(applies)
 
@@ -210,7 +214,9 @@ def start_sdk() -> bool:
             from logfire_run.agent.sdk import TracingSdk
 
             tracing = TracingSdk(config(), policy())
-            tracing.install()
+            # The batch processors' threads start here: they must not be where SIGTERM lands.
+            with _SigtermBlocked():
+                tracing.install()
             _join_inherited_context()
             _sdk = tracing
             _sdk_state = "on"
@@ -462,7 +468,14 @@ def install_exit_flushes() -> None:
     _install_sigterm_flush()
     _exit_flusher()
     if hasattr(os, "register_at_fork"):
-        os.register_at_fork(after_in_child=_new_flusher_after_fork)
+        # Registered after the SDK's own at-fork hooks (which restart the batch processors' threads in
+        # a forked child): SIGTERM stays blocked in the forking thread until they have run, so those
+        # threads are born with it blocked too.
+        os.register_at_fork(
+            before=_block_sigterm_for_fork,
+            after_in_parent=_unblock_sigterm_after_fork,
+            after_in_child=_new_flusher_after_fork,
+        )
 
 
 def exit_flush(reason: str, *, children: Iterable[int] = ()) -> None:
@@ -504,13 +517,15 @@ def exit_flush(reason: str, *, children: Iterable[int] = ()) -> None:
         _restore_signals(held)
     if not finished:
         unsent = tracing.unsent()
-        if unsent:
+        unsent_logs = tracing.unsent_logs()
+        if unsent or unsent_logs:
             from logfire_run.agent.exporters import last_transient_error
 
             cause = last_transient_error()
+            what = f"{unsent} spans" + (f" and {unsent_logs} log records" if unsent_logs else "")
             report.problem(
                 "exit-budget",
-                f"{unsent} spans were not sent within the exit budget ({budget:g} s, at {reason}) and "
+                f"{what} were not sent within the exit budget ({budget:g} s, at {reason}) and "
                 "are dropped" + (f" (the backend: {cause})" if cause else "") + "; "
                 "LOGFIRE_EXIT_BUDGET (--exit-budget) sets the budget",
             )
@@ -600,7 +615,8 @@ class _ExitFlusher:
         self._done = threading.Event()
         self._call: Callable[[], object] = lambda: None
         self._thread = threading.Thread(target=self._run, name="logfire-run exit flush", daemon=True)
-        self._thread.start()
+        with _SigtermBlocked():
+            self._thread.start()
 
     def _run(self) -> None:
         self._request.wait()
@@ -654,6 +670,62 @@ def _new_flusher_after_fork() -> None:
     _flusher = None
     if _sdk is not None:
         _exit_flusher()
+    _unblock_sigterm_after_fork()
+
+
+# SIGTERM goes to the main thread. The flush on SIGTERM is a Python handler, and Python runs handlers
+# in the main thread only, when it next runs bytecode; the kernel delivers a signal sent to a process
+# to any thread that does not block it. Landing in one of the agent's threads, it would wait for a
+# main thread blocked in a lock that only the signal was to end (an idle multiprocessing.Pool worker,
+# blocked on its task queue's lock while the parent terminates the pool, never ended). Without the
+# agent the default action kills the process whichever thread the kernel picks. So every thread the
+# agent starts is started with SIGTERM blocked, which it inherits, and the kernel picks the main thread.
+
+
+class _SigtermBlocked:
+    """Block SIGTERM in this thread for the `with` block (threads started in it inherit the block)."""
+
+    def __enter__(self) -> None:
+        self.unblock = _block_sigterm()
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.unblock:
+            _unblock_sigterm()
+
+
+def _block_sigterm() -> bool:
+    """Block SIGTERM in this thread; True if it was not blocked before (the caller unblocks it)."""
+    try:
+        import _signal
+
+        previous = _signal.pthread_sigmask(_signal.SIG_BLOCK, (_signal.SIGTERM,))
+        return _signal.SIGTERM not in previous
+    except (AttributeError, OSError, ValueError):  # no pthread_sigmask on this platform
+        return False
+
+
+def _unblock_sigterm() -> None:
+    try:
+        import _signal
+
+        _signal.pthread_sigmask(_signal.SIG_UNBLOCK, (_signal.SIGTERM,))
+    except (AttributeError, OSError, ValueError):
+        pass
+
+
+_blocked_for_fork = False
+
+
+def _block_sigterm_for_fork() -> None:
+    global _blocked_for_fork
+    _blocked_for_fork = _block_sigterm()
+
+
+def _unblock_sigterm_after_fork() -> None:
+    global _blocked_for_fork
+    if _blocked_for_fork:
+        _blocked_for_fork = False
+        _unblock_sigterm()  # a SIGTERM that came meanwhile is delivered now
 
 
 def _flush_at_exit() -> None:
@@ -666,6 +738,96 @@ def _flushing_exit(status: int) -> NoReturn:
     except BaseException:
         pass
     _real_exit(status)
+
+
+# A SIGTERM that comes while the main thread is about to block (an idle pool worker going back to
+# its task queue's lock as the parent terminates the pool) trips Python's handler just before the
+# wait begins: nothing interrupts the wait, the handler never runs, and the process neither flushes
+# nor dies (without the agent, the default action would have killed it). `watch_sigterm()` closes
+# that window for such processes: a signal's number is written to a wakeup pipe by Python's C-level
+# handler, and a thread of ours that reads SIGTERM there interrupts the main thread with SIGTERM again
+# (`pthread_kill`), until the handler has run and the process has died by the signal.
+
+_watch: tuple[int, int, int] | None = None  # (pid, read end, write end) of this process's wakeup pipe
+
+
+def watch_sigterm() -> None:
+    """Make sure the SIGTERM flush runs even if SIGTERM comes as the main thread starts to block.
+
+    For processes whose main thread waits in locks that only SIGTERM ends: pool workers and
+    multiprocessing children. Only from the main thread, only while the SIGTERM handler is the
+    agent's, and only if no one else uses the signal wakeup fd (asyncio's loop does); else nothing.
+    """
+    global _watch
+    if _watch is not None and _watch[0] == os.getpid():
+        return
+    import _signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if _signal.getsignal(_signal.SIGTERM) is not _flush_on_sigterm or not hasattr(_signal, "pthread_kill"):
+        return
+    read, write = os.pipe()
+    try:
+        os.set_blocking(write, False)
+        previous = _signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+        if previous != -1:
+            _signal.set_wakeup_fd(previous)  # someone else's (an event loop): theirs to keep
+            raise ValueError("the wakeup fd is in use")
+        main = threading.get_ident()
+        watcher = threading.Thread(
+            target=_watch_sigterm, args=(read, main), name="logfire-run SIGTERM watch", daemon=True
+        )
+        with _SigtermBlocked():
+            watcher.start()
+    except (OSError, ValueError, RuntimeError) as error:
+        report.debug(f"no SIGTERM watch: {error}")
+        os.close(read)
+        os.close(write)
+        return
+    if _watch is None and hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=_forget_watch_after_fork)
+    _watch = (os.getpid(), read, write)
+
+
+def _watch_sigterm(read: int, main_thread: int) -> None:
+    import _signal
+    import time
+
+    term = bytes([_signal.SIGTERM])
+    try:
+        while term not in os.read(read, 512):
+            pass
+    except OSError:
+        return
+    # Python's handler may already be running; if it is, a repeated SIGTERM is ignored by it. The app
+    # may have put a handler of its own in place since: then the signal is its business.
+    while _signal.getsignal(_signal.SIGTERM) in (_flush_on_sigterm, _signal.SIG_DFL):
+        try:
+            _signal.pthread_kill(main_thread, _signal.SIGTERM)
+        except OSError:
+            return
+        time.sleep(0.1)
+
+
+def _forget_watch_after_fork() -> None:
+    # The child shares the parent's pipe: its signals must not reach the parent's watcher.
+    global _watch
+    watch = _watch
+    if watch is None or watch[0] == os.getpid():
+        return
+    _watch = None
+    try:
+        import _signal
+
+        previous = _signal.set_wakeup_fd(-1)
+        if previous != watch[2]:
+            _signal.set_wakeup_fd(previous)  # not ours any more: left as it was
+        os.close(watch[1])
+        os.close(watch[2])
+    except (OSError, ValueError):
+        pass
 
 
 _sigterm_flushing = False

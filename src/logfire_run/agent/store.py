@@ -39,15 +39,20 @@ from opentelemetry.trace import SpanKind, StatusCode
 from logfire_run.agent import report
 from logfire_run.agent.store_format import (
     DEFAULT_MAX_AGE_SECONDS,
+    DEFAULT_MAX_LOGS,
     DEFAULT_MAX_SPANS,
     Row,
     insert_batch,
+    insert_logs,
     open_store,
     prune,
+    prune_logs,
+    site_attributes,
+    trace_key,
     with_retries,
 )
 
-__all__ = ["PRUNE_EVERY", "StoreExporter", "span_row", "span_rows"]
+__all__ = ["PRUNE_EVERY", "StoreExporter", "log_rows", "span_row", "span_rows"]
 
 #: A writing process prunes after writing this many spans (and once when it opens the store).
 PRUNE_EVERY = 5_000
@@ -170,6 +175,28 @@ def _service_name(resource: Resource) -> str:
     return name
 
 
+def log_rows(batch: Sequence[Any], pid: int, service: str) -> list[Row]:
+    """Captured log records (`agent.logs.Captured`) made inside a span, as rows of the `logs` table.
+
+    Records come in runs from one span and one call site: the ids' text and the encoded attributes
+    are worked out once per span and once per site in a batch."""
+    spans: dict[tuple[int, int], tuple[int, str, str]] = {}
+    sites: dict[Any, str] = {}
+    rows: list[Row] = []
+    append = rows.append
+    for when, levelno, levelname, logger, message, exception, trace_id, span_id, _flags, site in batch:
+        if not trace_id:
+            continue  # made outside any span: the store holds traces
+        ids = spans.get((trace_id, span_id))
+        if ids is None:
+            ids = spans[(trace_id, span_id)] = (trace_key(trace_id), f"{trace_id:032x}", f"{span_id:016x}")
+        attributes = sites.get(site)
+        if attributes is None:
+            attributes = sites[site] = _encode(site_attributes(site))
+        append((*ids, when, levelno, levelname, logger, message, exception, attributes, service, pid))
+    return rows
+
+
 class StoreExporter(SpanExporter):
     """Writes each batch of spans into the SQLite store at `path`, in one transaction."""
 
@@ -257,9 +284,35 @@ class StoreExporter(SpanExporter):
                 self._prune(connection)
         return SpanExportResult.SUCCESS
 
+    def export_logs(self, batch: Sequence[Any], service: str = "") -> bool:
+        """Write captured log records (see `log_rows`) in one transaction; False when they are dropped."""
+        if self._shutdown or self._unusable:
+            return False
+        rows = log_rows(batch, self._pid, service)
+        if not rows:
+            return True
+        with self._lock:
+            connection = self._connect()
+            if connection is None:
+                return False
+            try:
+                with_retries(lambda: insert_logs(connection, rows))
+            except Exception as error:
+                report.problem(
+                    "store:write-logs",
+                    f"log records could not be written to the trace store {self.path} "
+                    f"({type(error).__name__}: {error}); they are dropped, the app runs on",
+                )
+                return False
+            self._since_prune += len(rows)
+            if self._since_prune >= self.prune_every:
+                self._prune(connection)
+        return True
+
     def _prune(self, connection: sqlite3.Connection) -> None:
         self._since_prune = 0
         try:
+            prune_logs(connection, DEFAULT_MAX_LOGS, self.max_age_seconds)
             prune(connection, self.max_spans, self.max_age_seconds)
         except Exception as error:
             report.debug(f"trace store pruning failed: {error}")

@@ -26,19 +26,27 @@ from logfire_run.agent.settings import store_path_from_environment
 __all__ = [
     "COLUMNS",
     "DEFAULT_MAX_AGE_SECONDS",
+    "DEFAULT_MAX_LOGS",
     "DEFAULT_MAX_SPANS",
+    "LOG_COLUMNS",
     "SCHEMA_VERSION",
     "NotAStoreError",
     "default_path",
+    "has_logs",
     "insert_batch",
+    "insert_logs",
     "open_store",
     "prune",
+    "prune_logs",
+    "site_attributes",
     "trace_key",
     "with_retries",
 ]
 
 #: Retention: at most this many spans are kept (60 MB with small HTTP spans, more with big attributes) ...
 DEFAULT_MAX_SPANS = 200_000
+#: ... at most this many log records ...
+DEFAULT_MAX_LOGS = 200_000
 #: ... and none older than this (7 days).
 DEFAULT_MAX_AGE_SECONDS = 7 * 24 * 3600
 #: Readers (the viewer) let SQLite wait this long for a lock before "database is locked".
@@ -48,7 +56,10 @@ WRITE_PATIENCE_SECONDS = 30.0
 #: Writers' waits between attempts grow from the first to the last value (seconds, jittered).
 _RETRY_DELAYS = (0.0005, 0.02)
 
-SCHEMA_VERSION = 1
+#: 1: spans and batches. 2: the `logs` table (a version-1 store is read as it is, and upgraded in place
+#: by the first writer that opens it).
+SCHEMA_VERSION = 2
+_READABLE_VERSIONS = (1, 2)
 _SQLITE_BUSY, _SQLITE_LOCKED = 5, 6  # primary result codes (extended codes keep them in the low byte)
 
 #: The columns of a span row, in the order `insert_batch` takes them.
@@ -69,6 +80,44 @@ COLUMNS = (
     "links",
     "scope",
     "pid",
+)
+
+#: The columns of a log row, in the order `insert_logs` takes them.
+LOG_COLUMNS = (
+    "trace_key",
+    "trace_id",
+    "span_id",
+    "time_ns",
+    "level_no",
+    "level",
+    "logger",
+    "message",
+    "exception",
+    "attributes",
+    "service",
+    "pid",
+)
+
+# The app's `logging` records captured with their span; like spans, appended in id order and found by
+# a scan on the integer trace key.
+_LOGS_SCHEMA = (
+    """
+    CREATE TABLE IF NOT EXISTS logs (
+        id INTEGER PRIMARY KEY,
+        trace_key INTEGER NOT NULL,
+        trace_id TEXT NOT NULL,
+        span_id TEXT NOT NULL,
+        time_ns INTEGER NOT NULL,
+        level_no INTEGER NOT NULL,
+        level TEXT NOT NULL,
+        logger TEXT NOT NULL,
+        message TEXT NOT NULL,
+        exception TEXT,
+        attributes TEXT,
+        service TEXT,
+        pid INTEGER
+    )
+    """,
 )
 
 # No secondary index on spans: trace ids are random, so an index on them puts every span of a
@@ -103,6 +152,7 @@ _SCHEMA = (
     # Short-lived processes write small batches, so this table can grow large: age pruning, run
     # by every process that opens the store, must not scan it.
     "CREATE INDEX IF NOT EXISTS batches_written ON batches (written_ns)",
+    *_LOGS_SCHEMA,
 )
 _INSERT_HEAD = f"INSERT INTO spans ({', '.join(COLUMNS)}) VALUES "
 _ROW_PLACEHOLDERS = f"({', '.join('?' * len(COLUMNS))})"
@@ -160,7 +210,7 @@ def _check_version(connection: sqlite3.Connection, path: str) -> bool:
     version, tables = connection.execute(
         "SELECT user_version, (SELECT count(*) FROM sqlite_master) FROM pragma_user_version"
     ).fetchone()
-    if version == SCHEMA_VERSION:
+    if version in _READABLE_VERSIONS:
         return True
     if version == 0:
         if tables == 0:
@@ -186,6 +236,8 @@ def _prepare(connection: sqlite3.Connection, path: str, create: bool) -> None:
     # NORMAL in WAL mode never corrupts the file; a power cut may lose the last batches only.
     connection.execute("PRAGMA synchronous=NORMAL")
     if ready:
+        if create and _version(connection) < SCHEMA_VERSION:
+            _upgrade(connection)
         return
     connection.execute("BEGIN IMMEDIATE")
     try:
@@ -198,6 +250,41 @@ def _prepare(connection: sqlite3.Connection, path: str, create: bool) -> None:
     except BaseException:
         _rollback(connection)
         raise
+
+
+def _version(connection: sqlite3.Connection) -> int:
+    return int(connection.execute("PRAGMA user_version").fetchone()[0])
+
+
+def _upgrade(connection: sqlite3.Connection) -> None:
+    """Bring an older store to this schema in place (a writer does; readers read it as it is)."""
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        if _version(connection) < 2:
+            for statement in _LOGS_SCHEMA:
+                connection.execute(statement)
+        connection.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        connection.execute("COMMIT")
+    except BaseException:
+        _rollback(connection)
+        raise
+
+
+def site_attributes(site: tuple[str, int, str, str]) -> dict[str, Any]:
+    """A log record's (path, line, function, thread name) as OpenTelemetry's attribute names."""
+    path, line, function, thread = site
+    return {
+        "code.file.path": path,
+        "code.line.number": line,
+        "code.function.name": function,
+        "thread.name": thread,
+    }
+
+
+def has_logs(connection: sqlite3.Connection) -> bool:
+    """Whether the store has a `logs` table (a version-1 store read by the viewer has none)."""
+    row = connection.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'logs'").fetchone()
+    return row is not None
 
 
 def _rollback(connection: sqlite3.Connection) -> None:
@@ -279,6 +366,53 @@ def insert_batch(connection: sqlite3.Connection, rows: list[Row]) -> None:
     except BaseException:
         _rollback(connection)
         raise
+
+
+_INSERT_LOGS_HEAD = f"INSERT INTO logs ({', '.join(LOG_COLUMNS)}) VALUES "
+_LOG_PLACEHOLDERS = f"({', '.join('?' * len(LOG_COLUMNS))})"
+
+
+def insert_logs(connection: sqlite3.Connection, rows: list[Row]) -> None:
+    """Write log `rows` (in `LOG_COLUMNS` order) in one transaction, a multi-row INSERT per chunk."""
+    step = max(999 // len(LOG_COLUMNS), 1)
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        for offset in range(0, len(rows), step):
+            chunk = rows[offset : offset + step]
+            statement = _INSERT_LOGS_HEAD + ",".join([_LOG_PLACEHOLDERS] * len(chunk))
+            connection.execute(statement, list(chain.from_iterable(chunk)))
+        connection.execute("COMMIT")
+    except BaseException:
+        _rollback(connection)
+        raise
+
+
+def prune_logs(connection: sqlite3.Connection, max_logs: int, max_age_seconds: float) -> None:
+    """The retention caps for log records: the newest `max_logs`, none older than the age cap."""
+    oldest_kept_ns = time.time_ns() - int(max_age_seconds * 1e9)
+
+    def due() -> bool:
+        newest = connection.execute("SELECT max(id) FROM logs").fetchone()[0]
+        if newest is None:
+            return False
+        oldest = connection.execute("SELECT id, time_ns FROM logs ORDER BY id LIMIT 1").fetchone()
+        return bool(newest - oldest[0] >= max_logs or oldest[1] < oldest_kept_ns)
+
+    def run() -> None:
+        if not has_logs(connection) or not due():
+            return
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            connection.execute(
+                "DELETE FROM logs WHERE id <= (SELECT max(id) FROM logs) - ? OR time_ns < ?",
+                (max_logs, oldest_kept_ns),
+            )
+            connection.execute("COMMIT")
+        except BaseException:
+            _rollback(connection)
+            raise
+
+    with_retries(run)
 
 
 def prune(connection: sqlite3.Connection, max_spans: int, max_age_seconds: float) -> None:

@@ -96,18 +96,26 @@ def _run(args: argparse.Namespace, connection: sqlite3.Connection, path: str) ->
         return _fail(f"{reference!r} matches several traces ({', '.join(matches)}): give more digits")
     trace_id = matches[0]
     rows = model.tree(model.load_trace(connection, trace_id))
+    logs = model.load_logs(connection, trace_id)
     if args.html:
         from logfire_run.viewer.html import render_html
 
         with open(args.html, "w", encoding="utf-8") as page:
-            page.write(render_html(trace_id, rows))
+            page.write(render_html(trace_id, rows, logs))
         if not args.json:
             print(f"wrote {args.html} (trace {trace_id}, {len(rows)} spans)")
     if args.json:
         summary = model.summarize(trace_id, [row.span for row in rows])
-        _print_json({"trace": model.summary_dict(summary), "spans": [model.span_dict(row) for row in rows]})
+        by_span, unattached = model.logs_by_span(logs, rows)
+        _print_json(
+            {
+                "trace": model.summary_dict(summary),
+                "spans": [model.span_dict(row, by_span.get(row.span.span_id)) for row in rows],
+                "unattached_logs": [model.log_dict(log) for log in unattached],
+            }
+        )
     elif not args.html:
-        text.print_tree(trace_id, rows, sys.stdout, rich=_use_rich(args.plain))
+        text.print_tree(trace_id, rows, sys.stdout, rich=_use_rich(args.plain), logs=logs)
     return 0
 
 

@@ -11,7 +11,15 @@ import html
 import json
 import re
 
-from logfire_run.viewer.model import TreeRow, format_duration, span_dict, summarize
+from logfire_run.viewer.model import (
+    StoredLog,
+    TreeRow,
+    format_duration,
+    log_dict,
+    logs_by_span,
+    span_dict,
+    summarize,
+)
 
 _PAGE = """<!DOCTYPE html>
 <html lang="en">
@@ -48,6 +56,12 @@ h1 { font-size: 16px; margin: 0 0 4px; }
 .details.open { display: block; }
 .details table { border-collapse: collapse; }
 .details td { padding: 1px 10px 1px 0; vertical-align: top; font-family: ui-monospace, monospace; }
+.log { font-size: 12px; color: #3b4252; min-height: 18px; }
+.log .label { font-family: ui-monospace, monospace; }
+.level { font-weight: 600; margin-right: 6px; }
+.level-WARNING { color: #b26a00; }
+.level-ERROR, .level-CRITICAL { color: #c62828; }
+.details pre { margin: 4px 0; white-space: pre-wrap; font-family: ui-monospace, monospace; }
 </style>
 </head>
 <body>
@@ -149,7 +163,34 @@ h1 { font-size: 16px; margin: 0 0 4px; }
     row.addEventListener("click", function () { details.classList.toggle("open"); });
     waterfall.appendChild(row);
     waterfall.appendChild(details);
+    span.logs.forEach(function (log) { addLog(log, span.depth + 1); });
   });
+  function addLog(log, depth) {
+    var row = el("div", "row log");
+    row.setAttribute("data-log-span-id", log.span_id);
+    var label = el("div", "label");
+    label.style.paddingLeft = (6 + depth * 16) + "px";
+    label.appendChild(el("span", "level level-" + log.level, log.level));
+    label.appendChild(el("span", "logger", log.logger + ": "));
+    label.appendChild(el("span", "message", log.message));
+    row.appendChild(label);
+    var track = el("div", "track");
+    var mark = el("div", "bar");
+    mark.style.left = ((log.time_ns - t0) / total * 100) + "%";
+    mark.style.width = "2px";
+    mark.style.background = "#5b6475";
+    track.appendChild(mark);
+    row.appendChild(track);
+    var details = el("div", "details");
+    details.appendChild(el("pre", "", log.message + (log.exception ? "\\n" + log.exception : "")));
+    row.addEventListener("click", function () { details.classList.toggle("open"); });
+    waterfall.appendChild(row);
+    waterfall.appendChild(details);
+  }
+  if (data.unattached_logs.length) {
+    waterfall.appendChild(el("div", "row log", "log records whose span never arrived"));
+    data.unattached_logs.forEach(function (log) { addLog(log, 1); });
+  }
   document.body.setAttribute("data-rendered", String(spans.length));
 })();
 </script>
@@ -158,15 +199,17 @@ h1 { font-size: 16px; margin: 0 0 4px; }
 """
 
 
-def render_html(trace_id: str, rows: list[TreeRow]) -> str:
-    """The page for one trace (rows in tree order)."""
+def render_html(trace_id: str, rows: list[TreeRow], logs: list[StoredLog] | None = None) -> str:
+    """The page for one trace (rows in tree order), each span's log records under it."""
     summary = summarize(trace_id, [row.span for row in rows])
+    by_span, unattached = logs_by_span(logs or [], rows)
     data = {
         "trace_id": trace_id,
         "start_ns": summary.start_ns,
         "end_ns": summary.end_ns,
         "services": summary.services,
-        "spans": [span_dict(row) for row in rows],
+        "spans": [span_dict(row, by_span.get(row.span.span_id)) for row in rows],
+        "unattached_logs": [log_dict(log) for log in unattached],
     }
     # The JSON sits in a <script> element, where the HTML parser reads "</script", and "<!--" followed by
     # "<script", as markup. Written as \\u003c (and > and & alike) they are inert there and mean the same

@@ -12,7 +12,7 @@ import sqlite3
 from dataclasses import dataclass, field
 from typing import Any
 
-from logfire_run.agent.store_format import trace_key
+from logfire_run.agent.store_format import has_logs, trace_key
 
 #: How many of the newest spans are scanned to find the recent traces (the rest is never read).
 RECENT_SPAN_WINDOW = 20_000
@@ -46,6 +46,86 @@ class StoredSpan:
     @property
     def duration_ns(self) -> int:
         return max(0, self.end_ns - self.start_ns)
+
+
+@dataclass
+class StoredLog:
+    """One captured `logging` record, as the store holds it (see docs/logs.md)."""
+
+    trace_id: str
+    span_id: str
+    time_ns: int
+    level_no: int
+    level: str
+    logger: str
+    message: str
+    exception: str | None = None
+    attributes: dict[str, Any] = field(default_factory=dict)
+    service: str = ""
+    pid: int | None = None
+
+
+_LOG_COLUMNS = (
+    "trace_id, span_id, time_ns, level_no, level, logger, message, exception, attributes, service, pid"
+)
+
+
+def load_logs(connection: sqlite3.Connection, trace_id: str) -> list[StoredLog]:
+    """The log records of one trace, oldest first (none from a store written before logs were kept)."""
+    if not has_logs(connection):
+        return []
+    rows = connection.execute(
+        f"SELECT {_LOG_COLUMNS} FROM logs WHERE trace_key = ? AND trace_id = ? ORDER BY time_ns, id",
+        (trace_key(int(trace_id, 16)), trace_id),
+    ).fetchall()
+    return [
+        StoredLog(
+            trace_id=row[0],
+            span_id=row[1],
+            time_ns=row[2],
+            level_no=row[3],
+            level=row[4],
+            logger=row[5],
+            message=row[6],
+            exception=row[7],
+            attributes=_loads(row[8], {}),
+            service=row[9] or "",
+            pid=row[10],
+        )
+        for row in rows
+    ]
+
+
+def logs_by_span(
+    logs: list[StoredLog], rows: list[TreeRow]
+) -> tuple[dict[str, list[StoredLog]], list[StoredLog]]:
+    """(span id -> its log records, the records whose span is not in the trace)."""
+    span_ids = {row.span.span_id for row in rows}
+    by_span: dict[str, list[StoredLog]] = {}
+    unattached: list[StoredLog] = []
+    for log in logs:
+        if log.span_id in span_ids:
+            by_span.setdefault(log.span_id, []).append(log)
+        else:
+            unattached.append(log)
+    return by_span, unattached
+
+
+def log_dict(log: StoredLog) -> dict[str, Any]:
+    """One log record as plain JSON data (for --json and the HTML page)."""
+    return {
+        "time_ns": log.time_ns,
+        "level": log.level,
+        "level_no": log.level_no,
+        "logger": log.logger,
+        "message": log.message,
+        "exception": log.exception,
+        "trace_id": log.trace_id,
+        "span_id": log.span_id,
+        "service": log.service,
+        "pid": log.pid,
+        "attributes": log.attributes,
+    }
 
 
 @dataclass
@@ -251,8 +331,8 @@ def format_duration(nanoseconds: int) -> str:
     return f"{nanoseconds / 1_000_000_000:.2f} s"
 
 
-def span_dict(row: TreeRow) -> dict[str, Any]:
-    """One tree row as plain JSON data (for --json and the HTML page)."""
+def span_dict(row: TreeRow, logs: list[StoredLog] | None = None) -> dict[str, Any]:
+    """One tree row as plain JSON data (for --json and the HTML page), with its log records."""
     span = row.span
     return {
         "trace_id": span.trace_id,
@@ -274,6 +354,7 @@ def span_dict(row: TreeRow) -> dict[str, Any]:
         "events": span.events,
         "links": span.links,
         "scope": span.scope,
+        "logs": [log_dict(log) for log in logs or ()],
     }
 
 

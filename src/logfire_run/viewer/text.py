@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import datetime
 import re
-from typing import TextIO
+from collections.abc import Callable
+from typing import Any, TextIO
 
 from logfire_run.viewer.model import (
+    StoredLog,
     TraceSummary,
     TreeRow,
     format_duration,
     key_attributes,
+    logs_by_span,
     summarize,
 )
 
@@ -61,8 +64,23 @@ def _plain_list(summaries: list[TraceSummary], out: TextIO) -> None:
         out.write(visible(line) + "\n")
 
 
-def _plain_tree(trace_id: str, rows: list[TreeRow], out: TextIO) -> None:
+def log_lines(log: StoredLog, depth: int) -> list[str]:
+    """A log record under its span: `| LEVEL logger: message`, then its exception's lines, each
+    line escaped on its own (a newline in a message never forges a tree line)."""
+    indent = "  " * depth
+    lines = [f"{indent}| {log.level} {log.logger}: {log.message}"]
+    for line in (log.exception or "").splitlines():
+        lines.append(f"{indent}|   {line}")
+    return lines
+
+
+def _unattached_note(log: StoredLog) -> str:
+    return f"(span {log.span_id} never arrived)"
+
+
+def _plain_tree(trace_id: str, rows: list[TreeRow], out: TextIO, logs: list[StoredLog]) -> None:
     summary = summarize(trace_id, [row.span for row in rows])
+    by_span, unattached = logs_by_span(logs, rows)
     heading = (
         f"trace {trace_id}  {_time(summary.start_ns)}  {summary.span_count} spans  "
         f"{format_duration(summary.duration_ns)}  services: {', '.join(summary.services)}"
@@ -79,6 +97,11 @@ def _plain_tree(trace_id: str, rows: list[TreeRow], out: TextIO) -> None:
         if extras:
             line += "  " + "  ".join(extras)
         out.write(visible(line) + "\n")
+        for log in by_span.get(span.span_id, ()):
+            out.write("".join(visible(text) + "\n" for text in log_lines(log, row.depth + 1)))
+    for log in unattached:
+        out.write(visible(_unattached_note(log)) + "\n")
+        out.write("".join(visible(text) + "\n" for text in log_lines(log, 1)))
 
 
 def print_list(summaries: list[TraceSummary], out: TextIO, *, rich: bool) -> None:
@@ -124,10 +147,17 @@ def _service_style(service: str) -> str:
     return palette[sum(service.encode()) % len(palette)]
 
 
-def print_tree(trace_id: str, rows: list[TreeRow], out: TextIO, *, rich: bool) -> None:
+_LEVEL_STYLES = {"WARNING": "yellow", "ERROR": "red", "CRITICAL": "bold red"}
+
+
+def print_tree(
+    trace_id: str, rows: list[TreeRow], out: TextIO, *, rich: bool, logs: list[StoredLog] | None = None
+) -> None:
+    logs = logs or []
     if not rich:
-        _plain_tree(trace_id, rows, out)
+        _plain_tree(trace_id, rows, out, logs)
         return
+    by_span, unattached = logs_by_span(logs, rows)
     from rich.console import Console
     from rich.markup import escape
     from rich.tree import Tree
@@ -156,4 +186,19 @@ def print_tree(trace_id: str, rows: list[TreeRow], out: TextIO, *, rich: bool) -
             label += f"  [bold red]{escape(visible(orphan_note(row)))}[/]"
         node = stack[-1].add(label)
         stack.append(node)
+        for log in by_span.get(span.span_id, ()):
+            _rich_log(node, log, escape)
+    if unattached:
+        lost = top.add("[dim]log records whose span never arrived[/]")
+        for log in unattached:
+            _rich_log(lost, log, escape)
     Console(file=out).print(top)
+
+
+def _rich_log(node: Any, log: StoredLog, escape: Callable[[str], str]) -> None:
+    style = _LEVEL_STYLES.get(log.level, "dim")
+    label = f"[{style}]{escape(visible(log.level))}[/] [dim]{escape(visible(log.logger))}:[/] "
+    label += escape(visible(log.message))
+    child = node.add(label)
+    if log.exception:
+        child.add("[red]" + "\n".join(escape(visible(line)) for line in log.exception.splitlines()) + "[/]")

@@ -1,0 +1,437 @@
+"""The logs pipeline: captured `logging` records, batched off the app's threads, to the store and OTLP.
+
+`_logging_records` hands each captured record to `LogPipeline.capture` on the thread that logged it.
+That costs what a record needs to be read while it is current (its message, its formatted
+exception) and one append to a bounded queue; everything else happens in the pipeline's own thread
+("logfire-run logs"), which writes batches to each log exporter:
+
+- `store`, when spans go to the local store: the store's `logs` table, tied to trace and span id
+  (records made outside any span are not stored: the store holds traces);
+- `otlp`, when spans go over OTLP (or `OTEL_LOGS_EXPORTER` says otlp): OpenTelemetry's own OTLP log
+  exporter, with the endpoint rules of `destination.resolve("logs")` and the spans' resource;
+- `console`, when `OTEL_LOGS_EXPORTER=console`: OpenTelemetry's console log exporter, on stderr.
+
+`OTEL_LOGS_EXPORTER=none` turns the OTLP and console ones off (the store follows the span exporters).
+The queue holds at most `OTEL_BLRP_MAX_QUEUE_SIZE` records (2048); past that, records are dropped and
+counted. The exit flushes of `state` flush this pipeline with the spans, within the same exit budget.
+
+Imported with the SDK, never at start-up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+import traceback
+import weakref
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from logfire_run.agent import destination, report
+from logfire_run.agent.config import Config
+from logfire_run.agent.store_format import site_attributes
+
+#: One captured record, as the pipeline keeps it until it is exported: (time_ns, levelno, levelname,
+#: logger, message, exception, trace_id, span_id, flags, site), where site is (path, line, function,
+#: thread name): what `site_attributes` turns into attributes, off the app's thread.
+Captured = tuple[int, int, str, str, str, "str | None", int, int, int, "tuple[str, int, str, str]"]
+
+
+LOG_EXPORTER_NAMES = ("otlp", "console", "none")
+
+
+def _int_env(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    return int(raw) if raw.isdigit() and int(raw) > 0 else default
+
+
+def exception_text(record: Any) -> str | None:
+    """The traceback of `logger.exception()` (and `exc_info=`), then the `stack_info=True` stack."""
+    parts = []
+    exc_info = record.exc_info
+    if exc_info and exc_info[0] is not None:
+        parts.append("".join(traceback.format_exception(*exc_info)).rstrip("\n"))
+    elif record.exc_text:
+        parts.append(str(record.exc_text))
+    if record.stack_info:
+        parts.append(str(record.stack_info))
+    return "\n".join(parts) if parts else None
+
+
+class LogExporter:
+    """Where a batch of captured records goes (store, OTLP, console)."""
+
+    name = ""
+
+    def export(self, batch: Sequence[Captured]) -> None:
+        raise NotImplementedError
+
+    def shutdown(self) -> None:
+        pass
+
+
+class LogPipeline:
+    """A bounded queue of captured records and one thread that hands batches to the exporters."""
+
+    def __init__(self, exporters: Sequence[LogExporter]) -> None:
+        # Built with the pipeline, when the SDK comes up, like the span exporters: OpenTelemetry's
+        # exporters cannot be built during interpreter shutdown, when a short program's first batch
+        # would leave.
+        self._exporters = tuple(exporters)
+        self.names = tuple(exporter.name for exporter in self._exporters)
+        self.max_queue = _int_env("OTEL_BLRP_MAX_QUEUE_SIZE", 2048)
+        self.batch_size = min(_int_env("OTEL_BLRP_MAX_EXPORT_BATCH_SIZE", 512), self.max_queue)
+        self.delay = _int_env("OTEL_BLRP_SCHEDULE_DELAY", 1000) / 1000
+        self.dropped = 0
+        self._queue: deque[Captured] = deque()
+        self._export_lock = threading.Lock()
+        self._start_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._pid = os.getpid()
+        self._closed = False
+        #: Records of the export running now (counted as unsent if the process exits meanwhile).
+        self.in_flight = 0
+        self._held_for_fork = False
+        if hasattr(os, "register_at_fork"):
+            before = weakref.WeakMethod(self._before_fork)
+            in_parent = weakref.WeakMethod(self._after_fork_in_parent)
+            in_child = weakref.WeakMethod(self._after_fork_in_child)
+
+            def call(reference: weakref.WeakMethod[Callable[[], None]]) -> Callable[[], None]:
+                def run() -> None:
+                    method = reference()
+                    if method is not None:
+                        method()
+
+                return run
+
+            os.register_at_fork(
+                before=call(before), after_in_parent=call(in_parent), after_in_child=call(in_child)
+            )
+
+    # A fork waits (a bounded time) for an export in flight, as `exporters.ForkSafeExporter` does for
+    # spans: exporting imports modules lazily, and a child forked while another thread holds an import
+    # lock hangs on its first import of that module.
+    FORK_WAIT_SECONDS = 2.0
+
+    def _before_fork(self) -> None:
+        self._held_for_fork = self._export_lock.acquire(timeout=self.FORK_WAIT_SECONDS)
+
+    def _after_fork_in_parent(self) -> None:
+        if self._held_for_fork:
+            self._held_for_fork = False
+            self._export_lock.release()
+
+    def _after_fork_in_child(self) -> None:
+        # The parent exports what it had queued; the child starts empty, with a thread of its own.
+        self._queue.clear()
+        self._held_for_fork = False
+        self._export_lock = threading.Lock()
+        self._start_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._thread = None
+        self._pid = os.getpid()
+        self.in_flight = 0
+
+    def capture(self, record: Any, trace_id: int, span_id: int, flags: int) -> None:
+        """Keep one record (on the thread that logged it): read what it holds now, queue it."""
+        if self._closed or not self.names:
+            return
+        if len(self._queue) >= self.max_queue:
+            self.dropped += 1
+            if self.dropped == 1:
+                report.problem(
+                    "logs:queue-full",
+                    f"the log record queue is full ({self.max_queue} records, OTEL_BLRP_MAX_QUEUE_SIZE): "
+                    "records are dropped until the exporters catch up; the app runs on",
+                )
+            return
+        exception = (
+            exception_text(record) if (record.exc_info or record.stack_info or record.exc_text) else None
+        )
+        self._queue.append(
+            (
+                int(record.created * 1e9),
+                record.levelno,
+                record.levelname,
+                record.name,
+                record.getMessage(),
+                exception,
+                trace_id,
+                span_id,
+                flags,
+                (record.pathname, record.lineno, record.funcName, record.threadName),
+            )
+        )
+        if self._thread is None or self._pid != os.getpid():
+            self._start_thread()
+        elif len(self._queue) >= self.batch_size:
+            self._wake.set()
+
+    def _start_thread(self) -> None:
+        with self._start_lock:
+            if self._thread is not None and self._pid == os.getpid():
+                return
+            self._pid = os.getpid()
+            thread = threading.Thread(target=self._run, name="logfire-run logs", daemon=True)
+            self._thread = thread
+        with contextlib.suppress(RuntimeError):  # interpreter shutdown: the exit flush exports the queue
+            thread.start()
+
+    def _run(self) -> None:
+        while not self._closed:
+            self._wake.wait(self.delay)
+            self._wake.clear()
+            self._export(everything=False)
+
+    def _export(self, *, everything: bool) -> None:
+        with self._export_lock:
+            while self._queue:
+                count = min(len(self._queue), self.batch_size)
+                batch = [self._queue.popleft() for _ in range(count)]
+                self.in_flight = len(batch)
+                try:
+                    for exporter in self.exporters():
+                        try:
+                            exporter.export(batch)
+                        except Exception as error:
+                            report.problem(
+                                f"logs:{exporter.name}",
+                                f"log records could not be exported to {exporter.name} "
+                                f"({type(error).__name__}: {error}); they are dropped, the app runs on",
+                            )
+                finally:
+                    self.in_flight = 0
+                if not everything and len(self._queue) < self.batch_size:
+                    return
+
+    def exporters(self) -> tuple[LogExporter, ...]:
+        return self._exporters
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        """Export every queued record now (the caller bounds the wait: see `state.exit_flush`)."""
+        self._export(everything=True)
+        return True
+
+    def unsent(self) -> int:
+        return len(self._queue) + self.in_flight
+
+    def shutdown(self) -> None:
+        self.force_flush()
+        self._closed = True
+        self._wake.set()
+        for exporter in self._exporters:
+            exporter.shutdown()
+
+
+# The exporters
+
+
+class StoreLogExporter(LogExporter):
+    """Writes captured records made inside a span into the store's `logs` table."""
+
+    name = "store"
+
+    def __init__(self, path: str, service: Callable[[], str]) -> None:
+        from logfire_run.agent.store import StoreExporter
+
+        # The span exporter's connection handling (opening, forks, retries, pruning), shared.
+        self._store = StoreExporter(path)
+        self._service = service
+
+    def export(self, batch: Sequence[Captured]) -> None:
+        self._store.export_logs(batch, self._service())
+
+    def shutdown(self) -> None:
+        self._store.shutdown()
+
+
+class OpenTelemetryLogExporter(LogExporter):
+    """Hands captured records to one of OpenTelemetry's log exporters (OTLP, console)."""
+
+    def __init__(
+        self, name: str, exporter: Any, resource: Callable[[], Any], *, direct: bool = False
+    ) -> None:
+        self.name = name
+        self._exporter = exporter
+        self._resource = resource
+        #: OTLP/HTTP: the request written by `otlp_logs`, sent by OpenTelemetry's exporter.
+        self._direct = direct
+
+    def export(self, batch: Sequence[Captured]) -> None:
+        if self._direct:
+            from logfire_run.agent.otlp_logs import encode_logs_request, send_encoded
+
+            body = encode_logs_request(batch, self._resource(), time.time_ns())
+            if send_encoded(self._exporter, body) is not None:
+                return
+            self._direct = False  # an OpenTelemetry without the seam: its own path from now on
+        self._exporter.export(readable_records(batch, self._resource()))
+
+    def shutdown(self) -> None:
+        self._exporter.shutdown()
+
+
+def readable_records(batch: Sequence[Captured], resource: Any) -> list[Any]:
+    """Captured records as OpenTelemetry's SDK log records (what its log exporters take)."""
+    from opentelemetry._logs import LogRecord
+    from opentelemetry.instrumentation.log_utils import std_to_otel
+    from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+    from opentelemetry.trace import TraceFlags
+
+    try:
+        from opentelemetry.sdk._logs import ReadableLogRecord as Readable
+    except ImportError:  # OpenTelemetry before 1.39
+        from opentelemetry.sdk._logs import LogData as Readable  # type: ignore[attr-defined,no-redef]
+    scopes: dict[str, Any] = {}
+    records = []
+    observed = time.time_ns()
+    for when, levelno, levelname, logger, message, exception, trace_id, span_id, flags, site in batch:
+        extra = site_attributes(site)
+        if exception is not None:
+            extra["exception.stacktrace"] = exception
+        scope = scopes.get(logger)
+        if scope is None:
+            scope = scopes[logger] = InstrumentationScope(logger)
+        record = LogRecord(
+            timestamp=when,
+            observed_timestamp=observed,
+            trace_id=trace_id,
+            span_id=span_id,
+            trace_flags=TraceFlags(flags),
+            severity_text={"WARNING": "WARN", "CRITICAL": "FATAL"}.get(levelname, levelname),
+            severity_number=std_to_otel(levelno),
+            body=message,
+            attributes=extra,
+        )
+        records.append(Readable(log_record=record, resource=resource, instrumentation_scope=scope))
+    return records
+
+
+def log_exporter_names(config: Config, environ: Any = None) -> tuple[str, ...]:
+    """The log exporters in effect: `store` with the span store, then OTEL_LOGS_EXPORTER's choice."""
+    environ = os.environ if environ is None else environ
+    span_exporters = config.resolved_exporters()
+    names: list[str] = ["store"] if "store" in span_exporters else []
+    raw = environ.get("OTEL_LOGS_EXPORTER", "").strip().lower()
+    if raw:
+        chosen = [name.strip() for name in raw.split(",") if name.strip()]
+        unknown = [name for name in chosen if name not in LOG_EXPORTER_NAMES]
+        if unknown:
+            report.problem(
+                "logs:exporter",
+                f"OTEL_LOGS_EXPORTER: unknown log exporter {', '.join(map(repr, unknown))} "
+                f"(use {', '.join(LOG_EXPORTER_NAMES)}); it is left out",
+            )
+        names.extend(name for name in chosen if name in ("otlp", "console"))
+    elif "otlp" in span_exporters:
+        names.append("otlp")
+    return tuple(dict.fromkeys(names))
+
+
+def build_log_exporters(config: Config, resource: Callable[[], Any]) -> list[LogExporter]:
+    """The log exporters of `config`; one that cannot be built is reported once and left out."""
+    exporters: list[LogExporter] = []
+
+    def service() -> str:
+        return str(resource().attributes.get("service.name", ""))
+
+    for name in log_exporter_names(config):
+        try:
+            if name == "store":
+                exporters.append(StoreLogExporter(config.resolved_store_path(), service))
+            elif name == "console":
+                import sys
+
+                from opentelemetry.sdk._logs.export import ConsoleLogRecordExporter
+
+                exporters.append(
+                    OpenTelemetryLogExporter(name, ConsoleLogRecordExporter(out=sys.stderr), resource)
+                )
+            else:
+                exporter = build_otlp_log_exporter(config)
+                direct = type(exporter).__module__.startswith("opentelemetry.exporter.otlp.proto.http")
+                exporters.append(OpenTelemetryLogExporter(name, exporter, resource, direct=direct))
+        except Exception as error:
+            # The key of the span exporter's own line: the same cause (a missing package, a bad
+            # certificate) is said once, not once per signal.
+            report.problem(
+                f"exporter:{name}",
+                f"the {name} log exporter could not be set up ({type(error).__name__}: {error}); "
+                "log records are not sent there, the app runs on",
+            )
+    return exporters
+
+
+def otlp_log_destination(config: Config, environ: Any = None) -> destination.OtlpDestination:
+    """Where OTLP logs go: the logs variables, else the general ones, else the spans' protocol."""
+    environ = os.environ if environ is None else environ
+    own, general = destination.variables("logs", "PROTOCOL")
+    protocol = None
+    if not (environ.get(own, "").strip() or environ.get(general, "").strip()):
+        protocol = (config.resolved_otlp_protocol(), config.sources.get("otlp_protocol", "default"))
+    found, errors = destination.resolve("logs", environ, protocol)
+    # Said on stderr when the logs variables were set: otherwise the error is one of the general and
+    # traces variables, which spans report (a traces-only client certificate leaves logs with half a
+    # pair: they go without one).
+    own_variables = any(name.startswith("OTEL_EXPORTER_OTLP_LOGS_") for name in environ)
+    for error in errors:
+        if own_variables:
+            report.problem(f"logs:config:{error}", f"{error}; using the default")
+        else:
+            report.debug(f"OTLP logs: {error}; using the default")
+    return found
+
+
+def build_otlp_log_exporter(config: Config) -> Any:
+    """OpenTelemetry's own OTLP log exporter for the logs destination, every value passed explicitly."""
+    where = otlp_log_destination(config)
+    missing = destination.exporter_missing(where.protocol)
+    if missing is not None:
+        raise ImportError(missing)
+    timeout = where.timeout_millis / 1000
+    if where.protocol == "grpc":
+        import grpc
+        from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter as GrpcExporter
+
+        from logfire_run.agent.exporters import _read
+
+        credentials = None
+        if not where.insecure:
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=_read(where.certificate),
+                private_key=_read(where.client_key),
+                certificate_chain=_read(where.client_certificate),
+            )
+        compression = {"gzip": grpc.Compression.Gzip, "deflate": grpc.Compression.Deflate}.get(
+            where.compression, grpc.Compression.NoCompression
+        )
+        return GrpcExporter(
+            endpoint=where.grpc_target(),
+            insecure=where.insecure,
+            credentials=credentials,
+            headers=dict(where.headers),
+            timeout=timeout,
+            compression=compression,
+        )
+    from opentelemetry.exporter.otlp.proto.http import Compression
+    from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter as HttpExporter
+
+    from logfire_run.agent.exporters import _session_keeping_certificate
+
+    return HttpExporter(
+        endpoint=where.endpoint,
+        certificate_file=where.certificate,
+        client_key_file=where.client_key,
+        client_certificate_file=where.client_certificate,
+        headers=dict(where.headers),
+        timeout=timeout,
+        compression={"gzip": Compression.Gzip, "deflate": Compression.Deflate}.get(
+            where.compression, Compression.NoCompression
+        ),
+        session=_session_keeping_certificate() if where.certificate else None,
+    )

@@ -1,0 +1,212 @@
+"""The log record factory: trace ids on every `logging.LogRecord`, and the hand-off of captured records.
+
+Installed when the app (or a library) first imports `logging`, by one post-import hook of the
+bootstrap; stdlib only, so a program that never logs pays for nothing, and one that does pays one
+function call per record on top of `logging`'s own factory.
+
+Every record the factory makes carries OpenTelemetry's logging-instrumentation attributes:
+`otelTraceID` and `otelSpanID` (hex, or "0" outside a span, as OpenTelemetry writes them),
+`otelTraceSampled` (False outside a span) and `otelServiceName` ("" until the SDK is up). A format
+naming them therefore never raises, whether the SDK started or not. Nothing else about the record,
+and nothing about the app's handlers, formatters or levels, changes.
+
+Capture: once the `logging` instrumentor runs (the SDK is up), a record at or above the capture
+level is handed to the sink (the agent's log pipeline, `agent/logs.py`) with the ids of its span,
+right where it is made: no handler is added to any logger, so propagation, `logging.lastResort` and
+the app's output are as they were. The agent's own records, OpenTelemetry's, and any record made on
+one of the agent's threads (the exporters', whose HTTP client logs too) are never captured.
+
+Where it stops: a record is captured when its logger lets it through the level check (the factory
+runs after it), not by the logger's filters, which run afterwards; a factory the app installs
+without calling the previous one replaces this one (the ids are then missing, as without the agent).
+`extra={"otelTraceID": ...}` raises KeyError as it does under OpenTelemetry's instrumentation.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import logging
+    from collections.abc import Callable
+    from typing import Any
+
+    #: (record, trace id, span id, trace flags) -> None; must never raise.
+    Sink = Callable[[logging.LogRecord, int, int, int], None]
+
+#: Loggers whose records are never captured (a name covers its children).
+EXCLUDED_LOGGERS = ("logfire_run", "opentelemetry")
+#: Records made on threads whose name starts so are never captured: the agent's and OpenTelemetry's.
+EXCLUDED_THREADS = ("OtelBatch", "logfire-run", "OtelPeriodic")
+
+_sink: Sink | None = None
+#: () -> the current span object (any object with get_span_context()), or None.
+_current_span: Callable[[], Any] | None = None
+_service_name = ""
+#: Records below this level are not captured (None: capture is off).
+_threshold: int | None = None
+_installed_factory: Callable[..., Any] | None = None
+#: The attributes of a record made outside any span.
+_outside: dict[str, object] = {
+    "otelTraceID": "0",
+    "otelSpanID": "0",
+    "otelTraceSampled": False,
+    "otelServiceName": "",
+}
+#: (the span the last record was made in, its attributes, (trace id, span id, flags)): records come in
+#: runs from one span, so its ids are formatted once per run rather than once per record.
+_last: tuple[object, dict[str, object], tuple[int, int, int]] = (None, _outside, (0, 0, 0))
+
+
+def install(logging_module: Any) -> None:
+    """Wrap the current record factory of `logging_module` with the correlating one (once)."""
+    global _installed_factory
+    current = logging_module.getLogRecordFactory()
+    if getattr(current, "_logfire_run", False):
+        return
+    factory = _make_factory(current)
+    _installed_factory = factory
+    logging_module.setLogRecordFactory(factory)
+    if os.environ.get("OTEL_PYTHON_LOG_CORRELATION", "").strip().lower() == "true":
+        _set_logging_format(logging_module)
+
+
+def uninstall(logging_module: Any) -> None:
+    """Put the wrapped factory back, when ours is still the current one."""
+    global _installed_factory
+    factory = _installed_factory
+    if factory is not None and logging_module.getLogRecordFactory() is factory:
+        logging_module.setLogRecordFactory(factory.__wrapped__)  # type: ignore[attr-defined]
+    _installed_factory = None
+
+
+def installed() -> bool:
+    return _installed_factory is not None
+
+
+# OpenTelemetry's logging instrumentation: OTEL_PYTHON_LOG_CORRELATION=true calls basicConfig with this
+# format (OTEL_PYTHON_LOG_FORMAT replaces it) at the level of OTEL_PYTHON_LOG_LEVEL, INFO by default.
+DEFAULT_CORRELATION_FORMAT = (
+    "%(asctime)s %(levelname)s [%(name)s] [%(filename)s:%(lineno)d] [trace_id=%(otelTraceID)s "
+    "span_id=%(otelSpanID)s resource.service.name=%(otelServiceName)s trace_sampled=%(otelTraceSampled)s]"
+    " - %(message)s"
+)
+_CORRELATION_LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
+
+
+def _set_logging_format(logging_module: Any) -> None:
+    log_format = os.environ.get("OTEL_PYTHON_LOG_FORMAT") or DEFAULT_CORRELATION_FORMAT
+    level = _CORRELATION_LEVELS.get(os.environ.get("OTEL_PYTHON_LOG_LEVEL", "").strip().lower(), 20)
+    logging_module.basicConfig(format=log_format, level=level)
+
+
+def start_capture(sink: Sink | None, current_span: Callable[[], Any], service_name: str) -> None:
+    """Hand records to `sink` from now on (the SDK is up; None: ids only); `current_span()` gives
+    the span a record is made in."""
+    global _sink, _current_span
+    set_service_name(service_name)
+    _current_span = current_span
+    _sink = sink
+
+
+def stop_capture() -> None:
+    global _sink, _current_span
+    _sink = None
+    _current_span = None
+    set_service_name("")
+
+
+def set_service_name(name: str) -> None:
+    """`otelServiceName` from now on (the SDK's resource; `configure(service_name=...)` changes it)."""
+    global _service_name, _outside, _last
+    _service_name = name
+    _outside = {"otelTraceID": "0", "otelSpanID": "0", "otelTraceSampled": False, "otelServiceName": name}
+    _last = (None, _outside, (0, 0, 0))
+
+
+def set_level(level: int | None) -> None:
+    """The capture level (None: off); `configure(log_level=...)` and the settings call it."""
+    global _threshold
+    _threshold = level
+
+
+def _attributes_of(span: Any) -> tuple[dict[str, object], tuple[int, int, int]]:
+    global _last
+    context = span.get_span_context()
+    trace_id, span_id = context.trace_id, context.span_id
+    if not trace_id or not span_id:
+        values, ids = _outside, (0, 0, 0)
+    else:
+        flags = int(context.trace_flags)
+        values = {
+            "otelTraceID": f"{trace_id:032x}",
+            "otelSpanID": f"{span_id:016x}",
+            "otelTraceSampled": bool(flags & 1),
+            "otelServiceName": _service_name,
+        }
+        ids = (trace_id, span_id, flags)
+    _last = (span, values, ids)
+    return values, ids
+
+
+def _excluded(record: logging.LogRecord) -> bool:
+    name = record.name
+    if isinstance(name, str) and name.startswith(EXCLUDED_LOGGERS):
+        head = name.partition(".")[0]
+        if head in EXCLUDED_LOGGERS:
+            return True
+    thread_name = record.threadName
+    return isinstance(thread_name, str) and thread_name.startswith(EXCLUDED_THREADS)
+
+
+def _make_factory(wrapped: Callable[..., Any]) -> Callable[..., Any]:
+    def record_factory(*args: Any, **kwargs: Any) -> Any:
+        record = wrapped(*args, **kwargs)
+        try:
+            current = _current_span
+            span = current() if current is not None else None
+            if span is None:
+                values, ids = _outside, None
+            else:
+                last = _last
+                if last[0] is span:
+                    values, ids = last[1], last[2]
+                else:
+                    values, ids = _attributes_of(span)
+            record.__dict__.update(values)
+            sink, threshold = _sink, _threshold
+            if sink is not None and threshold is not None:
+                level = record.levelno
+                if type(level) is int and level >= threshold and not _excluded(record):
+                    trace_id, span_id, flags = ids or (0, 0, 0)
+                    sink(record, trace_id, span_id, flags)
+        except Exception as error:  # never into the app: its record is made either way
+            _report_once(error)
+        return record
+
+    record_factory._logfire_run = True  # type: ignore[attr-defined]
+    record_factory.__wrapped__ = wrapped  # type: ignore[attr-defined]
+    record_factory.__doc__ = getattr(wrapped, "__doc__", None)
+    return record_factory
+
+
+_reported = False
+
+
+def _report_once(error: Exception) -> None:
+    global _reported
+    if _reported:
+        return
+    _reported = True
+    try:
+        from logfire_run.agent import report
+
+        report.problem(
+            "logging:factory",
+            f"log records could not be correlated or captured ({type(error).__name__}: {error}); "
+            "the app's logging runs on unchanged",
+        )
+    except Exception:
+        sys.stderr.write(f"logfire-run: log records could not be captured ({error})\n")

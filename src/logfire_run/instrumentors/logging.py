@@ -1,0 +1,95 @@
+"""Logging: the app's own `logging` records, with the ids of their span, captured without a handler.
+
+What it patches:
+    `logging`'s record factory (`logging.setLogRecordFactory`), wrapped once by
+    `_logging_records` when `logging` is first imported (SDK or not): every record carries
+    `otelTraceID`, `otelSpanID`, `otelTraceSampled` and `otelServiceName`. This instrumentor, run
+    once the SDK is up, gives that factory the current span's ids and the service name, and starts
+    the capture of records at or above `LOGFIRE_LOG_LEVEL` into the agent's log pipeline
+    (`agent/logs.py`: the store, OTLP logs).
+
+When it is enabled:
+    When the app first imports `logging` and the SDK is up (a record made before that still gets
+    the attributes, with "0" ids). It supersedes OpenTelemetry's logging instrumentor
+    (opentelemetry-instrumentation-logging) under the same name: that one adds a handler to the root
+    logger, which silences `logging.lastResort` (a bare `logging.warning()` prints nothing) and stops
+    `logging.basicConfig()` and werkzeug from setting up their own output. `--disable logging` turns
+    both off, the factory included; `LOGFIRE_LOG_LEVEL=off` keeps the ids and captures nothing.
+
+How it refuses:
+    With the app's own tracer provider, the ids are set but nothing is captured (the app's exporters
+    get its spans; the agent's pipeline is not there). `OTEL_PYTHON_LOG_CORRELATION=true` sets the
+    root logger's format with the ids, as OpenTelemetry documents it (`logging.basicConfig`).
+
+Where it stops:
+    No handler, filter, formatter or level of the app is touched. Records of the agent, of
+    OpenTelemetry and of the agent's threads are never captured. The logger's own filters are not
+    consulted (capture happens where the record is made).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, ClassVar
+
+from logfire_run.agent import report, state
+from logfire_run.instrumentors import _logging_records
+from logfire_run.instrumentors._base import Instrumentor
+
+__all__ = ["LoggingInstrumentor"]
+
+_OTEL_INSTRUMENTOR = "opentelemetry.instrumentation.logging:LoggingInstrumentor"
+
+
+class LoggingInstrumentor(Instrumentor):
+    """Trace ids on every log record, and records captured with their span (no handler added)."""
+
+    targets = ("logging",)
+    supported = ()
+    options: ClassVar[dict[str, Any]] = {}
+    supersedes = (_OTEL_INSTRUMENTOR,)
+
+    def _instrument(self, **kwargs: Any) -> None:
+        _logging_records.install(logging)
+        _logging_records.set_level(state.config().log_level)
+        tracing = state.sdk()
+        pipeline = tracing.start_logs() if tracing is not None else None
+        provider = tracing.provider if tracing is not None else None
+        attributes = getattr(getattr(provider, "resource", None), "attributes", None) or {}
+        service_name = str(attributes.get("service.name", "") or "")
+
+        def sink(record: logging.LogRecord, trace_id: int, span_id: int, flags: int) -> None:
+            logs = tracing.logs if tracing is not None else None  # rebuilt when configure() changes it
+            if logs is not None:
+                logs.capture(record, trace_id, span_id, flags)
+
+        _logging_records.start_capture(sink if pipeline is not None else None, current_span(), service_name)
+        report.debug(f"logging: ids on every record; capture {'on' if pipeline else 'off'}")
+
+    def _uninstrument(self, **kwargs: Any) -> None:
+        _logging_records.stop_capture()
+        _logging_records.uninstall(logging)
+
+
+def current_span() -> Any:
+    """A function giving the current span object, or None: the context variable is read directly
+    when OpenTelemetry keeps its context where it always has (a record costs one lookup then)."""
+    import contextvars
+
+    from opentelemetry import context
+    from opentelemetry.trace import get_current_span
+
+    span_key: str | None
+    try:
+        from opentelemetry.trace.propagation import _SPAN_KEY as span_key
+    except ImportError:
+        span_key = None
+    variable = getattr(getattr(context, "_RUNTIME_CONTEXT", None), "_current_context", None)
+    if isinstance(variable, contextvars.ContextVar) and isinstance(span_key, str):
+        get = variable.get
+
+        def from_variable() -> Any:
+            return get().get(span_key)
+
+        return from_variable
+    return get_current_span
