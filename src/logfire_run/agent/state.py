@@ -643,7 +643,7 @@ def _flush_until_sent(tracing: TracingSdk, seconds: float) -> None:
     deadline = time.monotonic() + seconds
     while True:
         tracing.force_flush(max(1, int((deadline - time.monotonic()) * 1000)))
-        if not tracing.unsent() or time.monotonic() >= deadline:
+        if not (tracing.unsent() or tracing.unsent_logs()) or time.monotonic() >= deadline:
             return
         time.sleep(0.01)
 
