@@ -263,6 +263,13 @@ class OpenTelemetryLogExporter(LogExporter):
         self._direct = direct
 
     def export(self, batch: Sequence[Captured]) -> None:
+        from opentelemetry.instrumentation.utils import suppress_instrumentation
+
+        # Its HTTP client (requests) is instrumented too: the export itself must not become spans.
+        with suppress_instrumentation():
+            self._export(batch)
+
+    def _export(self, batch: Sequence[Captured]) -> None:
         if self._direct:
             from logfire_run.agent.otlp_logs import encode_logs_request, send_encoded
 
