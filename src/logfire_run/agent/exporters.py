@@ -193,16 +193,26 @@ class ExporterNotInstalled(ImportError):
 
 
 def build_otlp_exporter(where: OtlpDestination) -> SpanExporter:
-    """OpenTelemetry's own OTLP exporter for `where.protocol`, every value passed explicitly."""
+    """OpenTelemetry's own OTLP span exporter for `where.protocol`, every value passed explicitly."""
     missing = destination.exporter_missing(where.protocol)
     if missing is not None:
         raise ExporterNotInstalled(missing)
+    if where.protocol == "grpc":
+        # OpenTelemetry's OTLP/gRPC exporter, sending the bytes of the direct encoder (otlp_grpc.py).
+        from logfire_run.agent.otlp_grpc import OTLPSpanExporter as GrpcExporter
+
+        return GrpcExporter(**otlp_exporter_options(where))
+    # OpenTelemetry's OTLP/HTTP exporter, sending the bytes of the direct encoder (otlp_http.py).
+    from logfire_run.agent.otlp_http import OTLPSpanExporter as HttpExporter
+
+    return HttpExporter(**otlp_exporter_options(where))
+
+
+def otlp_exporter_options(where: OtlpDestination) -> dict[str, Any]:
+    """The keyword arguments of OpenTelemetry's OTLP exporters (any signal) for `where.protocol`."""
     timeout = where.timeout_millis / 1000
     if where.protocol == "grpc":
         import grpc
-
-        # OpenTelemetry's OTLP/gRPC exporter, sending the bytes of the direct encoder (otlp_grpc.py).
-        from logfire_run.agent.otlp_grpc import OTLPSpanExporter as GrpcExporter
 
         credentials = None
         if not where.insecure:
@@ -211,34 +221,30 @@ def build_otlp_exporter(where: OtlpDestination) -> SpanExporter:
                 private_key=_read(where.client_key),
                 certificate_chain=_read(where.client_certificate),
             )
-        compression = {"gzip": grpc.Compression.Gzip, "deflate": grpc.Compression.Deflate}.get(
-            where.compression, grpc.Compression.NoCompression
-        )
-        return GrpcExporter(
-            endpoint=where.grpc_target(),
-            insecure=where.insecure,
-            credentials=credentials,
-            headers=dict(where.headers),
-            timeout=timeout,
-            compression=compression,
-        )
+        return {
+            "endpoint": where.grpc_target(),
+            "insecure": where.insecure,
+            "credentials": credentials,
+            "headers": dict(where.headers),
+            "timeout": timeout,
+            "compression": {"gzip": grpc.Compression.Gzip, "deflate": grpc.Compression.Deflate}.get(
+                where.compression, grpc.Compression.NoCompression
+            ),
+        }
     from opentelemetry.exporter.otlp.proto.http import Compression
 
-    # OpenTelemetry's OTLP/HTTP exporter, sending the bytes of the direct encoder (otlp_http.py).
-    from logfire_run.agent.otlp_http import OTLPSpanExporter as HttpExporter
-
-    return HttpExporter(
-        session=_session_keeping_certificate() if where.certificate else None,
-        endpoint=where.endpoint,
-        certificate_file=where.certificate,
-        client_key_file=where.client_key,
-        client_certificate_file=where.client_certificate,
-        headers=dict(where.headers),
-        timeout=timeout,
-        compression={"gzip": Compression.Gzip, "deflate": Compression.Deflate}.get(
+    return {
+        "session": _session_keeping_certificate() if where.certificate else None,
+        "endpoint": where.endpoint,
+        "certificate_file": where.certificate,
+        "client_key_file": where.client_key,
+        "client_certificate_file": where.client_certificate,
+        "headers": dict(where.headers),
+        "timeout": timeout,
+        "compression": {"gzip": Compression.Gzip, "deflate": Compression.Deflate}.get(
             where.compression, Compression.NoCompression
         ),
-    )
+    }
 
 
 def _session_keeping_certificate() -> requests.Session:

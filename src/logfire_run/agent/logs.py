@@ -396,49 +396,16 @@ def otlp_log_destination(config: Config, environ: Any = None) -> destination.Otl
 
 def build_otlp_log_exporter(config: Config) -> Any:
     """OpenTelemetry's own OTLP log exporter for the logs destination, every value passed explicitly."""
+    from logfire_run.agent.exporters import otlp_exporter_options
+
     where = otlp_log_destination(config)
     missing = destination.exporter_missing(where.protocol)
     if missing is not None:
         raise ImportError(missing)
-    timeout = where.timeout_millis / 1000
     if where.protocol == "grpc":
-        import grpc
         from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter as GrpcExporter
 
-        from logfire_run.agent.exporters import _read
-
-        credentials = None
-        if not where.insecure:
-            credentials = grpc.ssl_channel_credentials(
-                root_certificates=_read(where.certificate),
-                private_key=_read(where.client_key),
-                certificate_chain=_read(where.client_certificate),
-            )
-        compression = {"gzip": grpc.Compression.Gzip, "deflate": grpc.Compression.Deflate}.get(
-            where.compression, grpc.Compression.NoCompression
-        )
-        return GrpcExporter(
-            endpoint=where.grpc_target(),
-            insecure=where.insecure,
-            credentials=credentials,
-            headers=dict(where.headers),
-            timeout=timeout,
-            compression=compression,
-        )
-    from opentelemetry.exporter.otlp.proto.http import Compression
+        return GrpcExporter(**otlp_exporter_options(where))
     from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter as HttpExporter
 
-    from logfire_run.agent.exporters import _session_keeping_certificate
-
-    return HttpExporter(
-        endpoint=where.endpoint,
-        certificate_file=where.certificate,
-        client_key_file=where.client_key,
-        client_certificate_file=where.client_certificate,
-        headers=dict(where.headers),
-        timeout=timeout,
-        compression={"gzip": Compression.Gzip, "deflate": Compression.Deflate}.get(
-            where.compression, Compression.NoCompression
-        ),
-        session=_session_keeping_certificate() if where.certificate else None,
-    )
+    return HttpExporter(**otlp_exporter_options(where))

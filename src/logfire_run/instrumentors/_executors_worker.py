@@ -131,6 +131,17 @@ def context_functions() -> tuple[Callable[[], Context], Callable[[Context], Any]
     return context.get_current, context.attach, context.detach
 
 
+class CurrentContext:
+    """The current-context functions, chosen once per `instrument()` (see `context_functions`)."""
+
+    get: Callable[[], Context]
+    set: Callable[[Context], Any]
+    reset: Callable[[Any], None]
+
+    def load(self) -> None:
+        self.get, self.set, self.reset = context_functions()
+
+
 class _Worker:
     """Per-process state of a pool worker: whether flushing is arranged, and the attached context."""
 

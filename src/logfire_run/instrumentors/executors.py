@@ -47,7 +47,7 @@ from typing import Any, ClassVar
 
 from logfire_run.agent import importhooks, report, state
 from logfire_run.instrumentors._base import Instrumentor
-from logfire_run.instrumentors._executors_worker import TaskInContext, WorkerSetup, context_functions
+from logfire_run.instrumentors._executors_worker import CurrentContext, TaskInContext, WorkerSetup
 from logfire_run.instrumentors._patch import Patches
 
 __all__ = ["ExecutorInstrumentor"]
@@ -109,18 +109,7 @@ def _innermost(function: object) -> object:
     return function
 
 
-class _FastContext:
-    """The current-context functions, chosen once per `instrument()` (see `context_functions`)."""
-
-    get: Callable[[], Any]
-    set: Callable[[Any], Any]
-    reset: Callable[[Any], None]
-
-    def load(self) -> None:
-        self.get, self.set, self.reset = context_functions()
-
-
-_fast_context = _FastContext()
+_fast_context = CurrentContext()
 
 
 # Threads

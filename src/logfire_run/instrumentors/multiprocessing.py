@@ -54,6 +54,7 @@ from typing import Any, ClassVar
 from logfire_run.agent import importhooks, report
 from logfire_run.instrumentors._base import Instrumentor
 from logfire_run.instrumentors._executors_worker import (
+    CurrentContext,
     TaskInContext,
     WorkerSetup,
     compact_carrier,
@@ -107,18 +108,7 @@ def _if_active(patch: Callable[[Any], None]) -> Callable[[Any], None]:
     return hook
 
 
-class _Context:
-    """The current-context functions, chosen once per `instrument()` (see `context_functions`)."""
-
-    get: Callable[[], Any]
-    set: Callable[[Any], Any]
-    reset: Callable[[Any], None]
-
-    def load(self) -> None:
-        self.get, self.set, self.reset = context_functions()
-
-
-_context = _Context()
+_context = CurrentContext()
 
 
 _last_carrier: tuple[object, Any] = (None, {})
