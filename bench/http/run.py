@@ -31,6 +31,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import shutil
 import socket
 import sqlite3
 import statistics
@@ -39,6 +41,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -51,6 +55,9 @@ LOGFIRE_RUN = ("logfire-run none", "logfire-run store", "logfire-run otlp")
 OTEL_INSTRUMENT = ("opentelemetry-instrument none", "opentelemetry-instrument otlp")
 VARIANTS = ("plain", *LOGFIRE_RUN, *OTEL_INSTRUMENT)
 REFERENCE = "opentelemetry-instrument otlp"
+#: A workload: its command's arguments for N operations, the N of the instruction count's shorter
+#: run, and the warm-up operations it makes before the measured ones (spans expected: N + warm-up).
+Workload = tuple[Callable[[int], list[str]], int, int]
 
 
 class CountingSink:
@@ -107,31 +114,44 @@ def _env(variant: str, sink: CountingSink, store: Path) -> dict[str, str]:
     return env
 
 
-def _command(variant: str, args: list[str]) -> list[str]:
+def _command(variant: str, args: list[str], prefix: tuple[str, ...] = ()) -> list[str]:
+    """The command line of one run; `prefix` (valgrind) goes between the agent and Python."""
     agent = variant.partition(" ")[0]
     if agent == "plain":
-        return [sys.executable, *args]
-    return [str(BIN / agent), sys.executable, *args]
+        return [*prefix, sys.executable, *args]
+    return [str(BIN / agent), *prefix, sys.executable, *args]
 
 
 def _measure(
-    variant: str, args: list[str], sink: CountingSink, expected_spans: int
-) -> tuple[float, float, int]:
-    """(wall us per op, CPU us per op, spans delivered) of one run."""
+    variant: str,
+    args: list[str],
+    sink: CountingSink,
+    expected_spans: int,
+    prefix: tuple[str, ...] = (),
+) -> tuple[dict[str, float], int]:
+    """The figures one run prints (see measure.py) and the spans delivered.
+
+    With a valgrind `prefix`, the figures also hold `instructions`: the whole process's count.
+    """
     sink.take()
     with tempfile.TemporaryDirectory() as folder:
         store = Path(folder) / "traces.db"
+        counted = Path(folder) / "valgrind.log"
+        command = _command(variant, args, (*prefix, f"--log-file={counted}") if prefix else ())
         result = subprocess.run(
-            _command(variant, args),
+            command,
             env=_env(variant, sink, store),
             capture_output=True,
             text=True,
-            timeout=600,
+            timeout=1800,
         )
         # An agent that prints breaks someone's logs: logfire-run's runs must leave stderr empty.
         if result.returncode != 0 or (variant.startswith("logfire-run") and result.stderr.strip()):
             raise SystemExit(f"{variant} failed ({result.returncode}):\n{result.stderr}")
-        figures = json.loads(result.stdout.strip().splitlines()[-1])
+        printed = json.loads(result.stdout.strip().splitlines()[-1])
+        figures = {key: float(value) for key, value in printed.items()}
+        if prefix:
+            figures["instructions"] = float(_instructions(counted.read_text()))
         if variant.endswith("store"):
             spans = _count_rows(store)
         else:
@@ -140,7 +160,15 @@ def _measure(
             while variant.endswith("otlp") and spans < expected_spans and time.monotonic() < deadline:
                 time.sleep(0.05)
                 spans += sink.take()
-    return float(figures["per_op_us"]), float(figures["cpu_per_op_us"]), spans
+    return figures, spans
+
+
+def _instructions(log: str) -> int:
+    """The total of cachegrind's summary line ("==PID== I refs: 1,234,567")."""
+    found = re.search(r"^==\d+== I\s+refs:\s+([\d,]+)", log, re.MULTILINE)
+    if found:
+        return int(found.group(1).replace(",", ""))
+    raise SystemExit(f"no instruction count in valgrind's output:\n{log}")
 
 
 def _count_rows(store: Path) -> int:
@@ -158,7 +186,12 @@ def _free_port() -> int:
 
 
 def _report(
-    name: str, count: int, clock: str, results: dict[str, list[float]], spans: dict[str, list[int]]
+    name: str,
+    count: int,
+    clock: str,
+    results: dict[str, list[float]],
+    spans: dict[str, list[int]],
+    export: dict[str, list[float]] | None = None,
 ) -> None:
     """Medians per variant, and the overhead as the median of per-round differences to plain.
 
@@ -189,7 +222,72 @@ def _report(
     for variant in VARIANTS:
         agent, _, exporter = variant.partition(" ")
         if exporter in ("store", "otlp"):
-            print(f"  export path, {variant}: {paired(variant, f'{agent} none'):+.1f} us per span")
+            line = f"  export path, {variant}: {paired(variant, f'{agent} none'):+.1f} us per span"
+            if export is not None:
+                thread = statistics.median(export[variant])
+                line += f" against no exporter; {thread:.1f} us per span on the exporting thread itself"
+            print(line)
+
+
+VALGRIND = ("valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null")
+
+
+def _count_instructions(workloads: dict[str, Workload], measured: dict[str, int]) -> None:
+    """Instructions per operation of every variant, counted by valgrind (cachegrind).
+
+    Each variant runs twice, with a base number of operations and with `measured` more; the
+    difference divided by `measured` is the count per operation without start-up and exit. The
+    counts do not depend on the machine's load, so one run of each is enough, and runs go two at a
+    time (one receiver each). Under valgrind a process's threads take turns, so the exporting thread's
+    instructions are in the total like the app's.
+    """
+    if shutil.which("valgrind") is None:
+        raise SystemExit("--instructions needs valgrind (apt-get install valgrind)")
+    jobs = [
+        (name, variant, base + extra)
+        for name, (build, base, warm_up) in workloads.items()
+        for variant in VARIANTS
+        for extra in (0, measured[name])
+    ]
+
+    def run(job: tuple[str, str, int]) -> tuple[float, int]:
+        name, variant, count = job
+        build, _, warm_up = workloads[name]
+        sink = CountingSink()
+        try:
+            figures, spans = _measure(variant, build(count), sink, count + warm_up, VALGRIND)
+        finally:
+            sink.server.shutdown()
+        return figures["instructions"], spans
+
+    with ThreadPoolExecutor(max_workers=max(1, min(2, os.cpu_count() or 1))) as pool:
+        results = dict(zip(jobs, pool.map(run, jobs), strict=True))
+    for name, (_, base, warm_up) in workloads.items():
+        extra = measured[name]
+        per_op = {
+            variant: (results[(name, variant, base + extra)][0] - results[(name, variant, base)][0]) / extra
+            for variant in VARIANTS
+        }
+        overhead = {variant: per_op[variant] - per_op["plain"] for variant in VARIANTS}
+        reference = overhead[REFERENCE]
+        print(f"\n{name}, instructions per request (valgrind; runs of {base} and {base + extra})")
+        for variant in VARIANTS:
+            delivered = [results[(name, variant, count)][1] for count in (base, base + extra)]
+            expected = [count + warm_up for count in (base, base + extra)]
+            if variant == "plain":
+                print(f"  {variant:<30} {per_op[variant] / 1e3:8.1f}k")
+                continue
+            ratio = f"{overhead[variant] / reference:4.2f}" if reference > 0 else "n/a"
+            lost = "" if variant.endswith("none") or delivered == expected else f" (expected {expected})"
+            print(
+                f"  {variant:<30} {per_op[variant] / 1e3:8.1f}k  overhead {overhead[variant] / 1e3:+7.1f}k"
+                f"  ({ratio} of {REFERENCE}'s)  spans delivered: {delivered}{lost}"
+            )
+        for variant in VARIANTS:
+            agent, _, exporter = variant.partition(" ")
+            if exporter in ("store", "otlp"):
+                path = (per_op[variant] - per_op[f"{agent} none"]) / 1e3
+                print(f"  export path, {variant}: {path:+.1f}k instructions per span")
 
 
 def _load() -> str:
@@ -201,6 +299,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--flask-requests", type=int, default=5000)
     parser.add_argument("--requests-calls", type=int, default=1000)
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="count instructions per request under valgrind instead of timing (load-independent)",
+    )
     options = parser.parse_args()
 
     sink = CountingSink()
@@ -217,28 +320,33 @@ def main() -> None:
                 break
             except OSError:
                 time.sleep(0.05)
-        workloads = {
-            "flask": ([str(HERE / "flask_app.py"), str(options.flask_requests)], options.flask_requests),
-            "requests": (
-                [str(HERE / "requests_client.py"), f"http://127.0.0.1:{port}/", str(options.requests_calls)],
-                options.requests_calls,
-            ),
+        url = f"http://127.0.0.1:{port}/"
+        workloads: dict[str, Workload] = {
+            "flask": (lambda n: [str(HERE / "flask_app.py"), str(n)], 300, 200),
+            "requests": (lambda n: [str(HERE / "requests_client.py"), url, str(n)], 100, 50),
         }
         print(f"python {sys.version.split()[0]}, {os.cpu_count()} cpus, load {_load()}")
-        for name, (args, count) in workloads.items():
+        if options.instructions:
+            _count_instructions(workloads, {"flask": 1000, "requests": 400})
+            return
+        counts = {"flask": options.flask_requests, "requests": options.requests_calls}
+        for name, (build, _, warm_up) in workloads.items():
+            count = counts[name]
+            args = build(count)
             wall: dict[str, list[float]] = {variant: [] for variant in VARIANTS}
             cpu: dict[str, list[float]] = {variant: [] for variant in VARIANTS}
+            export: dict[str, list[float]] = {variant: [] for variant in VARIANTS}
             spans: dict[str, list[int]] = {variant: [] for variant in VARIANTS}
-            warm_up = 200 if name == "flask" else 50
             for round_index in range(options.rounds):
                 shift = round_index % len(VARIANTS)
                 for variant in VARIANTS[shift:] + VARIANTS[:shift]:
-                    per_op, cpu_per_op, exported = _measure(variant, args, sink, count + warm_up)
-                    wall[variant].append(per_op)
-                    cpu[variant].append(cpu_per_op)
+                    figures, exported = _measure(variant, args, sink, count + warm_up)
+                    wall[variant].append(figures["per_op_us"])
+                    cpu[variant].append(figures["cpu_per_op_us"])
+                    export[variant].append(figures["export_cpu_per_op_us"])
                     spans[variant].append(exported)
             _report(name, count, "wall clock", wall, spans)
-            _report(name, count, "CPU time of the process (all its threads)", cpu, spans)
+            _report(name, count, "CPU time of the process (all its threads)", cpu, spans, export)
         print(f"\nload after: {_load()}")
     finally:
         server.terminate()
