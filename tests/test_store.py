@@ -331,3 +331,27 @@ def test_store_files_and_folders_are_private_even_under_umask_000(tmp_path: Path
     }
     cached = list((cache / "logfire-run").iterdir())
     assert cached and all(oct(path.stat().st_mode & 0o777) == "0o600" for path in cached)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"http.route": "/items/<id>", "http.status_code": 200, "ok": True, "ratio": 0.25},
+        {"unicode": "日本語 ✓ \u2028 \x00 \ud7ff", "quote": '"\\', "empty": "", "tuple": ()},
+        {"huge": "x" * 1_000_000, "many": tuple(range(10_000))},
+        {"nan": float("nan"), "inf": float("-inf"), "big": 2**80, "floats": (1e300, -0.0)},
+        [{"name": "exception", "time_ns": 1, "attributes": None}, {"name": "e", "attributes": {"a": ("b",)}}],
+        {"unknown type": object(), "bytes": b"raw"},
+    ],
+)
+def test_store_json_is_what_the_standard_encoder_writes(value: Any) -> None:
+    # The store builds json's C encoder once (not once per row): its text must stay the same.
+    import platform
+
+    from logfire_run.agent import store
+
+    if platform.python_implementation() == "CPython":
+        assert store._encode is not store._python_encode  # the C encoder is in use, not the fallback
+    assert store._encode(value) == store._python_encode(value)
+    if not isinstance(value, list) and "unknown type" not in value:
+        assert json.loads(store._encode(value)).keys() == value.keys()

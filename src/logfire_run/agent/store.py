@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import json.encoder
 import os
 import sqlite3
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from opentelemetry.attributes import BoundedAttributes
@@ -58,7 +59,38 @@ __all__ = ["PRUNE_EVERY", "StoreExporter", "log_rows", "span_row", "span_rows"]
 PRUNE_EVERY = 5_000
 
 # One encoder for every row: json.dumps() with options builds a new encoder on each call.
-_encode = json.JSONEncoder(separators=(",", ":"), default=str, ensure_ascii=False).encode
+_python_encode = json.JSONEncoder(separators=(",", ":"), default=str, ensure_ascii=False).encode
+
+
+def _c_encoder() -> Callable[[Any], str] | None:
+    """The C encoder behind `_python_encode`, built once instead of once per call.
+
+    `JSONEncoder.encode` builds a new C encoder object for every value it encodes (about 1 us of a
+    15-attribute span's 4). Built here with the same options, without the circular-reference check
+    (rows hold attribute values, events and links: flat data, never cycles). None when this Python's
+    json has no C encoder or builds it differently, and the result is checked against the Python one.
+    """
+    make = getattr(json.encoder, "c_make_encoder", None)
+    encode_string = getattr(json.encoder, "c_encode_basestring", None)
+    if make is None or encode_string is None:
+        return None
+    try:
+        # The arguments JSONEncoder.iterencode gives it: markers, default, string encoder, indent,
+        # key and item separators, sort_keys, skipkeys, allow_nan.
+        iterencode = make(None, str, encode_string, None, ":", ",", False, False, True)
+
+        def encode(value: Any) -> str:
+            return "".join(iterencode(value, 0))
+
+        sample = {"s": 'é\n"', "i": -1, "f": 0.1, "n": float("nan"), "b": True, "t": (1, "x"), "o": object}
+        if encode(sample) != _python_encode(sample) or encode([sample]) != _python_encode([sample]):
+            return None
+    except Exception:
+        return None
+    return encode
+
+
+_encode: Callable[[Any], str] = _c_encoder() or _python_encode
 _KIND_NAMES = {kind: kind.name for kind in SpanKind}
 _STATUS_NAMES = {code: code.name for code in StatusCode}
 
