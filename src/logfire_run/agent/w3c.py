@@ -260,7 +260,8 @@ class StrictTraceContextPropagator(TraceContextTextMapPropagator):
             if parsed is None:
                 return context
             trace_id, parent_id, flags = parsed
-            entries = parse_tracestate(_values(getter.get(carrier, "tracestate")))
+            tracestate = _values(getter.get(carrier, "tracestate"))
+            entries = parse_tracestate(tracestate) if tracestate else []
             span_context = SpanContext(
                 trace_id=trace_id,
                 span_id=parent_id,
