@@ -24,6 +24,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -420,3 +421,87 @@ def render_tree(spans: list[SpanRecord]) -> str:
 def assert_clean_stderr(stderr: str) -> None:
     """An agent that prints breaks someone's logs: nothing may reach stderr unless a test expects it."""
     assert stderr == "", f"unexpected stderr:\n{stderr}"
+
+
+# Apps written by a test and run under the agent, or without it to compare what the app sees.
+
+
+def write_app(tmp_path: Path, source: str, name: str = "app.py") -> Path:
+    script = tmp_path / name
+    script.write_text(textwrap.dedent(source))
+    return script
+
+
+def launch(
+    tmp_path: Path,
+    receiver: OtlpReceiver | None,
+    source: str,
+    *args: str,
+    via: str = "launcher",
+    timeout: float = 180,
+    expect_stderr: StderrExpectation = "",
+    **env: str,
+) -> subprocess.CompletedProcess[str]:
+    """The app under the agent (`via` the launcher or `LOGFIRE_RUN=1`); it must succeed, with nothing on
+    stderr unless `expect_stderr` says so."""
+    script = write_app(tmp_path, source)
+    if via == "launcher":
+        result = run_launcher(
+            ["python", str(script), *args],
+            agent_env(receiver, **env),
+            cwd=tmp_path,
+            timeout=timeout,
+            expect_stderr=expect_stderr,
+        )
+    else:
+        result = run_process(
+            [sys.executable, str(script), *args],
+            agent_env(receiver, LOGFIRE_RUN="1", **env),
+            cwd=tmp_path,
+            timeout=timeout,
+            expect_stderr=expect_stderr,
+        )
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+#: Appended to an app that runs without the agent: the comparison means nothing if the agent is there
+#: anyway (an app that imports logfire_run starts it). It runs at the end of the main process and as
+#: each spawned worker imports the app.
+NO_AGENT_CHECK = """
+import sys as _sys
+if "logfire_run" in _sys.modules:
+    raise SystemExit("logfire_run is loaded in a process meant to run without the agent")
+"""
+
+
+def run_without_agent(
+    tmp_path: Path,
+    source: str,
+    *args: str,
+    name: str = "app.py",
+    timeout: float = 180,
+    expect_stderr: StderrExpectation = "",
+) -> subprocess.CompletedProcess[str]:
+    """The same app with no agent at all: no launcher, no LOGFIRE_RUN, and NO_AGENT_CHECK."""
+    script = write_app(tmp_path, textwrap.dedent(source) + NO_AGENT_CHECK, name=name)
+    return run_process(
+        [sys.executable, str(script), *args],
+        child_env(),
+        cwd=tmp_path,
+        timeout=timeout,
+        expect_stderr=expect_stderr,
+    )
+
+
+def only(spans: list[SpanRecord], name: str) -> SpanRecord:
+    """The one span called `name`."""
+    found = [span for span in spans if span.name == name]
+    assert len(found) == 1, f"{len(found)} spans named {name!r}:\n{render_tree(spans)}"
+    return found[0]
+
+
+def assert_child(span: SpanRecord, parent: SpanRecord, spans: list[SpanRecord]) -> None:
+    assert (span.trace_id, span.parent_id) == (parent.trace_id, parent.span_id), (
+        f"{span.name} [{span.service}] is not a child of {parent.name}:\n{render_tree(spans)}"
+    )

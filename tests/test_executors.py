@@ -24,65 +24,17 @@ from conftest import (
     SpanRecord,
     StderrExpectation,
     agent_env,
-    child_env,
+    assert_child,
+    launch,
+    only,
     render_tree,
     run_launcher,
     run_process,
+    run_without_agent,
+    write_app,
 )
 
 START_METHODS = ["fork", "spawn", "forkserver"]
-
-
-def write_app(tmp_path: Path, source: str, name: str = "app.py") -> Path:
-    script = tmp_path / name
-    script.write_text(textwrap.dedent(source))
-    return script
-
-
-def launch(
-    tmp_path: Path,
-    receiver: OtlpReceiver | None,
-    source: str,
-    *args: str,
-    timeout: float = 120,
-    expect_stderr: StderrExpectation = "",
-    **env: str,
-) -> subprocess.CompletedProcess[str]:
-    """The app under `logfire-run`; it must succeed, with nothing on stderr unless `expect_stderr`."""
-    script = write_app(tmp_path, source)
-    result = run_launcher(
-        ["python", str(script), *args],
-        agent_env(receiver, **env),
-        cwd=tmp_path,
-        timeout=timeout,
-        expect_stderr=expect_stderr,
-    )
-    assert result.returncode == 0, result.stderr
-    return result
-
-
-#: Appended to an app that runs without the agent: the comparison means nothing if the agent is there
-#: anyway (an app that imports logfire_run starts it). It runs at the end of the main process and as
-#: each spawned worker imports the app.
-NO_AGENT_CHECK = """
-import sys as _sys
-if "logfire_run" in _sys.modules:
-    raise SystemExit("logfire_run is loaded in a process meant to run without the agent")
-"""
-
-
-def run_without_agent(
-    tmp_path: Path, source: str, *args: str, timeout: float = 120, expect_stderr: StderrExpectation = ""
-) -> subprocess.CompletedProcess[str]:
-    """The same app with no agent at all: no launcher, no LOGFIRE_RUN, and NO_AGENT_CHECK."""
-    script = write_app(tmp_path, textwrap.dedent(source) + NO_AGENT_CHECK)
-    return run_process(
-        [sys.executable, str(script), *args],
-        child_env(),
-        cwd=tmp_path,
-        timeout=timeout,
-        expect_stderr=expect_stderr,
-    )
 
 
 def run_plain(
@@ -97,18 +49,6 @@ def run_plain(
     script = write_app(tmp_path, source)
     return run_process(
         [sys.executable, str(script), *args], env, cwd=tmp_path, timeout=timeout, expect_stderr=expect_stderr
-    )
-
-
-def only(spans: list[SpanRecord], name: str) -> SpanRecord:
-    found = [span for span in spans if span.name == name]
-    assert len(found) == 1, f"{len(found)} spans named {name!r}:\n{render_tree(spans)}"
-    return found[0]
-
-
-def assert_child(span: SpanRecord, parent: SpanRecord, spans: list[SpanRecord]) -> None:
-    assert (span.trace_id, span.parent_id) == (parent.trace_id, parent.span_id), (
-        f"{span.name} is not a child of {parent.name}:\n{render_tree(spans)}"
     )
 
 

@@ -193,6 +193,22 @@ def test_flags_reach_the_app_as_environment() -> None:
     assert result.stdout == "svc link\n"
 
 
+def test_the_app_environment_holds_no_launcher_marker(tmp_path: Path) -> None:
+    # The launcher marks the process it becomes; the agent takes the mark out, so the app (and what
+    # walks its whole environment per call, like requests' proxy lookup) sees only what it was given.
+    # Its children get the agent through PYTHONPATH as before.
+    script = tmp_path / "env.py"
+    script.write_text(
+        "import os, subprocess, sys\n"
+        "print(sorted(k for k in os.environ if k.startswith('LOGFIRE_RUN')))\n"
+        "child = 'import sys; print(\"logfire_run\" in sys.modules)'\n"
+        "subprocess.run([sys.executable, '-c', child], check=True)\n"
+    )
+    result = run_launcher(["python", str(script)], agent_env())
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "[]\nTrue\n"
+
+
 def test_every_setting_is_documented_in_the_readme_and_help() -> None:
     from logfire_run.agent.settings import SETTINGS
 

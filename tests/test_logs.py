@@ -24,26 +24,16 @@ import pytest
 from conftest import (
     FORK_WARNINGS,
     LAUNCHER,
+    NO_AGENT_CHECK,
     VIEWER,
     agent_env,
     child_env,
     free_port,
     run_launcher,
     run_process,
+    write_app,
 )
 from otlp_receivers import ThirdPartyReceiver
-
-NO_AGENT_CHECK = """
-import sys as _sys
-if "logfire_run" in _sys.modules:
-    raise SystemExit("logfire_run is loaded in a process meant to run without the agent")
-"""
-
-
-def write(tmp_path: Path, source: str, name: str = "app.py") -> Path:
-    script = tmp_path / name
-    script.write_text(textwrap.dedent(source))
-    return script
 
 
 def store_of(tmp_path: Path) -> Path:
@@ -143,12 +133,12 @@ def test_flask_output_is_unchanged_and_records_sit_under_the_server_span(
 ) -> None:
     port = free_port()
     # One file for both runs (tracebacks name it), the check that no agent is loaded at its end.
-    app = write(tmp_path, textwrap.dedent(FLASK_APP) + NO_AGENT_CHECK, "shop.py")
+    app = write_app(tmp_path, textwrap.dedent(FLASK_APP) + NO_AGENT_CHECK, "shop.py")
     without = run_process(
         [sys.executable, str(app), str(port)], child_env(), cwd=tmp_path, expect_stderr=None
     )
     assert without.returncode == 0, without.stderr
-    write(tmp_path, FLASK_APP, "shop.py")
+    write_app(tmp_path, FLASK_APP, "shop.py")
     env = agent_env(None, LOGFIRE_STORE=str(store_of(tmp_path)))
     if activation == "launcher":
         command = [LAUNCHER, "python", str(app), str(port)]
@@ -216,7 +206,7 @@ FORMAT_APP = """
 
 
 def test_a_format_naming_the_ids_works_inside_and_outside_spans(tmp_path: Path) -> None:
-    write(tmp_path, FORMAT_APP)
+    write_app(tmp_path, FORMAT_APP)
     result = run_launcher(["--service-name", "fmt", "python", "app.py", "spans"], agent_env(), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     before, ids, inside, after = result.stdout.splitlines()
@@ -228,7 +218,7 @@ def test_a_format_naming_the_ids_works_inside_and_outside_spans(tmp_path: Path) 
 
 @pytest.mark.parametrize("sdk", ["never started", "disabled"])
 def test_a_format_naming_the_ids_works_without_the_sdk(tmp_path: Path, sdk: str) -> None:
-    write(tmp_path, FORMAT_APP)
+    write_app(tmp_path, FORMAT_APP)
     extra = {"OTEL_SDK_DISABLED": "true"} if sdk == "disabled" else {}
     script = (
         "import sys; exec(open('app.py').read()); "
@@ -244,7 +234,7 @@ def test_a_format_naming_the_ids_works_without_the_sdk(tmp_path: Path, sdk: str)
 
 
 def test_log_correlation_variable_sets_opentelemetry_format(tmp_path: Path) -> None:
-    write(
+    write_app(
         tmp_path,
         """
         import logging
@@ -314,7 +304,7 @@ POOL_APP = """
 
 @pytest.mark.parametrize("method", ["thread", "fork", "spawn"])
 def test_records_from_pool_workers_arrive_with_their_span(tmp_path: Path, method: str) -> None:
-    write(tmp_path, POOL_APP)
+    write_app(tmp_path, POOL_APP)
     result = run_launcher(
         ["python", "app.py", method],
         agent_env(LOGFIRE_STORE=str(store_of(tmp_path))),
@@ -336,7 +326,7 @@ def test_records_from_pool_workers_arrive_with_their_span(tmp_path: Path, method
 
 
 def test_capture_level_and_off(tmp_path: Path) -> None:
-    write(
+    write_app(
         tmp_path,
         """
         import logging
@@ -382,7 +372,7 @@ def test_invalid_log_level_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_records_are_flushed_at_sigterm_and_os_exit(tmp_path: Path) -> None:
-    write(
+    write_app(
         tmp_path,
         """
         import logging
@@ -452,7 +442,7 @@ def test_opentelemetry_logging_instrumentor_is_superseded(tmp_path: Path) -> Non
 def test_otlp_logs_arrive_with_their_trace_and_span_ids(tmp_path: Path) -> None:
     receiver = ThirdPartyReceiver("http/protobuf")
     try:
-        write(
+        write_app(
             tmp_path,
             """
             import logging
@@ -501,7 +491,7 @@ def test_otlp_logs_arrive_with_their_trace_and_span_ids(tmp_path: Path) -> None:
 
 def test_a_version_1_store_is_read_and_upgraded(tmp_path: Path) -> None:
     store = store_of(tmp_path)
-    write(tmp_path, "import logfire_run\nwith logfire_run.span('old'):\n    pass\n")
+    write_app(tmp_path, "import logfire_run\nwith logfire_run.span('old'):\n    pass\n")
     assert (
         run_launcher(["python", "app.py"], agent_env(LOGFIRE_STORE=str(store)), cwd=tmp_path).returncode == 0
     )
@@ -513,7 +503,7 @@ def test_a_version_1_store_is_read_and_upgraded(tmp_path: Path) -> None:
     assert old["spans"][0]["logs"] == []
     with sqlite3.connect(store) as connection:
         assert connection.execute("PRAGMA user_version").fetchone() == (1,)  # the viewer wrote nothing
-    write(
+    write_app(
         tmp_path,
         "import logging, logfire_run\nwith logfire_run.span('new'):\n    logging.warning('kept')\n",
     )
@@ -531,7 +521,7 @@ def test_a_version_1_store_is_read_and_upgraded(tmp_path: Path) -> None:
 
 def test_viewer_shows_hostile_log_messages_as_inert_text(tmp_path: Path) -> None:
     store = store_of(tmp_path)
-    write(
+    write_app(
         tmp_path,
         """
         import logging, logfire_run
@@ -571,7 +561,7 @@ def test_viewer_shows_hostile_log_messages_as_inert_text(tmp_path: Path) -> None
 
 
 def test_launcher_flag_sets_the_level(tmp_path: Path) -> None:
-    write(
+    write_app(
         tmp_path,
         "import logging, logfire_run\n"
         "with logfire_run.span('flag'):\n    logging.warning('w')\n    logging.error('e')\n",
@@ -648,8 +638,8 @@ def test_celery_task_records_sit_under_the_task_run_span(tmp_path: Path, redis_u
     import os
     import signal
 
-    write(tmp_path, CELERY_TASKS, "logs_tasks.py")
-    write(tmp_path, CELERY_PRODUCER, "produce.py")
+    write_app(tmp_path, CELERY_TASKS, "logs_tasks.py")
+    write_app(tmp_path, CELERY_PRODUCER, "produce.py")
     store = store_of(tmp_path)
     env = agent_env(LOGFIRE_STORE=str(store), BROKER_URL=redis_url, CELERY_QUEUE=f"logs-{os.getpid()}")
     env["PYTHONWARNINGS"] = "ignore:You're running the worker with superuser privileges"
@@ -689,7 +679,7 @@ def test_celery_task_records_sit_under_the_task_run_span(tmp_path: Path, redis_u
 
 
 def test_configure_sets_the_level_at_run_time(tmp_path: Path) -> None:
-    write(
+    write_app(
         tmp_path,
         """
         import logging, logfire_run

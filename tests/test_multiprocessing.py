@@ -11,8 +11,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -20,81 +18,16 @@ import pytest
 
 from conftest import (
     OtlpReceiver,
-    SpanRecord,
-    StderrExpectation,
     agent_env,
-    child_env,
+    assert_child,
+    launch,
+    only,
     render_tree,
-    run_launcher,
-    run_process,
+    run_without_agent,
+    write_app,
 )
 
 START_METHODS = ["fork", "spawn", "forkserver"]
-
-
-def write_app(tmp_path: Path, source: str, name: str = "app.py") -> Path:
-    script = tmp_path / name
-    script.write_text(textwrap.dedent(source))
-    return script
-
-
-def launch(
-    tmp_path: Path,
-    receiver: OtlpReceiver | None,
-    source: str,
-    *args: str,
-    via: str = "launcher",
-    timeout: float = 180,
-    expect_stderr: StderrExpectation = "",
-    **env: str,
-) -> subprocess.CompletedProcess[str]:
-    """The app under the agent (`via` the launcher or `LOGFIRE_RUN=1`); it must succeed quietly."""
-    script = write_app(tmp_path, source)
-    if via == "launcher":
-        result = run_launcher(
-            ["python", str(script), *args],
-            agent_env(receiver, **env),
-            cwd=tmp_path,
-            timeout=timeout,
-            expect_stderr=expect_stderr,
-        )
-    else:
-        result = run_process(
-            [sys.executable, str(script), *args],
-            agent_env(receiver, LOGFIRE_RUN="1", **env),
-            cwd=tmp_path,
-            timeout=timeout,
-            expect_stderr=expect_stderr,
-        )
-    assert result.returncode == 0, result.stderr
-    return result
-
-
-#: Appended to an app run without the agent: the comparison means nothing if the agent is there anyway.
-NO_AGENT_CHECK = """
-import sys as _sys
-if "logfire_run" in _sys.modules:
-    raise SystemExit("logfire_run is loaded in a process meant to run without the agent")
-"""
-
-
-def run_without_agent(tmp_path: Path, source: str, *args: str) -> subprocess.CompletedProcess[str]:
-    script = write_app(tmp_path, textwrap.dedent(source) + NO_AGENT_CHECK, name="plain.py")
-    result = run_process([sys.executable, str(script), *args], child_env(), cwd=tmp_path, timeout=180)
-    assert result.returncode == 0, result.stderr
-    return result
-
-
-def only(spans: list[SpanRecord], name: str) -> SpanRecord:
-    found = [span for span in spans if span.name == name]
-    assert len(found) == 1, f"{len(found)} spans named {name!r}:\n{render_tree(spans)}"
-    return found[0]
-
-
-def assert_child(span: SpanRecord, parent: SpanRecord, spans: list[SpanRecord]) -> None:
-    assert (span.trace_id, span.parent_id) == (parent.trace_id, parent.span_id), (
-        f"{span.name} is not a child of {parent.name}:\n{render_tree(spans)}"
-    )
 
 
 # Only the OpenTelemetry API in the task code: importing logfire_run in a worker would start the agent
@@ -389,7 +322,8 @@ def without_addresses(text: str) -> str:
 
 def test_results_errors_tracebacks_and_pickling_errors_are_untouched(tmp_path: Path) -> None:
     with_agent = launch(tmp_path, None, BEHAVIOUR_APP, LOGFIRE_EXPORTER="none")
-    without = run_without_agent(tmp_path, BEHAVIOUR_APP)
+    without = run_without_agent(tmp_path, BEHAVIOUR_APP, name="plain.py")
+    assert without.returncode == 0, without.stderr
     # The comparison is worth something only if the instrumentor was at work in one run and not the other.
     seen, instrumented = with_agent.stdout.rsplit("instrumented ", 1)
     plain, not_instrumented = without.stdout.rsplit("instrumented ", 1)

@@ -25,7 +25,9 @@ from conftest import (
     OtlpReceiver,
     SpanRecord,
     agent_env,
+    assert_child,
     child_env,
+    only,
     render_tree,
     run_launcher,
     run_process,
@@ -63,18 +65,6 @@ def run_app(
         )
     assert result.returncode == 0, result.stderr
     return result.stdout
-
-
-def only(spans: list[SpanRecord], name: str) -> SpanRecord:
-    found = [span for span in spans if span.name == name]
-    assert len(found) == 1, f"{len(found)} spans named {name!r}:\n{render_tree(spans)}"
-    return found[0]
-
-
-def assert_child(span: SpanRecord, parent: SpanRecord, spans: list[SpanRecord]) -> None:
-    assert (span.trace_id, span.parent_id) == (parent.trace_id, parent.span_id), (
-        f"{span.name} [{span.service}] is not a child of {parent.name}:\n{render_tree(spans)}"
-    )
 
 
 # A parent span -> subprocess.run of a Python child -> requests -> a Flask server

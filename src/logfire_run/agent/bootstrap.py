@@ -49,11 +49,16 @@ def _start(via: str) -> None:
     report.debug(f"agent started via {via} in {sys.executable}")
     # Read now, before the app can change them: the parent's word about its span (see state).
     env_carrier.remember_inherited(os.environ)
+    # The launcher's note to the process it became has done its work once the agent runs: taken out,
+    # the app and its children see the environment they were given (and code that walks the whole
+    # environment on every call, as requests does for proxies, pays nothing for it).
+    if os.environ.get(paths.LAUNCHED_PID) == str(os.getpid()):
+        del os.environ[paths.LAUNCHED_PID]
     if not config.inherit:
         _stop_inheritance()
     if not config.instrumentation_disabled("logging"):
         # Before the SDK check: a format naming the trace ids works with the SDK off too.
-        _on_import("logging", _on_logging_import)
+        importhooks.on_import("logging", _on_logging_import)
     if state.sdk_disabled():
         report.debug("OTEL_SDK_DISABLED is true: no tracing in this process")
         return
@@ -65,15 +70,8 @@ def _start(via: str) -> None:
             if importhooks.already_imported(module_name):
                 # Imported before the agent started: instrumented when the SDK comes up, not now.
                 state.when_sdk_ready(_run_hooks_later(module_name, sys.modules[module_name]), start=False)
-    _on_import("opentelemetry.propagate", _on_propagate_import)
-    _on_import("opentelemetry.trace", _on_trace_import)
-
-
-def _on_import(module_name: str, hook: Callable[[ModuleType], None]) -> None:
-    if importhooks.already_imported(module_name):
-        hook(sys.modules[module_name])
-    else:
-        importhooks.register(module_name, hook)
+    importhooks.on_import("opentelemetry.propagate", _on_propagate_import)
+    importhooks.on_import("opentelemetry.trace", _on_trace_import)
 
 
 def _run_hooks_later(module_name: str, module: ModuleType) -> Callable[[], None]:

@@ -18,14 +18,13 @@ import sys
 
 from logfire_run.agent.config import Config, resolve
 from logfire_run.agent.errors import ConfigError
-from logfire_run.agent.paths import SITECUSTOMIZE_DIR
+from logfire_run.agent.paths import LAUNCHED_PID, SITECUSTOMIZE_DIR
 from logfire_run.agent.settings import SETTINGS, SETTINGS_BY_FLAG, SETTINGS_BY_NAME
 
 EXIT_USAGE = 2
 EXIT_NOT_EXECUTABLE = 126
 EXIT_NOT_FOUND = 127
 #: Set to the launcher's PID, which the command keeps: the process that may say "no agent here".
-LAUNCHED_PID = "LOGFIRE_RUN_LAUNCHED_PID"
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

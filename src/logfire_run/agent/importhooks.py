@@ -110,6 +110,20 @@ def register(module_name: str, hook: Hook) -> None:
     install()
 
 
+def on_import(module_name: str, hook: Hook, active: Callable[[], bool] | None = None) -> None:
+    """Run `hook(module)` now when `module_name` is imported already, else at its first import.
+
+    With `active`, a deferred hook runs only if `active()` is still true at that import: an
+    instrumentor turned off in between patches nothing.
+    """
+    if already_imported(module_name):
+        hook(sys.modules[module_name])
+    elif active is None:
+        register(module_name, hook)
+    else:
+        register(module_name, lambda module: hook(module) if active() else None)
+
+
 def already_imported(module_name: str) -> bool:
     module = sys.modules.get(module_name)
     return module is not None and not _initializing(module)

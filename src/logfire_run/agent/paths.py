@@ -11,6 +11,9 @@ import os
 
 #: The folder the launcher puts first on PYTHONPATH; child interpreters find `sitecustomize` there.
 SITECUSTOMIZE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "sitecustomize")
+#: Set by the launcher for the process it becomes (its PID), so that process alone reports an
+#: interpreter that cannot import logfire_run; the agent takes it out of the app's environment.
+LAUNCHED_PID = "LOGFIRE_RUN_LAUNCHED_PID"
 
 
 def cache_dir() -> str:

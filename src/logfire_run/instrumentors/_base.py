@@ -26,11 +26,13 @@ from typing import Any, ClassVar
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 
 from logfire_run.agent import report
+from logfire_run.instrumentors._patch import Patches
 from logfire_run.instrumentors.loader import DECLARATIONS
 
 __all__ = [
     "DECLARATIONS",
     "Instrumentor",
+    "PatchingInstrumentor",
     "run_opentelemetry_instrumentor",
     "stop_opentelemetry_instrumentor",
 ]
@@ -46,6 +48,30 @@ class Instrumentor(BaseInstrumentor):  # type: ignore[misc]
 
     def instrumentation_dependencies(self) -> Collection[str]:
         return self.supported
+
+
+class PatchingInstrumentor(Instrumentor):
+    """An instrumentor whose patches go through one `Patches`, next to OpenTelemetry's instrumentor.
+
+    `BaseInstrumentor` makes every instance of a class the same object, and `__init__` runs again on
+    each `Class()`: the state is made by the first instance only (`_patches`, `_otel`, and what
+    `_first_instance` adds), and later calls keep it.
+    """
+
+    #: The name the patches are reported under in `--debug` lines (the entry-point name).
+    patches_name: ClassVar[str] = ""
+
+    def __init__(self) -> None:
+        super().__init__()
+        if hasattr(self, "_patches"):
+            return
+        self._patches = Patches(self.patches_name)
+        #: OpenTelemetry's instrumentor, once `run_opentelemetry_instrumentor` has run it.
+        self._otel: Any = None
+        self._first_instance()
+
+    def _first_instance(self) -> None:
+        """More state of the first instance, for a subclass that needs some."""
 
 
 def run_opentelemetry_instrumentor(value: str, **options: Any) -> Any | None:

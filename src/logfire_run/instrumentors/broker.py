@@ -31,13 +31,11 @@ Where it stops:
 
 from __future__ import annotations
 
-import importlib
 import threading
 from typing import Any, ClassVar
 
 from logfire_run.agent import importhooks, report, state
-from logfire_run.instrumentors._base import Instrumentor
-from logfire_run.instrumentors._patch import Patches
+from logfire_run.instrumentors._base import PatchingInstrumentor
 
 __all__ = ["BrokerHousekeepingInstrumentor"]
 
@@ -50,7 +48,7 @@ _CLIENT_FACTORIES = {
 _TRACED_METHODS = ("execute_command", "execute", "immediate_execute_command")
 
 
-class BrokerHousekeepingInstrumentor(Instrumentor):
+class BrokerHousekeepingInstrumentor(PatchingInstrumentor):
     """Keeps Celery's own broker and result-backend Redis commands out of traces while no span is current."""
 
     targets = ("kombu.transport.redis", "celery.backends.redis")
@@ -58,19 +56,11 @@ class BrokerHousekeepingInstrumentor(Instrumentor):
     options: ClassVar[dict[str, Any]] = {}
     supersedes = ()
 
-    def __init__(self) -> None:
-        super().__init__()
-        # BaseInstrumentor makes every instance the same object: keep the state of the first one.
-        if hasattr(self, "_patches"):
-            return
-        self._patches = Patches("celery_broker")
+    patches_name = "celery_broker"
 
     def _instrument(self, **kwargs: Any) -> None:
         for module_name in _CLIENT_FACTORIES:
-            if importhooks.already_imported(module_name):
-                self._patch(importlib.import_module(module_name))
-            else:
-                importhooks.register(module_name, self._patch)
+            importhooks.on_import(module_name, self._patch)
 
     def _uninstrument(self, **kwargs: Any) -> None:
         self._patches.restore()

@@ -56,11 +56,10 @@ from typing import Any, ClassVar
 from logfire_run.agent import report, state
 from logfire_run.agent.policy import first_party
 from logfire_run.instrumentors._base import (
-    Instrumentor,
+    PatchingInstrumentor,
     run_opentelemetry_instrumentor,
     stop_opentelemetry_instrumentor,
 )
-from logfire_run.instrumentors._patch import Patches
 
 __all__ = ["CeleryContextInstrumentor"]
 
@@ -82,7 +81,7 @@ class _UnregisteredTask:
         return f"<unregistered task {self.name!r}>"
 
 
-class CeleryContextInstrumentor(Instrumentor):
+class CeleryContextInstrumentor(PatchingInstrumentor):
     """Corrects OpenTelemetry's Celery instrumentor, then runs it; see the module docstring."""
 
     targets = ("celery",)
@@ -90,13 +89,9 @@ class CeleryContextInstrumentor(Instrumentor):
     options: ClassVar[dict[str, Any]] = {}
     supersedes = (_OTEL_INSTRUMENTOR,)
 
-    def __init__(self) -> None:
-        super().__init__()
-        # BaseInstrumentor makes every instance the same object: keep the state of the first one.
-        if hasattr(self, "_patches"):
-            return
-        self._patches = Patches("celery")
-        self._otel: Any = None
+    patches_name = "celery"
+
+    def _first_instance(self) -> None:
         # One stand-in per task name: the set of names an app publishes is finite.
         self._stand_ins: dict[str, _UnregisteredTask] = {}
         self._stand_ins_lock = threading.Lock()

@@ -41,11 +41,10 @@ from typing import Any, ClassVar
 
 from logfire_run.agent import report
 from logfire_run.instrumentors._base import (
-    Instrumentor,
+    PatchingInstrumentor,
     run_opentelemetry_instrumentor,
     stop_opentelemetry_instrumentor,
 )
-from logfire_run.instrumentors._patch import Patches
 
 __all__ = ["DjangoInstrumentor"]
 
@@ -53,7 +52,7 @@ _OTEL_INSTRUMENTOR = "opentelemetry.instrumentation.django:DjangoInstrumentor"
 _OTEL_MIDDLEWARE = "opentelemetry.instrumentation.django.middleware.otel_middleware"
 
 
-class DjangoInstrumentor(Instrumentor):
+class DjangoInstrumentor(PatchingInstrumentor):
     """Runs OpenTelemetry's Django instrumentor when `django.setup()` returns, not at import."""
 
     targets = ("django",)
@@ -61,13 +60,9 @@ class DjangoInstrumentor(Instrumentor):
     options: ClassVar[dict[str, Any]] = {}
     supersedes = (_OTEL_INSTRUMENTOR,)
 
-    def __init__(self) -> None:
-        super().__init__()
-        # BaseInstrumentor makes every instance the same object: keep the state of the first one.
-        if hasattr(self, "_patches"):
-            return
-        self._patches = Patches("django")
-        self._otel: Any = None
+    patches_name = "django"
+
+    def _first_instance(self) -> None:
         self._options: dict[str, Any] = {}
 
     def _instrument(self, **kwargs: Any) -> None:

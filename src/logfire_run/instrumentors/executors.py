@@ -83,10 +83,7 @@ class ExecutorInstrumentor(Instrumentor):
         ):
             # Not imported here: importing concurrent.futures.process costs multiprocessing, which an
             # app that only uses threads (asyncio imports concurrent.futures) should not pay for.
-            if importhooks.already_imported(name):
-                patch(sys.modules[name])
-            else:
-                importhooks.register(name, _if_active(patch))
+            importhooks.on_import(name, patch, _is_active)
 
     def _uninstrument(self, **kwargs: Any) -> None:
         global _active
@@ -95,12 +92,8 @@ class ExecutorInstrumentor(Instrumentor):
         _hand_back_to_otel_threading()
 
 
-def _if_active(patch: Callable[[Any], None]) -> Callable[[Any], None]:
-    def hook(module: Any) -> None:
-        if _active:
-            patch(module)
-
-    return hook
+def _is_active() -> bool:
+    return _active
 
 
 def _innermost(function: object) -> object:
@@ -333,10 +326,7 @@ def _settings_for_workers() -> dict[str, Any] | None:
 
 
 def _take_over_from_otel_threading() -> None:
-    if importhooks.already_imported(_OTEL_THREADING):
-        _neutralize(sys.modules[_OTEL_THREADING])
-    else:
-        importhooks.register(_OTEL_THREADING, _if_active(_neutralize))
+    importhooks.on_import(_OTEL_THREADING, _neutralize, _is_active)
 
 
 _neutralized = False

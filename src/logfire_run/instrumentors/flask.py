@@ -38,11 +38,10 @@ from typing import Any, ClassVar
 
 from logfire_run.agent import report
 from logfire_run.instrumentors._base import (
-    Instrumentor,
+    PatchingInstrumentor,
     run_opentelemetry_instrumentor,
     stop_opentelemetry_instrumentor,
 )
-from logfire_run.instrumentors._patch import Patches
 
 __all__ = ["FlaskInstrumentor"]
 
@@ -50,7 +49,7 @@ _OTEL_MODULE = "opentelemetry.instrumentation.flask"
 _OTEL_INSTRUMENTOR = "opentelemetry.instrumentation.flask:FlaskInstrumentor"
 
 
-class FlaskInstrumentor(Instrumentor):
+class FlaskInstrumentor(PatchingInstrumentor):
     """Runs OpenTelemetry's Flask instrumentor; an untrusted host gets the app's own 400."""
 
     targets = ("flask",)
@@ -58,13 +57,7 @@ class FlaskInstrumentor(Instrumentor):
     options: ClassVar[dict[str, Any]] = {}
     supersedes = (_OTEL_INSTRUMENTOR,)
 
-    def __init__(self) -> None:
-        super().__init__()
-        # BaseInstrumentor makes every instance the same object: keep the state of the first one.
-        if hasattr(self, "_patches"):
-            return
-        self._patches = Patches("flask")
-        self._otel: Any = None
+    patches_name = "flask"
 
     def _instrument(self, **kwargs: Any) -> None:
         self._otel = run_opentelemetry_instrumentor(_OTEL_INSTRUMENTOR, **kwargs)

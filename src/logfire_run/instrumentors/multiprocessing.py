@@ -89,10 +89,7 @@ class MultiprocessingInstrumentor(Instrumentor):
             ("multiprocessing.process", _patch_process),
             ("multiprocessing.pool", _patch_pool),
         ):
-            if importhooks.already_imported(name):
-                patch(sys.modules[name])
-            else:
-                importhooks.register(name, _if_active(patch))
+            importhooks.on_import(name, patch, _is_active)
 
     def _uninstrument(self, **kwargs: Any) -> None:
         global _active
@@ -100,12 +97,8 @@ class MultiprocessingInstrumentor(Instrumentor):
         _patches.restore()
 
 
-def _if_active(patch: Callable[[Any], None]) -> Callable[[Any], None]:
-    def hook(module: Any) -> None:
-        if _active:
-            patch(module)
-
-    return hook
+def _is_active() -> bool:
+    return _active
 
 
 _context = CurrentContext()

@@ -31,7 +31,6 @@ Where it stops:
 from __future__ import annotations
 
 import subprocess
-import sys
 from typing import Any, ClassVar
 
 from logfire_run.agent import importhooks, report, state
@@ -58,10 +57,7 @@ class ReloaderInstrumentor(Instrumentor):
         global _active
         _active = True
         for name in _RELOADER_MODULES:
-            if importhooks.already_imported(name):
-                _patch(sys.modules[name])
-            else:
-                importhooks.register(name, _patch)
+            importhooks.on_import(name, _patch)
 
     def _uninstrument(self, **kwargs: Any) -> None:
         global _active

@@ -29,18 +29,17 @@ from typing import Any, ClassVar
 
 from logfire_run.agent import report
 from logfire_run.instrumentors._base import (
-    Instrumentor,
+    PatchingInstrumentor,
     run_opentelemetry_instrumentor,
     stop_opentelemetry_instrumentor,
 )
-from logfire_run.instrumentors._patch import Patches
 
 __all__ = ["RequestsInstrumentor"]
 
 _OTEL_INSTRUMENTOR = "opentelemetry.instrumentation.requests:RequestsInstrumentor"
 
 
-class RequestsInstrumentor(Instrumentor):
+class RequestsInstrumentor(PatchingInstrumentor):
     """Runs OpenTelemetry's requests instrumentor; an unprepared request gets requests' own error."""
 
     targets = ("requests",)
@@ -48,13 +47,7 @@ class RequestsInstrumentor(Instrumentor):
     options: ClassVar[dict[str, Any]] = {}
     supersedes = (_OTEL_INSTRUMENTOR,)
 
-    def __init__(self) -> None:
-        super().__init__()
-        # BaseInstrumentor makes every instance the same object: keep the state of the first one.
-        if hasattr(self, "_patches"):
-            return
-        self._patches = Patches("requests")
-        self._otel: Any = None
+    patches_name = "requests"
 
     def _instrument(self, **kwargs: Any) -> None:
         self._otel = run_opentelemetry_instrumentor(_OTEL_INSTRUMENTOR, **kwargs)

@@ -66,10 +66,7 @@ class SubprocessInstrumentor(Instrumentor):
         global _active
         _active = True
         _patch_os(os)
-        if importhooks.already_imported("subprocess"):
-            _patch_subprocess(sys.modules["subprocess"])
-        else:
-            importhooks.register("subprocess", _if_active(_patch_subprocess))
+        importhooks.on_import("subprocess", _patch_subprocess, _is_active)
 
     def _uninstrument(self, **kwargs: Any) -> None:
         global _active
@@ -77,12 +74,8 @@ class SubprocessInstrumentor(Instrumentor):
         _patches.restore()
 
 
-def _if_active(patch: Callable[[Any], None]) -> Callable[[Any], None]:
-    def hook(module: Any) -> None:
-        if _active:
-            patch(module)
-
-    return hook
+def _is_active() -> bool:
+    return _active
 
 
 # The current context as variables
