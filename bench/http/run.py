@@ -1,29 +1,37 @@
 """Per-request overhead of the HTTP instrumentation: logfire-run against `opentelemetry-instrument`.
 
-    .venv/bin/python bench/http/run.py [--rounds 5] [--flask-requests 5000] [--requests-calls 1000]
+    .venv/bin/python bench/http/run.py [--rounds 11] [--flask-requests 5000] [--requests-calls 1000]
+    .venv/bin/python bench/http/run.py --instructions      (needs valgrind)
 
-Two workloads, each run as a fresh process per measurement, every variant once per round in an
-order that rotates, so that machine noise hits them alike:
+Two workloads, each run as a fresh process per measurement:
 
 - flask: a Flask handler called through the framework's test client, every request carrying a
   `traceparent` (so extraction and the policy run), 5,000 requests;
 - requests: `requests.get` to a stdlib server in its own plain process, 1,000 calls.
 
 The variants: plain Python; logfire-run with no exporter, with the local store (the default) and
-with OTLP; `opentelemetry-instrument` with no exporter and with OTLP. Every setting is the default
-one (batch sizes, queue size, delays). OTLP goes over HTTP to a receiver inside this process that
-decodes and counts the spans, then discards them; the store variant writes a fresh store file per
-run, whose rows are counted afterwards. The counts are printed: a run that lost or never exported
-spans shows. Metrics and logs exporters are off for `opentelemetry-instrument` (logfire-run does
-not set those up). logfire-run runs with `distributed_tracing=true`, the mode in which inbound
-context is used (no warning path).
+with OTLP; `opentelemetry-instrument` with no exporter and with OTLP; and "instrumentors only",
+OpenTelemetry's SDK with no span processor and its Flask and requests instrumentors, nothing else
+(`floor/sitecustomize.py`): the floor under any agent that runs those instrumentors. Every setting
+is the default one (batch sizes, queue size, delays). OTLP goes over HTTP to a receiver inside this
+process that decodes and counts the spans, then discards them; the store variant writes a fresh
+store file per run, whose rows are counted afterwards. The counts are printed: a run that lost or
+never exported spans shows. Metrics and logs exporters are off for `opentelemetry-instrument`
+(logfire-run does not set those up). logfire-run runs with `distributed_tracing=true`, the mode in
+which inbound context is used (no warning path).
 
-Reported in wall-clock time and in the CPU time of the measured process (all its threads, the
-exporting one included; the steadier figure on a shared machine): the median microseconds per
-request, the overhead over plain (the median of per-round differences, which cancels most load
-drift), the overhead divided by `opentelemetry-instrument`'s with OTLP, and, for each exporter, the
-export path's cost per span: the variant's CPU minus the same agent's with no exporter (one span
-per request, so per request is per span).
+Timed (the default): every variant once per round, in an order that rotates, so that machine noise
+hits them alike. Reported in wall-clock time and in the CPU time of the measured process (all its
+threads, the exporting one included): the median microseconds per request, the overhead over plain
+(the median of per-round differences, which cancels most load drift), the overhead divided by
+`opentelemetry-instrument`'s with OTLP, and, for each exporter, the export path's cost per span two
+ways: the variant's CPU minus the same agent's with no exporter (one span per request), and the CPU
+of the exporting thread itself (with the final flush), read directly.
+
+`--instructions`: the same variants under valgrind (cachegrind), counting instructions instead of
+timing: the same figures without the machine's noise (a process started twice gives the same count
+to a few tenths of a percent, where its CPU time moves by 20% on a shared machine), in one run. See
+`_count_instructions`.
 """
 
 from __future__ import annotations
@@ -53,7 +61,10 @@ HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
 LOGFIRE_RUN = ("logfire-run none", "logfire-run store", "logfire-run otlp")
 OTEL_INSTRUMENT = ("opentelemetry-instrument none", "opentelemetry-instrument otlp")
-VARIANTS = ("plain", *LOGFIRE_RUN, *OTEL_INSTRUMENT)
+#: OpenTelemetry's SDK without a span processor and its Flask and requests instrumentors, nothing else
+#: (floor/sitecustomize.py): the floor under any agent that runs those instrumentors.
+FLOOR = "instrumentors only"
+VARIANTS = ("plain", *LOGFIRE_RUN, *OTEL_INSTRUMENT, FLOOR)
 REFERENCE = "opentelemetry-instrument otlp"
 #: A workload: its command's arguments for N operations, the N of the instruction count's shorter
 #: run, and the warm-up operations it makes before the measured ones (spans expected: N + warm-up).
@@ -111,13 +122,18 @@ def _env(variant: str, sink: CountingSink, store: Path) -> dict[str, str]:
         )
         if exporter == "otlp":
             env["OTEL_EXPORTER_OTLP_ENDPOINT"] = sink.endpoint
+    elif variant == FLOOR:
+        env["PYTHONPATH"] = str(HERE / "floor")
+        # Not read by it; set so that its environment is as long as the agents' (requests walks the
+        # whole environment twice per call, for proxies: each variable costs every variant alike).
+        env.update(OTEL_TRACES_EXPORTER="none", OTEL_METRICS_EXPORTER="none", OTEL_LOGS_EXPORTER="none")
     return env
 
 
 def _command(variant: str, args: list[str], prefix: tuple[str, ...] = ()) -> list[str]:
     """The command line of one run; `prefix` (valgrind) goes between the agent and Python."""
     agent = variant.partition(" ")[0]
-    if agent == "plain":
+    if variant in ("plain", FLOOR):
         return [*prefix, sys.executable, *args]
     return [str(BIN / agent), *prefix, sys.executable, *args]
 
@@ -278,7 +294,8 @@ def _count_instructions(workloads: dict[str, Workload], measured: dict[str, int]
                 print(f"  {variant:<30} {per_op[variant] / 1e3:8.1f}k")
                 continue
             ratio = f"{overhead[variant] / reference:4.2f}" if reference > 0 else "n/a"
-            lost = "" if variant.endswith("none") or delivered == expected else f" (expected {expected})"
+            exports = variant.endswith(("store", "otlp"))
+            lost = f" (expected {expected})" if exports and delivered != expected else ""
             print(
                 f"  {variant:<30} {per_op[variant] / 1e3:8.1f}k  overhead {overhead[variant] / 1e3:+7.1f}k"
                 f"  ({ratio} of {REFERENCE}'s)  spans delivered: {delivered}{lost}"
@@ -296,7 +313,7 @@ def _load() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=11)
     parser.add_argument("--flask-requests", type=int, default=5000)
     parser.add_argument("--requests-calls", type=int, default=1000)
     parser.add_argument(
