@@ -230,19 +230,17 @@ def _report(
         if variant == "plain":
             print(f"  {variant:<30} {medians[variant]:8.1f}  [{runs}]")
             continue
-        ratio = f"{overhead[variant] / reference:4.2f}" if reference > 0 else "n/a"
+        ratio = _ratio(overhead[variant], reference)
         print(
             f"  {variant:<30} {medians[variant]:8.1f}  overhead {overhead[variant]:+7.1f} us"
             f"  ({ratio} of {REFERENCE}'s)  [{runs}]  spans delivered per run: {spans[variant]}"
         )
-    for variant in VARIANTS:
-        agent, _, exporter = variant.partition(" ")
-        if exporter in ("store", "otlp"):
-            line = f"  export path, {variant}: {paired(variant, f'{agent} none'):+.1f} us per span"
-            if export is not None:
-                thread = statistics.median(export[variant])
-                line += f" against no exporter; {thread:.1f} us per span on the exporting thread itself"
-            print(line)
+    for variant, without in _exporting():
+        line = f"  export path, {variant}: {paired(variant, without):+.1f} us per span"
+        if export is not None:
+            thread = statistics.median(export[variant])
+            line += f" against no exporter; {thread:.1f} us per span on the exporting thread itself"
+        print(line)
 
 
 VALGRIND = ("valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null")
@@ -293,18 +291,29 @@ def _count_instructions(workloads: dict[str, Workload], measured: dict[str, int]
             if variant == "plain":
                 print(f"  {variant:<30} {per_op[variant] / 1e3:8.1f}k")
                 continue
-            ratio = f"{overhead[variant] / reference:4.2f}" if reference > 0 else "n/a"
+            ratio = _ratio(overhead[variant], reference)
             exports = variant.endswith(("store", "otlp"))
             lost = f" (expected {expected})" if exports and delivered != expected else ""
             print(
                 f"  {variant:<30} {per_op[variant] / 1e3:8.1f}k  overhead {overhead[variant] / 1e3:+7.1f}k"
                 f"  ({ratio} of {REFERENCE}'s)  spans delivered: {delivered}{lost}"
             )
-        for variant in VARIANTS:
-            agent, _, exporter = variant.partition(" ")
-            if exporter in ("store", "otlp"):
-                path = (per_op[variant] - per_op[f"{agent} none"]) / 1e3
-                print(f"  export path, {variant}: {path:+.1f}k instructions per span")
+        for variant, without in _exporting():
+            path = (per_op[variant] - per_op[without]) / 1e3
+            print(f"  export path, {variant}: {path:+.1f}k instructions per span")
+
+
+def _ratio(overhead: float, reference: float) -> str:
+    return f"{overhead / reference:4.2f}" if reference > 0 else "n/a"
+
+
+def _exporting() -> list[tuple[str, str]]:
+    """(variant, the same agent with no exporter) for each variant that exports."""
+    return [
+        (variant, f"{variant.partition(' ')[0]} none")
+        for variant in VARIANTS
+        if variant.endswith((" store", " otlp"))
+    ]
 
 
 def _load() -> str:
