@@ -31,6 +31,7 @@ from conftest import (
     free_port,
     run_launcher,
     run_process,
+    run_without_agent,
     write_app,
 )
 from otlp_receivers import ThirdPartyReceiver
@@ -363,6 +364,67 @@ def test_capture_level_and_off(tmp_path: Path) -> None:
         "debug": ["debug", "info", "warning", "error"],
         "off": [],
     }
+
+
+FILTERS_APP = """
+    import logging
+    import logging.handlers
+    import queue
+    import re
+
+    from opentelemetry import trace
+
+    class Redact(logging.Filter):
+        def filter(self, record):
+            record.msg = re.sub(r"\\d{4}-\\d{4}", "****", str(record.msg))
+            return True
+
+    class NoHealthChecks(logging.Filter):
+        def filter(self, record):
+            return "healthz" not in record.getMessage()
+
+    logging.basicConfig(level=logging.INFO, format="%(name)s %(message)s")
+    payments = logging.getLogger("payments")
+    payments.addFilter(Redact())
+    access = logging.getLogger("access")
+    access.addFilter(NoHealthChecks())
+    # A queue handler whose listener hands each record on to a stream handler, on its own thread.
+    records = queue.Queue()
+    queued = logging.getLogger("queued")
+    queued.propagate = False
+    queued.addHandler(logging.handlers.QueueHandler(records))
+    listener = logging.handlers.QueueListener(records, *logging.getLogger().handlers)
+    listener.start()
+    with trace.get_tracer("app").start_as_current_span("filters"):
+        payments.info("card 1234-5678 charged")
+        access.info("GET /healthz")
+        access.info("GET /orders")
+        queued.warning("through the queue")
+    listener.stop()
+"""
+
+
+def test_logger_filters_decide_what_is_captured(tmp_path: Path) -> None:
+    # A filter that drops a record keeps it out of the store too; one that redacts a record is what
+    # the store gets; a record a queue listener hands on is captured once, where it was made.
+    write_app(tmp_path, FILTERS_APP)
+    store = tmp_path / "traces.db"
+    result = run_launcher(
+        ["python", "app.py"], agent_env(LOGFIRE_STORE=str(store)), cwd=tmp_path, expect_stderr=None
+    )
+    assert result.returncode == 0, result.stderr
+    plain = run_without_agent(tmp_path, FILTERS_APP, name="plain.py", expect_stderr=None)
+    assert plain.returncode == 0, plain.stderr
+    assert (
+        result.stderr
+        == plain.stderr
+        == ("payments card **** charged\naccess GET /orders\nqueued through the queue\n")
+    )
+    assert logs_of(trace_rooted_at(store, "filters")) == [
+        ("filters", "INFO", "card **** charged"),
+        ("filters", "INFO", "GET /orders"),
+        ("filters", "WARNING", "through the queue"),
+    ]
 
 
 def test_invalid_log_level_is_a_clear_error(tmp_path: Path) -> None:

@@ -11,14 +11,19 @@ naming them therefore never raises, whether the SDK started or not. Nothing else
 and nothing about the app's handlers, formatters or levels, changes.
 
 Capture: once the `logging` instrumentor runs (the SDK is up), a record at or above the capture
-level is handed to the sink (the agent's log pipeline, `agent/logs.py`) with the ids of its span,
-right where it is made: no handler is added to any logger, so propagation, `logging.lastResort` and
-the app's output are as they were. The agent's own records, OpenTelemetry's, and any record made on
-one of the agent's threads (the exporters', whose HTTP client logs too) are never captured.
+level is handed to the sink (the agent's log pipeline, `agent/logs.py`) with the ids of its span, in
+`Logger.callHandlers`: after the logger's level check and filters (a record they drop is not
+captured, one they rewrite is captured as rewritten), before the first handler. No handler is added
+to any logger, so propagation, `logging.lastResort` and the app's output are as they were. A record
+is captured on the thread and in the process that made it only: one a queue listener hands on, or
+one received from another process, is not captured again. The agent's own records, OpenTelemetry's,
+and any record made on one of the agent's threads (the exporters', whose HTTP client logs too) are
+never captured.
 
-Where it stops: a record is captured when its logger lets it through the level check (the factory
-runs after it), not by the logger's filters, which run afterwards; a factory the app installs
-without calling the previous one replaces this one (the ids are then missing, as without the agent).
+Where it stops: handlers' own filters and levels do not decide capture (a record is captured once,
+before any handler, whatever each handler does with it); a Logger subclass that overrides
+`callHandlers` without calling it is not captured; a factory the app installs without calling the
+previous one replaces this one (the ids are then missing, as without the agent).
 `extra={"otelTraceID": ...}` raises KeyError as it does under OpenTelemetry's instrumentation.
 """
 
@@ -26,6 +31,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -69,6 +75,9 @@ def install(logging_module: Any) -> None:
     factory = _make_factory(current)
     _installed_factory = factory
     logging_module.setLogRecordFactory(factory)
+    logger_class = logging_module.Logger
+    if not getattr(logger_class.callHandlers, "_logfire_run", False):
+        logger_class.callHandlers = _make_call_handlers(logger_class.callHandlers)
     if os.environ.get("OTEL_PYTHON_LOG_CORRELATION", "").strip().lower() == "true":
         _set_logging_format(logging_module)
 
@@ -80,6 +89,9 @@ def uninstall(logging_module: Any) -> None:
     if factory is not None and logging_module.getLogRecordFactory() is factory:
         logging_module.setLogRecordFactory(factory.__wrapped__)  # type: ignore[attr-defined]
     _installed_factory = None
+    call_handlers = logging_module.Logger.callHandlers
+    if getattr(call_handlers, "_logfire_run", False):
+        logging_module.Logger.callHandlers = call_handlers.__wrapped__
 
 
 def installed() -> bool:
@@ -168,20 +180,11 @@ def _make_factory(wrapped: Callable[..., Any]) -> Callable[..., Any]:
             current = _current_span
             span = current() if current is not None else None
             if span is None:
-                values, ids = _outside, None
+                values = _outside
             else:
                 last = _last
-                if last[0] is span:
-                    values, ids = last[1], last[2]
-                else:
-                    values, ids = _attributes_of(span)
+                values = last[1] if last[0] is span else _attributes_of(span)[0]
             record.__dict__.update(values)
-            sink, threshold = _sink, _threshold
-            if sink is not None and threshold is not None:
-                level = record.levelno
-                if type(level) is int and level >= threshold and not _excluded(record):
-                    trace_id, span_id, flags = ids or (0, 0, 0)
-                    sink(record, trace_id, span_id, flags)
         except Exception as error:  # never into the app: its record is made either way
             _report_once(error)
         return record
@@ -190,6 +193,46 @@ def _make_factory(wrapped: Callable[..., Any]) -> Callable[..., Any]:
     record_factory.__wrapped__ = wrapped  # type: ignore[attr-defined]
     record_factory.__doc__ = getattr(wrapped, "__doc__", None)
     return record_factory
+
+
+def _make_call_handlers(wrapped: Callable[..., Any]) -> Callable[..., Any]:
+    """`Logger.callHandlers`, capturing the record first: the one point every record reaches once,
+    after the logger's level check and its filters (which may drop a record or rewrite it, as a
+    redacting filter does) and before any handler."""
+    get_ident = threading.get_ident
+    getpid = os.getpid
+
+    def callHandlers(self: Any, record: Any) -> Any:
+        sink, threshold = _sink, _threshold
+        if sink is not None and threshold is not None:
+            try:
+                level = record.levelno
+                if (
+                    type(level) is int
+                    and level >= threshold
+                    # Made on this thread of this process: a record handed on by a queue listener or
+                    # received from another process was captured (or not) where it was made.
+                    and record.thread in (None, get_ident())
+                    and record.process in (None, getpid())
+                    and not _excluded(record)
+                ):
+                    current = _current_span
+                    span = current() if current is not None else None
+                    if span is None:
+                        ids = (0, 0, 0)
+                    else:
+                        last = _last
+                        ids = last[2] if last[0] is span else _attributes_of(span)[1]
+                    sink(record, *ids)
+            except Exception as error:  # never into the app: its handlers run either way
+                _report_once(error)
+        return wrapped(self, record)
+
+    callHandlers._logfire_run = True  # type: ignore[attr-defined]
+    callHandlers.__wrapped__ = wrapped  # type: ignore[attr-defined]
+    callHandlers.__doc__ = getattr(wrapped, "__doc__", None)
+    callHandlers.__qualname__ = getattr(wrapped, "__qualname__", "Logger.callHandlers")
+    return callHandlers
 
 
 _reported = False

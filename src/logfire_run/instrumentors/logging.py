@@ -5,7 +5,8 @@ What it patches:
     `_logging_records` when `logging` is first imported (SDK or not): every record carries
     `otelTraceID`, `otelSpanID`, `otelTraceSampled` and `otelServiceName`. This instrumentor, run
     once the SDK is up, gives that factory the current span's ids and the service name, and starts
-    the capture of records at or above `LOGFIRE_LOG_LEVEL` into the agent's log pipeline
+    the capture (in `logging.Logger.callHandlers`, wrapped by `_logging_records` too) of records
+    at or above `LOGFIRE_LOG_LEVEL` into the agent's log pipeline
     (`agent/logs.py`: the store, OTLP logs).
 
 When it is enabled:
@@ -23,8 +24,8 @@ How it refuses:
 
 Where it stops:
     No handler, filter, formatter or level of the app is touched. Records of the agent, of
-    OpenTelemetry and of the agent's threads are never captured. The logger's own filters are not
-    consulted (capture happens where the record is made).
+    OpenTelemetry and of the agent's threads are never captured. Capture happens in
+    `Logger.callHandlers` (see `_logging_records`): after the logger's filters, before its handlers.
 """
 
 from __future__ import annotations
