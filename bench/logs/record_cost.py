@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -134,6 +135,13 @@ def measure(variant: str, records: int, sink: CountingSink, folder: str) -> dict
         raise SystemExit(f"{variant} failed ({result.returncode}):\n{result.stderr}")
     figures: dict[str, float] = json.loads(result.stdout.strip().splitlines()[-1])
     figures["received"] = float(sink.take())
+    store = env.get("LOGFIRE_STORE")
+    if store and os.path.exists(store):  # the store variant: its records are rows of the store's file
+        connection = sqlite3.connect(store)
+        try:
+            figures["received"] = float(connection.execute("SELECT count(*) FROM logs").fetchone()[0])
+        finally:
+            connection.close()
     return figures
 
 
