@@ -593,7 +593,7 @@ CONFIGURED_IN_CODE_APP = """
     if __name__ == "__main__":
         logfire_run.configure(service_name="configured-in-code", exporters="otlp")
         if sys.argv[1] == "unpicklable":
-            from logfire_run.agent import state
+            from logfire_run.agent.process import state
 
             class Unpicklable(str):
                 def __reduce__(self):

@@ -2,7 +2,7 @@
 a repeated header into one `a,b` value) and FastAPI under uvicorn (ASGI, which keeps both values).
 
 All run under `logfire-run` with `distributed_tracing=true`, so what decides is the strict W3C
-parsing (agent/w3c.py), and every server must decide the same way, repeated headers included.
+parsing (agent/propagation/w3c.py), and every server must decide the same way, repeated headers included.
 """
 
 from __future__ import annotations
@@ -140,8 +140,8 @@ def test_the_agent_swaps_in_the_strict_w3c_propagators(tmp_path: Path) -> None:
     script = tmp_path / "which.py"
     script.write_text(
         "from opentelemetry import propagate\n"
-        "from logfire_run.agent import w3c\n"
-        "from logfire_run.agent.policy import DistributedTracingPolicy\n"
+        "from logfire_run.agent.propagation import w3c\n"
+        "from logfire_run.agent.propagation.policy import DistributedTracingPolicy\n"
         "policy = propagate.get_global_textmap()\n"
         "print(type(policy) is DistributedTracingPolicy)\n"
         "for propagator in getattr(policy.inner, '_propagators', [policy.inner]):\n"
@@ -149,8 +149,8 @@ def test_the_agent_swaps_in_the_strict_w3c_propagators(tmp_path: Path) -> None:
         "    print(kind.__module__, kind.__qualname__, kind is getattr(w3c, kind.__qualname__, None))\n"
     )
     ours = {
-        "tracecontext": "logfire_run.agent.w3c StrictTraceContextPropagator True",
-        "baggage": "logfire_run.agent.w3c StrictBaggagePropagator True",
+        "tracecontext": "logfire_run.agent.propagation.w3c StrictTraceContextPropagator True",
+        "baggage": "logfire_run.agent.propagation.w3c StrictBaggagePropagator True",
     }
     for propagators, expected in [
         (None, ["tracecontext", "baggage"]),

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from logfire_run.agent.policy import WARNING_TEXT
+from logfire_run.agent.propagation.policy import WARNING_TEXT
 
 from conftest import OtlpReceiver, SpanRecord, StderrExpectation, agent_env
 from http_services import get, running

@@ -244,7 +244,7 @@ def test_an_empty_pythonpath_entry_still_means_the_current_directory(tmp_path: P
     assert_clean_stderr(result.stderr)
 
 
-STARTED = "from logfire_run.agent import state; print(state.started_via())"
+STARTED = "from logfire_run.agent.process import state; print(state.started_via())"
 
 
 def test_isolated_and_ignore_environment_pythons_start_the_agent_through_the_pth() -> None:

@@ -771,8 +771,8 @@ def test_direct_log_encoding_decodes_to_opentelemetry_encoding() -> None:
     from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
     from opentelemetry.sdk.resources import Resource
 
-    from logfire_run.agent.logs import readable_records
-    from logfire_run.agent.otlp_logs import encode_logs_request
+    from logfire_run.agent.export.logs import readable_records
+    from logfire_run.agent.export.otlp_logs import encode_logs_request
 
     resource = Resource.create({"service.name": "enc", "process.pid": 7, "x.list": ("a", "b")})
     site = ("/srv/app.py", 12, "handler", "MainThread")

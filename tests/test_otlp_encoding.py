@@ -37,8 +37,8 @@ from opentelemetry.trace import (
     set_span_in_context,
 )
 
-from logfire_run.agent.otlp_encoding import encode_export_request
-from logfire_run.agent.otlp_http import OTLPSpanExporter
+from logfire_run.agent.export.otlp_encoding import encode_export_request
+from logfire_run.agent.export.otlp_http import OTLPSpanExporter
 
 HUGE = "x" * 1_000_000 + "é"
 
@@ -359,7 +359,7 @@ def test_the_grpc_exporter_sends_what_opentelemetrys_grpc_exporter_sends(gzip_co
     import grpc
     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as OfficialGrpc
 
-    from logfire_run.agent.otlp_grpc import OTLPSpanExporter as OurGrpc
+    from logfire_run.agent.export.otlp_grpc import OTLPSpanExporter as OurGrpc
 
     receiver = RawGrpcReceiver()
     compression = grpc.Compression.Gzip if gzip_compressed else grpc.Compression.NoCompression
@@ -381,7 +381,7 @@ def test_the_grpc_exporter_sends_what_opentelemetrys_grpc_exporter_sends(gzip_co
 
 
 def test_the_grpc_exporter_reports_a_dead_endpoint_as_a_failure() -> None:
-    from logfire_run.agent.otlp_grpc import OTLPSpanExporter as OurGrpc
+    from logfire_run.agent.export.otlp_grpc import OTLPSpanExporter as OurGrpc
 
     exporter = OurGrpc(endpoint="127.0.0.1:9", insecure=True, timeout=1)
     assert exporter.export(sdk_spans()[:1]) is SpanExportResult.FAILURE

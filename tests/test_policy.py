@@ -143,8 +143,8 @@ def test_configure_changes_the_same_policy_at_run_time(tmp_path: Path, receiver:
             from opentelemetry.baggage.propagation import W3CBaggagePropagator
             from opentelemetry.propagators.composite import CompositePropagator
             from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-            from logfire_run.agent import w3c
-            from logfire_run.agent.policy import DistributedTracingPolicy
+            from logfire_run.agent.propagation import w3c
+            from logfire_run.agent.propagation.policy import DistributedTracingPolicy
 
             def describe(propagator):
                 return f"{{type(propagator).__module__}}.{{type(propagator).__qualname__}}"
@@ -168,10 +168,10 @@ def test_configure_changes_the_same_policy_at_run_time(tmp_path: Path, receiver:
     result = run_launcher(["python", str(script)], agent_env(receiver))
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [
-        "True logfire_run.agent.policy.DistributedTracingPolicy",
-        "True logfire_run.agent.w3c.StrictTraceContextPropagator",
-        "True logfire_run.agent.w3c.StrictBaggagePropagator",
-        "True logfire_run.agent.w3c.StrictTraceContextPropagator",
+        "True logfire_run.agent.propagation.policy.DistributedTracingPolicy",
+        "True logfire_run.agent.propagation.w3c.StrictTraceContextPropagator",
+        "True logfire_run.agent.propagation.w3c.StrictBaggagePropagator",
+        "True logfire_run.agent.propagation.w3c.StrictTraceContextPropagator",
     ]
     spans = {span.name: span for span in receiver.wait_count(5)}
     assert not _joined(spans["mode False"])
@@ -267,7 +267,7 @@ def test_first_party_carriers_do_not_depend_on_the_sdk(tmp_path: Path, mode: str
         f"""
         import warnings
         warnings.simplefilter("error")  # the policy's warning would raise here
-        from logfire_run.agent import sdk
+        from logfire_run.agent.process import sdk
         def broken(self):
             raise RuntimeError("set-up failed on purpose")
         sdk.TracingSdk.install = broken

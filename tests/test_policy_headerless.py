@@ -13,7 +13,7 @@ from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.propagators.textmap import DefaultGetter, TextMapPropagator
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from logfire_run.agent.policy import DistributedTracingPolicy, new_policy
+from logfire_run.agent.propagation.policy import DistributedTracingPolicy, new_policy
 
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 MODES: list[Any] = [None, True, False, "link"]

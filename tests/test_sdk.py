@@ -285,7 +285,7 @@ def test_fork_during_an_export_does_not_hang_the_child(tmp_path: Path) -> None:
         import os, select, signal, sys, threading
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
-        from logfire_run.agent.exporters import ForkSafeExporter
+        from logfire_run.agent.export.exporters import ForkSafeExporter
 
         class LazyImportingExporter(SpanExporter):
             def export(self, spans):

@@ -17,7 +17,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
-from logfire_run.agent.store import StoreExporter
+from logfire_run.agent.export.store import StoreExporter
 
 from conftest import (
     FORK_WARNINGS,
@@ -348,7 +348,7 @@ def test_store_json_is_what_the_standard_encoder_writes(value: Any) -> None:
     # The store builds json's C encoder once (not once per row): its text must stay the same.
     import platform
 
-    from logfire_run.agent import store
+    from logfire_run.agent.export import store
 
     if platform.python_implementation() == "CPython":
         assert store._encode is not store._python_encode  # the C encoder is in use, not the fallback

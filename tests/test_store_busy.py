@@ -11,8 +11,8 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SpanExportResult
 
-from logfire_run.agent.store import StoreExporter
-from logfire_run.agent.store_format import insert_batch, open_store
+from logfire_run.agent.export.store import StoreExporter
+from logfire_run.store_format import insert_batch, open_store
 
 from conftest import agent_env, assert_clean_stderr, run_launcher
 

@@ -65,7 +65,7 @@ def _import_graph() -> dict[str, set[str]]:
 
 def test_the_import_graph_of_src_has_no_cycle() -> None:
     graph = _import_graph()
-    assert "logfire_run.agent.state" in graph and graph["logfire_run.agent.bootstrap"]
+    assert "logfire_run.agent.process.state" in graph and graph["logfire_run.agent.bootstrap"]
     visiting: list[str] = []
     done: set[str] = set()
 
@@ -90,7 +90,7 @@ def test_layers_point_down() -> None:
     bottom = (
         "logfire_run.agent.settings",
         "logfire_run.agent.paths",
-        "logfire_run.agent.store_format",
+        "logfire_run.store_format",
         "logfire_run.agent.destination",
         "logfire_run.agent.otel_env",
     )
@@ -105,7 +105,7 @@ def test_layers_point_down() -> None:
         assert graph[module] <= allowed, (module, graph[module])
     # The loader depends on the process state for one thing, never on the entry that calls it.
     assert "logfire_run.agent.bootstrap" not in graph["logfire_run.instrumentors.loader"]
-    assert "logfire_run.agent.bootstrap" not in graph["logfire_run.agent.state"]
+    assert "logfire_run.agent.bootstrap" not in graph["logfire_run.agent.process.state"]
 
 
 def test_the_viewer_loads_no_opentelemetry(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""The strict W3C Trace Context (Level 2) and Baggage parsing of logfire_run.agent.w3c, unit by unit.
+"""Strict W3C Trace Context (Level 2) and Baggage parsing (logfire_run.agent.propagation.w3c), unit by unit.
 
 These are pure functions and propagators, tested in this process; tests/test_http_inbound.py sends
 the same kinds of headers to real servers.
@@ -17,7 +17,7 @@ from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from logfire_run.agent.w3c import (
+from logfire_run.agent.propagation.w3c import (
     MAX_BAGGAGE_BYTES,
     MAX_TRACESTATE_HEADER_BYTES,
     StrictBaggagePropagator,

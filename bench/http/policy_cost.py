@@ -7,7 +7,7 @@ In one process, on a WSGI-style carrier with `traceparent`, `tracestate` and `ba
 - the wrapper alone: `DistributedTracingPolicy` in each mode around a propagator that does nothing
   (returns the context it is given), minus that propagator called directly. This is the policy's own
   cost per extraction (target: under 2 us), free of the parsing noise it would otherwise hide in;
-- full extractions: the strict composite (W3C trace context + baggage, agent/w3c.py) directly and
+- full extractions: the strict composite (W3C trace context + baggage, agent/propagation/w3c.py) directly and
   behind the policy (`true`), and OpenTelemetry's own composite for comparison.
 
 Each figure is the median over rounds of the mean over `n` calls, in microseconds; the variants are
@@ -28,8 +28,8 @@ from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.propagators.textmap import TextMapPropagator
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from logfire_run.agent.policy import DistributedTracingPolicy
-from logfire_run.agent.w3c import strict_propagator
+from logfire_run.agent.propagation.policy import DistributedTracingPolicy
+from logfire_run.agent.propagation.w3c import strict_propagator
 
 CARRIER = {
     "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",

@@ -70,8 +70,8 @@ def exporters(http_port: int, grpc_port: int) -> dict[str, object]:
     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as OtelGrpc
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as OtelHttp
 
-    from logfire_run.agent.otlp_grpc import OTLPSpanExporter as OurGrpc
-    from logfire_run.agent.otlp_http import OTLPSpanExporter as OurHttp
+    from logfire_run.agent.export.otlp_grpc import OTLPSpanExporter as OurGrpc
+    from logfire_run.agent.export.otlp_http import OTLPSpanExporter as OurHttp
 
     http = f"http://127.0.0.1:{http_port}/v1/traces"
     grpc_target = f"127.0.0.1:{grpc_port}"

@@ -56,7 +56,7 @@ def main() -> None:
 
     from opentelemetry import trace
 
-    from logfire_run.agent import state
+    from logfire_run.agent.process import state
     from logfire_run.instrumentors import multiprocessing as instrumentor
 
     if not state.start_sdk():

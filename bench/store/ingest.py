@@ -20,8 +20,8 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from spans import make_server_spans
 
-from logfire_run.agent.otlp_encoding import encode_export_request
-from logfire_run.agent.store import StoreExporter
+from logfire_run.agent.export.otlp_encoding import encode_export_request
+from logfire_run.agent.export.store import StoreExporter
 
 BATCH = 512  # OpenTelemetry's default OTEL_BSP_MAX_EXPORT_BATCH_SIZE
 

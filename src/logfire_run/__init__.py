@@ -88,7 +88,7 @@ def force_flush(timeout_millis: int = 30000) -> bool:
 
 def shutdown() -> None:
     """Flush and stop exporting; spans ended afterwards are dropped. Runs by itself at exit."""
-    from logfire_run.agent import state
+    from logfire_run.agent.process import state
 
     state.shutdown()
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from logfire_run.agent.sdk import TracingSdk
+    from logfire_run.agent.process.sdk import TracingSdk
 
 
 def running_sdk() -> TracingSdk | None:
     """This process's SDK, set up (and the agent started) if it was not; None when tracing is off."""
-    from logfire_run.agent import bootstrap, state
+    from logfire_run.agent import bootstrap
+    from logfire_run.agent.process import state
 
     if state.sdk() is None:
         bootstrap.start("api")

@@ -17,7 +17,7 @@ from opentelemetry import context as context_api
 from opentelemetry import propagate as otel_propagate
 
 from logfire_run._internal import running_sdk
-from logfire_run.agent import state
+from logfire_run.agent.process import state
 
 __all__ = ["attach_context", "get_context"]
 

@@ -6,7 +6,7 @@ finder on `sys.meta_path`. What it registers:
 
 - one post-import hook per target module of each enabled instrumentor (`instrumentors.loader`);
 - on `opentelemetry.propagate`: the policy becomes the global propagator, SDK or not;
-- on `logging`: the record factory that puts trace ids on every record (`_logging_records`);
+- on `logging`: the record factory that puts trace ids on every record (`log_capture`);
 - on `opentelemetry.trace`: the SDK starts when the app first asks for a tracer or the provider
   (not when it imports the API, so an app that installs its own TracerProvider first keeps it).
 
@@ -22,7 +22,9 @@ from __future__ import annotations
 import os
 import sys
 
-from logfire_run.agent import env_carrier, importhooks, paths, report, state
+from logfire_run.agent import importhooks, paths, report
+from logfire_run.agent.process import state
+from logfire_run.agent.propagation import env_carrier
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -83,11 +85,11 @@ def _run_hooks_later(module_name: str, module: ModuleType) -> Callable[[], None]
 
 def _on_logging_import(module: ModuleType) -> None:
     """Trace ids on every log record from the first import of `logging` on, SDK or not (see
-    `instrumentors._logging_records`); capture starts with the `logging` instrumentor."""
-    from logfire_run.instrumentors import _logging_records
+    `instrumentors.log_capture`); capture starts with the `logging` instrumentor."""
+    from logfire_run.agent.export import log_capture
 
-    _logging_records.set_level(state.config().log_level)
-    _logging_records.install(module)
+    log_capture.set_level(state.config().log_level)
+    log_capture.install(module)
 
 
 def _on_propagate_import(module: ModuleType) -> None:

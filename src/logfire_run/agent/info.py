@@ -133,7 +133,7 @@ def destination_rows(
 
 def log_destination_rows(config: Config, environ: Mapping[str, str]) -> list[tuple[str, str, str, str]]:
     """(exporter, what, value, source) for where captured log records go."""
-    from logfire_run.agent import logs
+    from logfire_run.agent.export import logs
 
     if config.log_level is None:
         return [("none", "", "nothing is captured (the ids are still on every record)", "")]
@@ -172,8 +172,8 @@ def check_destinations(config: Config, env: Mapping[str, str]) -> int:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SpanExportResult
 
-    from logfire_run.agent import exporters as exporters_module
     from logfire_run.agent.destination import explain
+    from logfire_run.agent.export import exporters as exporters_module
 
     os.environ.update(env)  # the exporters read the environment the command would run with
     out = sys.stdout
@@ -215,7 +215,7 @@ def check_destinations(config: Config, env: Mapping[str, str]) -> int:
 
 def _describe(name: str, config: Config) -> str:
     if name == "otlp":
-        from logfire_run.agent.exporters import otlp_destination
+        from logfire_run.agent.export.exporters import otlp_destination
 
         where = otlp_destination(config)
         return f"{where.endpoint} ({where.protocol})"

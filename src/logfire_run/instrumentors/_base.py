@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 
 from logfire_run.agent import report
-from logfire_run.instrumentors._patch import Patches
+from logfire_run.agent.patching import Patches
 from logfire_run.instrumentors.loader import DECLARATIONS
 
 __all__ = [

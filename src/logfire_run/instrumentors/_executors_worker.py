@@ -204,7 +204,7 @@ if hasattr(os, "register_at_fork"):
 
 
 def _sdk_mode() -> str:
-    from logfire_run.agent import state
+    from logfire_run.agent.process import state
 
     if state.started():
         return "agent" if state.start_sdk() else "off"
@@ -222,7 +222,7 @@ def _extract(carrier: Carrier, mode: str) -> Context:
         carrier = {"traceparent": carrier}
 
     if mode == "agent":
-        from logfire_run.agent import state
+        from logfire_run.agent.process import state
 
         # First-party: the carrier was written by this app's own parent process.
         return state.extract(dict(carrier), third_party=False)
@@ -237,7 +237,7 @@ def _arrange_flush() -> None:
 
     # Process._bootstrap runs the finalizers for every start method, before a forked worker's os._exit.
     util.Finalize(None, _flush, exitpriority=0)
-    from logfire_run.agent import state
+    from logfire_run.agent.process import state
 
     if state.started():
         # A task that calls os._exit skips everything above; the state's exit flushes first (5 s max),
@@ -249,7 +249,7 @@ def _arrange_flush() -> None:
 
 def _flush() -> None:
     try:
-        from logfire_run.agent import state
+        from logfire_run.agent.process import state
 
         if state.sdk() is not None:
             state.exit_flush("pool worker exit")  # within the exit budget

@@ -34,7 +34,8 @@ from __future__ import annotations
 import threading
 from typing import Any, ClassVar
 
-from logfire_run.agent import importhooks, report, state
+from logfire_run.agent import importhooks, report
+from logfire_run.agent.process import state
 from logfire_run.instrumentors._base import PatchingInstrumentor
 
 __all__ = ["BrokerHousekeepingInstrumentor"]

@@ -53,8 +53,9 @@ import threading
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-from logfire_run.agent import report, state
-from logfire_run.agent.policy import first_party
+from logfire_run.agent import report
+from logfire_run.agent.process import state
+from logfire_run.agent.propagation.policy import first_party
 from logfire_run.instrumentors._base import (
     PatchingInstrumentor,
     run_opentelemetry_instrumentor,

@@ -45,10 +45,11 @@ import sys
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-from logfire_run.agent import importhooks, report, state
+from logfire_run.agent import importhooks, report
+from logfire_run.agent.patching import Patches
+from logfire_run.agent.process import state
 from logfire_run.instrumentors._base import Instrumentor
 from logfire_run.instrumentors._executors_worker import CurrentContext, TaskInContext, WorkerSetup
-from logfire_run.instrumentors._patch import Patches
 
 __all__ = ["ExecutorInstrumentor"]
 

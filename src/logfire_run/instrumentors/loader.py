@@ -24,7 +24,8 @@ import marshal
 import os
 import sys
 
-from logfire_run.agent import importhooks, paths, report, state
+from logfire_run.agent import importhooks, paths, report
+from logfire_run.agent.process import state
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

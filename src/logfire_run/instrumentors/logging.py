@@ -2,12 +2,12 @@
 
 What it patches:
     `logging`'s record factory (`logging.setLogRecordFactory`), wrapped once by
-    `_logging_records` when `logging` is first imported (SDK or not): every record carries
+    `log_capture` when `logging` is first imported (SDK or not): every record carries
     `otelTraceID`, `otelSpanID`, `otelTraceSampled` and `otelServiceName`. This instrumentor, run
     once the SDK is up, gives that factory the current span's ids and the service name, and starts
-    the capture (in `logging.Logger.callHandlers`, wrapped by `_logging_records` too) of records
+    the capture (in `logging.Logger.callHandlers`, wrapped by `log_capture` too) of records
     at or above `LOGFIRE_LOG_LEVEL` into the agent's log pipeline
-    (`agent/logs.py`: the store, OTLP logs).
+    (`agent/export/logs.py`: the store, OTLP logs).
 
 When it is enabled:
     When the app first imports `logging` and the SDK is up (a record made before that still gets
@@ -25,7 +25,7 @@ How it refuses:
 Where it stops:
     No handler, filter, formatter or level of the app is touched. Records of the agent, of
     OpenTelemetry and of the agent's threads are never captured. Capture happens in
-    `Logger.callHandlers` (see `_logging_records`): after the logger's filters, before its handlers.
+    `Logger.callHandlers` (see `log_capture`): after the logger's filters, before its handlers.
 """
 
 from __future__ import annotations
@@ -33,8 +33,9 @@ from __future__ import annotations
 import logging
 from typing import Any, ClassVar
 
-from logfire_run.agent import report, state
-from logfire_run.instrumentors import _logging_records
+from logfire_run.agent import report
+from logfire_run.agent.export import log_capture
+from logfire_run.agent.process import state
 from logfire_run.instrumentors._base import Instrumentor
 
 __all__ = ["LoggingInstrumentor"]
@@ -51,8 +52,8 @@ class LoggingInstrumentor(Instrumentor):
     supersedes = (_OTEL_INSTRUMENTOR,)
 
     def _instrument(self, **kwargs: Any) -> None:
-        _logging_records.install(logging)
-        _logging_records.set_level(state.config().log_level)
+        log_capture.install(logging)
+        log_capture.set_level(state.config().log_level)
         tracing = state.sdk()
         pipeline = tracing.start_logs() if tracing is not None else None
         provider = tracing.provider if tracing is not None else None
@@ -64,12 +65,12 @@ class LoggingInstrumentor(Instrumentor):
             if logs is not None:
                 logs.capture(record, trace_id, span_id, flags)
 
-        _logging_records.start_capture(sink if pipeline is not None else None, current_span(), service_name)
+        log_capture.start_capture(sink if pipeline is not None else None, current_span(), service_name)
         report.debug(f"logging: ids on every record; capture {'on' if pipeline else 'off'}")
 
     def _uninstrument(self, **kwargs: Any) -> None:
-        _logging_records.stop_capture()
-        _logging_records.uninstall(logging)
+        log_capture.stop_capture()
+        log_capture.uninstall(logging)
 
 
 def current_span() -> Any:

@@ -52,6 +52,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 from logfire_run.agent import importhooks, report
+from logfire_run.agent.patching import Patches
 from logfire_run.instrumentors._base import Instrumentor
 from logfire_run.instrumentors._executors_worker import (
     CurrentContext,
@@ -60,7 +61,6 @@ from logfire_run.instrumentors._executors_worker import (
     compact_carrier,
     context_functions,
 )
-from logfire_run.instrumentors._patch import Patches
 
 __all__ = ["MultiprocessingInstrumentor"]
 

@@ -33,9 +33,10 @@ from __future__ import annotations
 import subprocess
 from typing import Any, ClassVar
 
-from logfire_run.agent import importhooks, report, state
+from logfire_run.agent import importhooks, report
+from logfire_run.agent.patching import Patches
+from logfire_run.agent.process import state
 from logfire_run.instrumentors._base import Instrumentor
-from logfire_run.instrumentors._patch import Patches
 
 __all__ = ["ReloaderInstrumentor"]
 

@@ -14,7 +14,7 @@ What it patches:
     policy), each field under its upper-case name. Outside any span, the copy lacks the carrier
     variables this process was started with: they describe someone else's span. A carrier variable
     the app set itself, in `os.environ` or in its `env=`, is the app's and is kept (see
-    `agent/env_carrier.py`). The caller's mapping and `os.environ` are never changed.
+    `agent/propagation/env_carrier.py`). The caller's mapping and `os.environ` are never changed.
 
 When it is enabled:
     Once the SDK is up (its targets, `os` and `subprocess`, are standard-library modules that a
@@ -42,9 +42,11 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
-from logfire_run.agent import env_carrier, importhooks, report, state
+from logfire_run.agent import importhooks, report
+from logfire_run.agent.patching import Patches
+from logfire_run.agent.process import state
+from logfire_run.agent.propagation import env_carrier
 from logfire_run.instrumentors._base import Instrumentor
-from logfire_run.instrumentors._patch import Patches
 
 __all__ = ["SubprocessInstrumentor"]
 

@@ -20,7 +20,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from logfire_run.agent.store_format import NotAStoreError, default_path, open_store
+from logfire_run.store_format import NotAStoreError, default_path, open_store
 from logfire_run.viewer import model, text
 
 

@@ -12,7 +12,7 @@ import sqlite3
 from dataclasses import dataclass, field
 from typing import Any
 
-from logfire_run.agent.store_format import has_logs, trace_key
+from logfire_run.store_format import has_logs, trace_key
 
 #: How many of the newest spans are scanned to find the recent traces (the rest is never read).
 RECENT_SPAN_WINDOW = 20_000

@@ -20,7 +20,7 @@ from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExport
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 from opentelemetry.sdk.trace import ReadableSpan
 
-from logfire_run.agent.otlp_encoding import EncodedBatch, encode_export_request
+from logfire_run.agent.export.otlp_encoding import EncodedBatch, encode_export_request
 
 __all__ = ["OTLPSpanExporter"]
 

@@ -38,7 +38,7 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import SpanKind, StatusCode
 
 from logfire_run.agent import report
-from logfire_run.agent.store_format import (
+from logfire_run.store_format import (
     DEFAULT_MAX_AGE_SECONDS,
     DEFAULT_MAX_LOGS,
     DEFAULT_MAX_SPANS,

@@ -41,7 +41,11 @@ from opentelemetry.propagators.textmap import (
 )
 
 from logfire_run.agent import report
-from logfire_run.agent.w3c import StrictBaggagePropagator, StrictTraceContextPropagator, strict_propagator
+from logfire_run.agent.propagation.w3c import (
+    StrictBaggagePropagator,
+    StrictTraceContextPropagator,
+    strict_propagator,
+)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -1,6 +1,6 @@
 """The logs pipeline: captured `logging` records, batched off the app's threads, to the store and OTLP.
 
-`_logging_records` hands each captured record to `LogPipeline.capture` on the thread that logged it.
+`log_capture` hands each captured record to `LogPipeline.capture` on the thread that logged it.
 That costs what a record needs to be read while it is current (its message, its formatted
 exception) and one append to a bounded queue; everything else happens in the pipeline's own thread
 ("logfire-run logs"), which writes batches to each log exporter:
@@ -32,7 +32,7 @@ from typing import Any
 
 from logfire_run.agent import destination, report
 from logfire_run.agent.config import Config
-from logfire_run.agent.store_format import site_attributes
+from logfire_run.store_format import site_attributes
 
 #: One captured record, as the pipeline keeps it until it is exported: (time_ns, levelno, levelname,
 #: logger, message, exception, trace_id, span_id, flags, site), where site is (path, line, function,
@@ -237,7 +237,7 @@ class StoreLogExporter(LogExporter):
     name = "store"
 
     def __init__(self, path: str, service: Callable[[], str]) -> None:
-        from logfire_run.agent.store import StoreExporter
+        from logfire_run.agent.export.store import StoreExporter
 
         # The span exporter's connection handling (opening, forks, retries, pruning), shared.
         self._store = StoreExporter(path)
@@ -271,7 +271,7 @@ class OpenTelemetryLogExporter(LogExporter):
 
     def _export(self, batch: Sequence[Captured]) -> None:
         if self._direct:
-            from logfire_run.agent.otlp_logs import encode_logs_request, send_encoded
+            from logfire_run.agent.export.otlp_logs import encode_logs_request, send_encoded
 
             body = encode_logs_request(batch, self._resource(), time.time_ns())
             if send_encoded(self._exporter, body) is not None:
@@ -396,7 +396,7 @@ def otlp_log_destination(config: Config, environ: Any = None) -> destination.Otl
 
 def build_otlp_log_exporter(config: Config) -> Any:
     """OpenTelemetry's own OTLP log exporter for the logs destination, every value passed explicitly."""
-    from logfire_run.agent.exporters import otlp_exporter_options
+    from logfire_run.agent.export.exporters import otlp_exporter_options
 
     where = otlp_log_destination(config)
     missing = destination.exporter_missing(where.protocol)

@@ -20,8 +20,8 @@ from typing import Any
 from opentelemetry.instrumentation.log_utils import std_to_otel
 from opentelemetry.sdk.resources import Resource
 
-from logfire_run.agent.otlp_encoding import _field, _key_value, _resource_field, _text, _varint
-from logfire_run.agent.store_format import site_attributes
+from logfire_run.agent.export.otlp_encoding import _field, _key_value, _resource_field, _text, _varint
+from logfire_run.store_format import site_attributes
 
 __all__ = ["encode_logs_request", "send_encoded"]
 

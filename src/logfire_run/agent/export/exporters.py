@@ -158,7 +158,7 @@ def build_exporter_or_raise(name: str, config: Config) -> SpanExporter:
     if name == "otlp":
         return build_otlp_exporter(otlp_destination(config))
     if name == "store":
-        from logfire_run.agent.store import StoreExporter
+        from logfire_run.agent.export.store import StoreExporter
 
         return StoreExporter(config.resolved_store_path())
     return _entry_point_exporter(name)
@@ -199,11 +199,11 @@ def build_otlp_exporter(where: OtlpDestination) -> SpanExporter:
         raise ExporterNotInstalled(missing)
     if where.protocol == "grpc":
         # OpenTelemetry's OTLP/gRPC exporter, sending the bytes of the direct encoder (otlp_grpc.py).
-        from logfire_run.agent.otlp_grpc import OTLPSpanExporter as GrpcExporter
+        from logfire_run.agent.export.otlp_grpc import OTLPSpanExporter as GrpcExporter
 
         return GrpcExporter(**otlp_exporter_options(where))
     # OpenTelemetry's OTLP/HTTP exporter, sending the bytes of the direct encoder (otlp_http.py).
-    from logfire_run.agent.otlp_http import OTLPSpanExporter as HttpExporter
+    from logfire_run.agent.export.otlp_http import OTLPSpanExporter as HttpExporter
 
     return HttpExporter(**otlp_exporter_options(where))
 

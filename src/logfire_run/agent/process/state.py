@@ -36,8 +36,8 @@ if TYPE_CHECKING:
 
     from logfire_run.agent.config import Config
     from logfire_run.agent.errors import ConfigError
-    from logfire_run.agent.policy import DistributedTracingPolicy
-    from logfire_run.agent.sdk import TracingSdk
+    from logfire_run.agent.process.sdk import TracingSdk
+    from logfire_run.agent.propagation.policy import DistributedTracingPolicy
 
 #: What the SDK's set-up imports besides OpenTelemetry (the OTLP exporters' HTTP and gRPC stacks).
 _SETUP_IMPORTS = ("requests", "urllib3", "grpc", "google.protobuf")
@@ -113,7 +113,7 @@ def policy() -> DistributedTracingPolicy:
     global _policy
     with _lock:
         if _policy is None:
-            from logfire_run.agent.policy import new_policy
+            from logfire_run.agent.propagation.policy import new_policy
 
             _policy = new_policy(config().distributed_tracing)
         return _policy
@@ -121,7 +121,7 @@ def policy() -> DistributedTracingPolicy:
 
 def install_policy() -> None:
     """Make the policy the global propagator (once; later propagators are wrapped, never nested)."""
-    from logfire_run.agent.policy import install_as_global
+    from logfire_run.agent.propagation.policy import install_as_global
 
     install_as_global(policy())
 
@@ -137,9 +137,9 @@ def configure(settings: Mapping[str, object]) -> None:
     if "policy" in applies and _policy is not None:
         _policy.mode = current.distributed_tracing  # the policy's one writer
     if "logs" in applies:
-        from logfire_run.instrumentors import _logging_records
+        from logfire_run.agent.export import log_capture
 
-        _logging_records.set_level(current.log_level)
+        log_capture.set_level(current.log_level)
     if _sdk is not None:
         _sdk.apply(applies)
 
@@ -153,7 +153,7 @@ def extract(carrier: Mapping[str, str], *, third_party: bool) -> Context:
     from opentelemetry import propagate
     from opentelemetry.context import Context
 
-    from logfire_run.agent.policy import first_party
+    from logfire_run.agent.propagation.policy import first_party
 
     if started() and not sdk_disabled():
         install_policy()
@@ -211,7 +211,7 @@ def start_sdk() -> bool:
             return False
         _sdk_state = "starting"
         try:
-            from logfire_run.agent.sdk import TracingSdk
+            from logfire_run.agent.process.sdk import TracingSdk
 
             tracing = TracingSdk(config(), policy())
             # The batch processors' threads start here: they must not be where SIGTERM lands.
@@ -250,7 +250,7 @@ def inherited_context() -> Context | None:
 
 def _join_inherited_context() -> None:
     global _inherited_context
-    from logfire_run.agent import env_carrier
+    from logfire_run.agent.propagation import env_carrier
 
     carrier = env_carrier.inherited_carrier()
     if not carrier:
@@ -298,7 +298,7 @@ def _with_default_context(extracted: Context) -> Context | None:
 
 
 def _inherited_items() -> list[tuple[str, str]]:
-    from logfire_run.agent import env_carrier
+    from logfire_run.agent.propagation import env_carrier
 
     return list(env_carrier.inherited.items())
 
@@ -519,7 +519,7 @@ def exit_flush(reason: str, *, children: Iterable[int] = ()) -> None:
         unsent = tracing.unsent()
         unsent_logs = tracing.unsent_logs()
         if unsent or unsent_logs:
-            from logfire_run.agent.exporters import last_transient_error
+            from logfire_run.agent.export.exporters import last_transient_error
 
             cause = last_transient_error()
             what = f"{unsent} spans" + (f" and {unsent_logs} log records" if unsent_logs else "")

@@ -21,7 +21,7 @@ from opentelemetry.exporter.otlp.proto.http import trace_exporter as _otel_http
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
 
-from logfire_run.agent.otlp_encoding import EncodedBatch, encode_export_request
+from logfire_run.agent.export.otlp_encoding import EncodedBatch, encode_export_request
 
 __all__ = ["OTLPSpanExporter"]
 

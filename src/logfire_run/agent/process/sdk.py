@@ -26,11 +26,15 @@ from opentelemetry.util.types import Attributes
 
 from logfire_run.agent import report
 from logfire_run.agent.config import Config
-from logfire_run.agent.exporters import ExportingSpanProcessor, route_export_logs
-from logfire_run.agent.policy import REFUSED_PARENT_KEY, DistributedTracingPolicy, install_as_global
+from logfire_run.agent.export.exporters import ExportingSpanProcessor, route_export_logs
+from logfire_run.agent.propagation.policy import (
+    REFUSED_PARENT_KEY,
+    DistributedTracingPolicy,
+    install_as_global,
+)
 
 if TYPE_CHECKING:
-    from logfire_run.agent.logs import LogPipeline
+    from logfire_run.agent.export.logs import LogPipeline
 
 
 class RefusedParentLinkProcessor(SpanProcessor):
@@ -117,16 +121,16 @@ class TracingSdk:
         if "resource" in changes:
             _replace_resource_attributes(self.provider.resource, self._resource().attributes)
             if self.logs is not None:
-                from logfire_run.instrumentors import _logging_records
+                from logfire_run.agent.export import log_capture
 
-                _logging_records.set_service_name(self.config.resolved_service_name())
+                log_capture.set_service_name(self.config.resolved_service_name())
 
     def start_logs(self) -> LogPipeline | None:
         """The pipeline for captured log records, (re)built from the config; None with the app's own
         provider (its spans are exported by the app's exporters, not ours: so would its logs be)."""
         if not self.owns_provider or self.provider is None:
             return None
-        from logfire_run.agent.logs import LogPipeline, build_log_exporters, log_exporter_names
+        from logfire_run.agent.export.logs import LogPipeline, build_log_exporters, log_exporter_names
 
         provider, config = self.provider, self.config
         names = log_exporter_names(config)

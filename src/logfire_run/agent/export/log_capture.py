@@ -11,7 +11,7 @@ naming them therefore never raises, whether the SDK started or not. Nothing else
 and nothing about the app's handlers, formatters or levels, changes.
 
 Capture: once the `logging` instrumentor runs (the SDK is up), a record at or above the capture
-level is handed to the sink (the agent's log pipeline, `agent/logs.py`) with the ids of its span, in
+level is handed to the sink (the agent's log pipeline, `agent/export/logs.py`) with the ids of its span, in
 `Logger.callHandlers`: after the logger's level check and filters (a record they drop is not
 captured, one they rewrite is captured as rewritten), before the first handler. No handler is added
 to any logger, so propagation, `logging.lastResort` and the app's output are as they were. A record
