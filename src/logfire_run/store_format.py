@@ -20,8 +20,7 @@ from collections.abc import Callable, Mapping
 from itertools import chain
 from typing import Any, TypeVar
 
-from logfire_run.agent.paths import create_private_file, make_private_dirs
-from logfire_run.agent.settings import store_path_from_environment
+from logfire_run.files import create_private_file, default_store_path, make_private_dirs
 
 __all__ = [
     "COLUMNS",
@@ -164,7 +163,7 @@ _T = TypeVar("_T")
 
 def default_path(environ: Mapping[str, str] | None = None) -> str:
     """The store the agent writes to: `LOGFIRE_STORE`, else `$XDG_DATA_HOME/logfire-run/traces.db`."""
-    return store_path_from_environment(os.environ if environ is None else environ)
+    return default_store_path(environ)
 
 
 def trace_key(trace_id: int) -> int:

@@ -15,7 +15,7 @@ import os
 import sys
 from collections.abc import Mapping
 
-from logfire_run.agent import paths
+from logfire_run import files
 from logfire_run.agent.errors import ConfigError
 
 TYPE_CHECKING = False
@@ -262,9 +262,7 @@ def resolve_exporters(value: object, environ: Mapping[str, str]) -> object:
 
 
 def resolve_store_path(value: object, environ: Mapping[str, str]) -> object:
-    if value:
-        return os.path.abspath(os.path.expanduser(str(value)))
-    return os.path.join(paths.data_dir(), "traces.db")
+    return files.store_path(str(value) if value else None)
 
 
 def default_service_name() -> str:
@@ -539,10 +537,3 @@ def lookup(setting: Setting, environ: Mapping[str, str]) -> tuple[str, str] | No
         if raw is not None and raw.strip() != "":
             return raw, variable
     return None
-
-
-def store_path_from_environment(environ: Mapping[str, str]) -> str:
-    """The trace store's path as the agent resolves it (`LOGFIRE_STORE`, else the default), absolute."""
-    setting = SETTINGS_BY_NAME["store_path"]
-    found = lookup(setting, environ)
-    return str(resolve_store_path(setting.parse(found[0]) if found else None, environ))
