@@ -311,7 +311,9 @@ def test_fork_during_an_export_does_not_hang_the_child(tmp_path: Path) -> None:
         """
     )
     # The app forks with threads of its own running (the batch processor's, the flush): Python's warning.
-    result = run_process([sys.executable, "-c", code], agent_env(), cwd=tmp_path, expect_stderr=FORK_WARNINGS)
+    # The agent runs (LOGFIRE_RUN=1): its fork hooks (`process.fork`) are what guard the exporter.
+    env = agent_env(LOGFIRE_RUN="1", LOGFIRE_EXPORTER="none")
+    result = run_process([sys.executable, "-c", code], env, cwd=tmp_path, expect_stderr=FORK_WARNINGS)
     assert result.stdout == "child 0\n", f"a child that hangs is killed by its alarm (-14): {result}"
 
 

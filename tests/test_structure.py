@@ -7,6 +7,7 @@ import ast
 import importlib
 import subprocess
 import sys
+from collections.abc import Container
 from pathlib import Path
 
 import pytest
@@ -25,8 +26,12 @@ def _module_name(path: Path) -> str:
     return ".".join(parts)
 
 
-def _runtime_imports(tree: ast.Module, module: str, is_package: bool) -> set[str]:
-    """Modules of this package imported by `tree` at run time (function-level included, type-only not)."""
+def _runtime_imports(tree: ast.Module, module: str, is_package: bool, modules: Container[str]) -> set[str]:
+    """Modules of this package imported by `tree` at run time (function-level included, type-only not).
+
+    `from package import submodule` counts as an import of the submodule only: every import of a
+    submodule runs its package's `__init__` first, so that edge says nothing about the layers.
+    """
     found: set[str] = set()
 
     def visit(node: ast.AST) -> None:
@@ -42,9 +47,10 @@ def _runtime_imports(tree: ast.Module, module: str, is_package: bool) -> set[str
                     target = ".".join([*base, child.module] if child.module else base)
                 else:
                     target = child.module or ""
-                found.add(target)
-                # `from package import submodule` imports the submodule.
-                found.update(f"{target}.{alias.name}" for alias in child.names)
+                named = [f"{target}.{alias.name}" for alias in child.names]
+                found.update(name for name in named if name in modules)
+                if not all(name in modules for name in named):
+                    found.add(target)
             visit(child)
 
     visit(tree)
@@ -58,7 +64,7 @@ def _import_graph() -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {}
     for name, path in modules.items():
         tree = ast.parse(path.read_text(), str(path))
-        imported = _runtime_imports(tree, name, path.name == "__init__.py")
+        imported = _runtime_imports(tree, name, path.name == "__init__.py", modules)
         graph[name] = {target for target in imported if target in modules and target != name}
     return graph
 
@@ -85,27 +91,82 @@ def test_the_import_graph_of_src_has_no_cycle() -> None:
         walk(node)
 
 
-def test_layers_point_down() -> None:
+#: The layers of src/, top to bottom, each a list of module prefixes (a folder's modules and
+#: subfolders belong to it). A module imports its own layer and the layers below it, never one above.
+LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("the public API", ("logfire_run", "logfire_run.propagate", "logfire_run._internal")),
+    ("the viewer", ("logfire_run.viewer",)),
+    # An instrumentor may start the agent (a spawned pool worker applies its parent's configure()).
+    ("the instrumentors", ("logfire_run.instrumentors",)),
+    ("the entries", ("logfire_run.agent.cli", "logfire_run.agent.bootstrap", "logfire_run.agent.info")),
+    # The entries register the instrumentors' import hooks through the loader.
+    ("the instrumentor loader", ("logfire_run.instrumentors.loader",)),
+    ("process", ("logfire_run.agent.process",)),
+    ("export", ("logfire_run.agent.export",)),
+    ("propagation", ("logfire_run.agent.propagation",)),
+    ("the agent's stdlib-only bottom", ("logfire_run.agent",)),
+    (
+        "the files shared with the viewer",
+        ("logfire_run.store_format", "logfire_run.files", "logfire_run._version"),
+    ),
+)
+
+
+def _layer_of(module: str) -> int:
+    """The index in LAYERS of the longest prefix that `module` is or sits under."""
+    best, best_length = -1, -1
+    for index, (_, prefixes) in enumerate(LAYERS):
+        for prefix in prefixes:
+            if (module == prefix or module.startswith(prefix + ".")) and len(prefix) > best_length:
+                best, best_length = index, len(prefix)
+    assert best >= 0, f"{module} is in no layer of tests/test_structure.py's LAYERS"
+    return best
+
+
+def _upward(graph: dict[str, set[str]]) -> list[str]:
+    upward = []
+    for module, targets in sorted(graph.items()):
+        for target in sorted(targets):
+            if _layer_of(target) < _layer_of(module):
+                layer, higher = LAYERS[_layer_of(module)][0], LAYERS[_layer_of(target)][0]
+                upward.append(f"{module} ({layer}) imports {target} ({higher})")
+    return upward
+
+
+def test_every_import_points_down_the_layers() -> None:
+    # The check itself catches an edge that points up.
+    assert _upward({"logfire_run.agent.settings": {"logfire_run.agent.process.state"}})
+    assert _upward({"logfire_run.agent.process.fork": {"logfire_run.instrumentors.executors"}})
+    upward = _upward(_import_graph())
+    assert not upward, "imports that point up:\n" + "\n".join(upward)
+
+
+def test_the_viewer_imports_only_the_shared_files() -> None:
     graph = _import_graph()
-    bottom = (
-        "logfire_run.agent.settings",
-        "logfire_run.agent.paths",
-        "logfire_run.store_format",
-        "logfire_run.agent.destination",
-        "logfire_run.agent.otel_env",
-    )
-    for module in bottom:
-        allowed = {
-            "logfire_run.agent",
-            *(
-                f"logfire_run.agent.{name}"
-                for name in ("errors", "paths", "settings", "destination", "otel_env")
-            ),
-        }
-        assert graph[module] <= allowed, (module, graph[module])
-    # The loader depends on the process state for one thing, never on the entry that calls it.
-    assert "logfire_run.agent.bootstrap" not in graph["logfire_run.instrumentors.loader"]
-    assert "logfire_run.agent.bootstrap" not in graph["logfire_run.agent.process.state"]
+    for module, targets in graph.items():
+        if module.startswith("logfire_run.viewer"):
+            outside = {
+                t
+                for t in targets
+                if not t.startswith(("logfire_run.viewer", "logfire_run.store_format", "logfire_run.files"))
+            }
+            assert not outside, (module, outside)
+
+
+def test_no_module_of_src_is_over_600_lines() -> None:
+    long = {
+        str(path.relative_to(SRC)): lines
+        for path in PACKAGE.rglob("*.py")
+        if (lines := len(path.read_text().splitlines())) > 600
+    }
+    assert not long, f"split these by mechanism: {long}"
+
+
+def test_the_store_variable_is_the_settings_row() -> None:
+    from logfire_run import files
+    from logfire_run.agent.settings import SETTINGS_BY_NAME
+
+    assert SETTINGS_BY_NAME["store_path"].env == files.STORE_VARIABLE
 
 
 def test_the_viewer_loads_no_opentelemetry(tmp_path: Path) -> None:

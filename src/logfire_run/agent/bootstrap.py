@@ -23,7 +23,7 @@ import os
 import sys
 
 from logfire_run.agent import importhooks, paths, report
-from logfire_run.agent.process import state
+from logfire_run.agent.process import exits, fork, state
 from logfire_run.agent.propagation import env_carrier
 
 TYPE_CHECKING = False
@@ -64,7 +64,10 @@ def _start(via: str) -> None:
     if state.sdk_disabled():
         report.debug("OTEL_SDK_DISABLED is true: no tracing in this process")
         return
-    state.install_exit_hooks()
+    exits.install_exit_hooks()
+    fork.install()
+    # Before the app runs: an app that binds `from os import fork` early gets the quiet one.
+    fork.install_quiet_fork()
     from logfire_run.instrumentors import loader
 
     for record in loader.register_hooks(config):

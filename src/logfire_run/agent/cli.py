@@ -235,7 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.write(_usage() + "\n")
         return 0
     if action == "version":
-        from logfire_run import __version__
+        from logfire_run._version import __version__
 
         sys.stdout.write(f"logfire-run {__version__}\n")
         return 0

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 
 def print_info(config: Config, flag_settings: dict[str, str], env: Mapping[str, str] | None = None) -> int:
-    from logfire_run import __version__
+    from logfire_run._version import __version__
     from logfire_run.instrumentors import loader
 
     environ = os.environ if env is None else env

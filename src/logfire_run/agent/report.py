@@ -36,10 +36,6 @@ def debug(message: str) -> None:
         _write(f"logfire-run[{os.getpid()}]: {message}")
 
 
-def _forget_after_fork() -> None:
-    # A forked child is a process of its own: it reports its own problems once.
+def forget_after_fork() -> None:
+    """A forked child is a process of its own: it reports its own problems once (`process.fork`)."""
     _reported.clear()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_after_fork)

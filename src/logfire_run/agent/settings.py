@@ -15,7 +15,7 @@ import os
 import sys
 from collections.abc import Mapping
 
-from logfire_run import files
+from logfire_run.files import store_path
 from logfire_run.agent.errors import ConfigError
 
 TYPE_CHECKING = False
@@ -262,7 +262,7 @@ def resolve_exporters(value: object, environ: Mapping[str, str]) -> object:
 
 
 def resolve_store_path(value: object, environ: Mapping[str, str]) -> object:
-    return files.store_path(str(value) if value else None)
+    return store_path(str(value) if value else None)
 
 
 def default_service_name() -> str:

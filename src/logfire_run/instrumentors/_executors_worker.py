@@ -199,8 +199,13 @@ def _forget_after_fork() -> None:
     _worker.pid = -1
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_after_fork)
+def _register_forget_after_fork() -> None:
+    from logfire_run.agent.process import fork
+
+    fork.in_child(_forget_after_fork)
+
+
+_register_forget_after_fork()
 
 
 def _sdk_mode() -> str:
@@ -237,22 +242,22 @@ def _arrange_flush() -> None:
 
     # Process._bootstrap runs the finalizers for every start method, before a forked worker's os._exit.
     util.Finalize(None, _flush, exitpriority=0)
-    from logfire_run.agent.process import state
+    from logfire_run.agent.process import exits, state
 
     if state.started():
         # A task that calls os._exit skips everything above; the state's exit flushes first (5 s max),
         # and so does SIGTERM (a broken pool terminates its workers, Pool.terminate() all of them),
         # even when it comes just as the worker blocks on its task queue.
-        state.install_exit_flushes()
-        state.watch_sigterm()
+        exits.install_exit_flushes()
+        exits.watch_sigterm()
 
 
 def _flush() -> None:
     try:
-        from logfire_run.agent.process import state
+        from logfire_run.agent.process import exits, state
 
         if state.sdk() is not None:
-            state.exit_flush("pool worker exit")  # within the exit budget
+            exits.exit_flush("pool worker exit")  # within the exit budget
         else:
             state.flush(WORKER_FLUSH_MILLIS)  # another SDK (opentelemetry-instrument): its own flush
     except Exception:

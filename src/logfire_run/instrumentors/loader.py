@@ -24,7 +24,7 @@ import marshal
 import os
 import sys
 
-from logfire_run import files
+from logfire_run.files import cache_dir, make_private_dirs
 from logfire_run.agent import importhooks, report
 from logfire_run.agent.process import state
 
@@ -119,7 +119,7 @@ def _fingerprint() -> tuple[tuple[str, int], ...]:
 
 def cache_path() -> str:
     key = _fnv1a(repr((sys.executable, sys.version, sys.path)))
-    return os.path.join(files.cache_dir(), f"instrumentors-{key:08x}.marshal")
+    return os.path.join(cache_dir(), f"instrumentors-{key:08x}.marshal")
 
 
 def _fnv1a(text: str) -> int:
@@ -149,7 +149,7 @@ def discover(*, use_cache: bool = True) -> list[EntryPointRecord]:
 
 def _write_cache(path: str, fingerprint: tuple[tuple[str, int], ...], found: list[EntryPointRecord]) -> None:
     try:
-        files.make_private_dirs(os.path.dirname(path))
+        make_private_dirs(os.path.dirname(path))
         temporary = f"{path}.{os.getpid()}.tmp"
         with open(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as file:
             marshal.dump((_CACHE_FORMAT, fingerprint, [row.as_tuple() for row in found]), file)

@@ -28,7 +28,7 @@ What it patches:
     Spans leave the workers with them: pool workers flush when they end (after the last task, a
     `maxtasksperchild` recycle, the sentinel of `close()`), on SIGTERM (what `terminate()` and the
     `with` block send) and on `os._exit`, all through the process state's exit flushes; a worker
-    also has the state watch for a SIGTERM that comes just as it blocks (`state.watch_sigterm`).
+    also has the state watch for a SIGTERM that comes just as it blocks (`exits.watch_sigterm`).
 
 When it is enabled:
     When `multiprocessing` is first imported, once the SDK is up (standard-library targets wait for

@@ -8,7 +8,7 @@ What it patches:
     `sys.exit(0)`, or SIGINT), it leaves that wait by an exception, and `subprocess` then SIGKILLs the
     child: the spans of the last requests it served were lost. Here `call` and `run` are the real
     ones, except that on the way out by an exception the child is first asked to stop with SIGTERM
-    and waited for, within the watcher's exit budget (`state.exit_flush`), so it ends the way it
+    and waited for, within the watcher's exit budget (`exits.exit_flush`), so it ends the way it
     does on a SIGTERM of its own: through its exit flush. Everything else in the module's
     `subprocess` is the real module.
 
@@ -35,7 +35,7 @@ from typing import Any, ClassVar
 
 from logfire_run.agent import importhooks, report
 from logfire_run.agent.patching import Patches
-from logfire_run.agent.process import state
+from logfire_run.agent.process import exits
 from logfire_run.instrumentors._base import Instrumentor
 
 __all__ = ["ReloaderInstrumentor"]
@@ -106,6 +106,6 @@ class _StopChildFirst:
 
 def _stop_first(process: subprocess.Popen[Any]) -> None:
     try:
-        state.exit_flush("reloader stop", children=(process.pid,))
+        exits.exit_flush("reloader stop", children=(process.pid,))
     except Exception as error:
         report.debug(f"reloaders: the serving child was not stopped first ({error})")

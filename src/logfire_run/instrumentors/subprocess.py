@@ -44,7 +44,7 @@ from typing import Any, ClassVar
 
 from logfire_run.agent import importhooks, report
 from logfire_run.agent.patching import Patches
-from logfire_run.agent.process import state
+from logfire_run.agent.process import exits, state
 from logfire_run.agent.propagation import env_carrier
 from logfire_run.instrumentors._base import Instrumentor
 
@@ -228,7 +228,7 @@ def _flush_before_exec() -> None:
     try:
         tracing = state.sdk()
         if tracing is not None and tracing.unsent():
-            state.exit_flush("os.exec")
+            exits.exit_flush("os.exec")
     except Exception as error:
         report.debug(f"no flush before exec ({type(error).__name__}: {error})")
 

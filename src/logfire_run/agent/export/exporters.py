@@ -10,13 +10,12 @@ Imported with the SDK, never at start-up.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import sys
 import threading
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
@@ -115,38 +114,40 @@ class ForkSafeExporter(SpanExporter):
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         return self.inner.force_flush(timeout_millis)
 
-    def _before_fork(self) -> None:
+    def before_fork(self) -> None:
         self._held_for_fork = self._lock.acquire(timeout=self.FORK_WAIT_SECONDS)
 
-    def _after_fork_in_parent(self) -> None:
+    def after_fork_in_parent(self) -> None:
         if self._held_for_fork:
             self._held_for_fork = False
             self._lock.release()
 
-    def _after_fork_in_child(self) -> None:
+    def after_fork_in_child(self) -> None:
         self._held_for_fork = False
         self.in_flight = 0
         self._lock = threading.Lock()
 
 
+#: Every ForkSafeExporter of the process, for the module's fork functions below.
 _fork_safe_exporters: weakref.WeakSet[ForkSafeExporter] = weakref.WeakSet()
 
 
-def _each_fork_safe_exporter(method: str) -> Callable[[], None]:
-    def run() -> None:
-        for exporter in list(_fork_safe_exporters):
-            with contextlib.suppress(Exception):
-                getattr(exporter, method)()
-
-    return run
+# What a fork does to the span exporters (`process.fork` calls these, the only caller).
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(
-        before=_each_fork_safe_exporter("_before_fork"),
-        after_in_parent=_each_fork_safe_exporter("_after_fork_in_parent"),
-        after_in_child=_each_fork_safe_exporter("_after_fork_in_child"),
-    )
+def before_fork() -> None:
+    for exporter in list(_fork_safe_exporters):
+        exporter.before_fork()
+
+
+def after_fork_in_parent() -> None:
+    for exporter in list(_fork_safe_exporters):
+        exporter.after_fork_in_parent()
+
+
+def after_fork_in_child() -> None:
+    for exporter in list(_fork_safe_exporters):
+        exporter.after_fork_in_child()
 
 
 def build_exporter_or_raise(name: str, config: Config) -> SpanExporter:

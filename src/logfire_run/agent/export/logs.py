@@ -73,6 +73,10 @@ class LogExporter:
         pass
 
 
+#: Every LogPipeline of the process, for the module's fork functions below.
+_pipelines: weakref.WeakSet[LogPipeline] = weakref.WeakSet()
+
+
 class LogPipeline:
     """A bounded queue of captured records and one thread that hands batches to the exporters."""
 
@@ -96,37 +100,22 @@ class LogPipeline:
         #: Records of the export running now (counted as unsent if the process exits meanwhile).
         self.in_flight = 0
         self._held_for_fork = False
-        if hasattr(os, "register_at_fork"):
-            before = weakref.WeakMethod(self._before_fork)
-            in_parent = weakref.WeakMethod(self._after_fork_in_parent)
-            in_child = weakref.WeakMethod(self._after_fork_in_child)
-
-            def call(reference: weakref.WeakMethod[Callable[[], None]]) -> Callable[[], None]:
-                def run() -> None:
-                    method = reference()
-                    if method is not None:
-                        method()
-
-                return run
-
-            os.register_at_fork(
-                before=call(before), after_in_parent=call(in_parent), after_in_child=call(in_child)
-            )
+        _pipelines.add(self)
 
     # A fork waits (a bounded time) for an export in flight, as `exporters.ForkSafeExporter` does for
     # spans: exporting imports modules lazily, and a child forked while another thread holds an import
     # lock hangs on its first import of that module.
     FORK_WAIT_SECONDS = 2.0
 
-    def _before_fork(self) -> None:
+    def before_fork(self) -> None:
         self._held_for_fork = self._export_lock.acquire(timeout=self.FORK_WAIT_SECONDS)
 
-    def _after_fork_in_parent(self) -> None:
+    def after_fork_in_parent(self) -> None:
         if self._held_for_fork:
             self._held_for_fork = False
             self._export_lock.release()
 
-    def _after_fork_in_child(self) -> None:
+    def after_fork_in_child(self) -> None:
         # The parent exports what it had queued; the child starts empty, with a thread of its own.
         self._queue.clear()
         self._held_for_fork = False
@@ -213,7 +202,7 @@ class LogPipeline:
         return self._exporters
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
-        """Export every queued record now (the caller bounds the wait: see `state.exit_flush`)."""
+        """Export every queued record now (the caller bounds the wait: see `exits.exit_flush`)."""
         self._export(everything=True)
         return True
 
@@ -229,6 +218,24 @@ class LogPipeline:
 
 
 # The exporters
+
+
+# What a fork does to the log pipelines (`process.fork` calls these, the only caller).
+
+
+def before_fork() -> None:
+    for pipeline in list(_pipelines):
+        pipeline.before_fork()
+
+
+def after_fork_in_parent() -> None:
+    for pipeline in list(_pipelines):
+        pipeline.after_fork_in_parent()
+
+
+def after_fork_in_child() -> None:
+    for pipeline in list(_pipelines):
+        pipeline.after_fork_in_child()
 
 
 class StoreLogExporter(LogExporter):

@@ -250,17 +250,9 @@ class StoreExporter(SpanExporter):
         self._unusable = False
         self._since_prune = 0
         self._shutdown = False
-        if hasattr(os, "register_at_fork"):
-            reinit = weakref.WeakMethod(self._after_fork)
+        _store_exporters.add(self)
 
-            def after_in_child() -> None:
-                method = reinit()
-                if method is not None:
-                    method()
-
-            os.register_at_fork(after_in_child=after_in_child)
-
-    def _after_fork(self) -> None:
+    def after_fork_in_child(self) -> None:
         # The parent's lock may have been held by its exporting thread at fork time, and SQLite
         # connections must not cross a fork: the child starts afresh. The inherited connection is
         # kept referenced so that it is never closed (closing it could checkpoint the parent's WAL).
@@ -361,5 +353,15 @@ class StoreExporter(SpanExporter):
         return True  # every export is committed before it returns
 
 
-#: Connections inherited through fork: never used, never closed (see StoreExporter._after_fork).
+#: Connections inherited through fork: never used, never closed (see StoreExporter.after_fork_in_child).
 _INHERITED: list[sqlite3.Connection] = []
+
+
+#: Every StoreExporter of the process, for `after_fork_in_child` below.
+_store_exporters: weakref.WeakSet[StoreExporter] = weakref.WeakSet()
+
+
+def after_fork_in_child() -> None:
+    """What a fork does to the store's writers (`process.fork` calls it, the only caller)."""
+    for exporter in list(_store_exporters):
+        exporter.after_fork_in_child()

@@ -94,8 +94,6 @@ class TracingSdk:
         trace.set_tracer_provider(provider)
         self.provider = provider
         self.owns_provider = True
-        if hasattr(os, "register_at_fork"):
-            os.register_at_fork(after_in_child=self._after_fork_in_child)
 
     def _resource(self) -> Resource:
         return Resource.create(
@@ -106,7 +104,8 @@ class TracingSdk:
             }
         )
 
-    def _after_fork_in_child(self) -> None:
+    def after_fork_in_child(self) -> None:
+        """A forked child's spans carry its own `process.pid` (`process.fork`)."""
         if self.owns_provider and self.provider is not None:
             _replace_resource_attributes(self.provider.resource, {"process.pid": os.getpid()})
 

@@ -1,5 +1,4 @@
-"""The process state: the one owner of this process's config, policy, SDK lifecycle, deferred work and
-exit flushes.
+"""The process state: the one owner of this process's config, policy, SDK lifecycle and deferred work.
 
 Everything that exists once per process and lives as long as it does is here, and only here: other
 modules ask through these functions and never keep a copy.
@@ -9,14 +8,16 @@ modules ask through these functions and never keep a copy.
 - The SDK lifecycle: off -> starting -> on | failed | disabled. `start_sdk()` moves it;
   `when_sdk_ready(action)` is the one way to run something that needs the SDK: now if it is up,
   else as soon as it comes up (never, if it cannot).
-- The exit flushes: at interpreter exit, on SIGTERM left at its default, and on `os._exit`, all
-  within one exit budget per process.
+- Flushing and shutting down on request (`flush`, `shutdown`: the public API's).
 
 First-party extraction (`extract(carrier, third_party=False)`) needs only OpenTelemetry's API: it
 works the same whether the SDK started, failed or is still off.
 
 Stdlib only at import time, like the bootstrap that imports it in every process. Nothing here raises
 into the app: failures are reported once on stderr (`report`) and the app runs on.
+
+Where it stops: the flushes at exit are `exits`'s and what a forked child resets is `fork`'s; both
+read the state from here. The context inherited through the environment is `propagation.inherited`'s.
 """
 
 from __future__ import annotations
@@ -26,11 +27,11 @@ import os
 
 from logfire_run.agent import config as config_module
 from logfire_run.agent import importhooks, report
+from logfire_run.agent.process import signals
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Mapping
-    from typing import Any, NoReturn
+    from collections.abc import Callable, Mapping
 
     from opentelemetry.context import Context
 
@@ -117,6 +118,11 @@ def policy() -> DistributedTracingPolicy:
 
             _policy = new_policy(config().distributed_tracing)
         return _policy
+
+
+def built_policy() -> DistributedTracingPolicy | None:
+    """The policy if it was built (a fork hook must not build one)."""
+    return _policy
 
 
 def install_policy() -> None:
@@ -215,7 +221,7 @@ def start_sdk() -> bool:
 
             tracing = TracingSdk(config(), policy())
             # The batch processors' threads start here: they must not be where SIGTERM lands.
-            with _SigtermBlocked():
+            with signals.SigtermBlocked():
                 tracing.install()
             _join_inherited_context()
             _sdk = tracing
@@ -227,30 +233,13 @@ def start_sdk() -> bool:
                 "sdk", f"OpenTelemetry could not be set up ({type(error).__name__}: {error}); no spans"
             )
             return False
-    install_exit_flushes()
-    _install_fork_without_our_warning()
     _run_deferred()
     return True
 
 
-# The context this process was started with. OpenTelemetry's env-carriers spec: a child reads
-# TRACEPARENT, TRACESTATE and BAGGAGE at start-up. It is the parent process's word, so it is
-# first-party (no policy warning, honoured under distributed_tracing=False); `env_context=False`
-# ignores it. It becomes the value of the current context wherever nothing is attached (every
-# thread, before and after every span), so each root span of the process is its child, while an
-# explicit context (a server span's extracted headers, `attach_context()`) is left alone.
-
-_inherited_context: Context | None = None
-
-
-def inherited_context() -> Context | None:
-    """The context joined from this process's environment, or None (none there, ignored, malformed)."""
-    return _inherited_context
-
-
 def _join_inherited_context() -> None:
-    global _inherited_context
-    from logfire_run.agent.propagation import env_carrier
+    """The context this process was started with becomes the default of every thread (`inherited`)."""
+    from logfire_run.agent.propagation import env_carrier, inherited
 
     carrier = env_carrier.inherited_carrier()
     if not carrier:
@@ -259,112 +248,16 @@ def _join_inherited_context() -> None:
         report.debug("TRACEPARENT in the environment is ignored (env_context is off)")
         return
     try:
-        joined = _with_default_context(extract(carrier, third_party=False))
+        inherited.join(extract(carrier, third_party=False))
     except Exception as error:
         report.debug(f"the context in the environment is ignored ({type(error).__name__}: {error})")
-        return
-    if joined is not None:
-        _inherited_context = joined
 
 
-def _with_default_context(extracted: Context) -> Context | None:
-    """Make `extracted` the current context wherever none is attached; None when it cannot be."""
-    import contextvars
+def inherited_context() -> Context | None:
+    """The context joined from this process's environment, or None (none there, ignored, malformed)."""
+    from logfire_run.agent.propagation import inherited
 
-    from opentelemetry import context as context_api
-    from opentelemetry import trace
-
-    span_context = trace.get_current_span(extracted).get_span_context()
-    if not span_context.is_valid:
-        shown = {name: value[:80] for name, value in _inherited_items()}
-        report.debug(f"no valid trace context in the environment ({shown}); ignored")
-        return None
-    runtime = getattr(context_api, "_RUNTIME_CONTEXT", None)
-    get_current = getattr(runtime, "get_current", None)
-    if runtime is None or get_current is None or isinstance(runtime, _InheritedDefault):
-        return None
-    # The value the runtime context has where nothing was attached: a fresh contextvars.Context
-    # has no value set, so this is the ContextVar's default, the same object in every thread.
-    unset = contextvars.Context().run(get_current)
-    if contextvars.Context().run(get_current) is not unset:
-        report.debug(f"the runtime context {type(runtime).__name__} has no shared default; not joined")
-        return None
-    context_api._RUNTIME_CONTEXT = _InheritedDefault(runtime, unset, extracted)  # type: ignore[assignment]
-    report.debug(
-        f"root spans are children of trace {span_context.trace_id:032x} span {span_context.span_id:016x} "
-        "(TRACEPARENT in the environment)"
-    )
-    return extracted
-
-
-def _inherited_items() -> list[tuple[str, str]]:
-    from logfire_run.agent.propagation import env_carrier
-
-    return list(env_carrier.inherited.items())
-
-
-class _InheritedDefault:
-    """OpenTelemetry's runtime context, whose value where nothing is attached is the inherited one.
-
-    Tokens and attached contexts are the wrapped runtime's own: attach and detach pass through, so
-    nothing attached before or after the switch is lost.
-    """
-
-    def __init__(self, runtime: Any, unset: Context, inherited: Context) -> None:
-        self._runtime = runtime
-        self._unset = unset
-        self._inherited = inherited
-
-    def get_current(self) -> Context:
-        current: Context = self._runtime.get_current()
-        return self._inherited if current is self._unset else current
-
-    def attach(self, context: Context) -> object:
-        return self._runtime.attach(context)
-
-    def detach(self, token: object) -> None:
-        self._runtime.detach(token)
-
-
-# Python 3.12+ warns at os.fork() when the process has other threads (a DeprecationWarning shown for
-# forks made in __main__). Once the SDK is up the agent has its own (the batch processors'), so an app
-# that is single-threaded would get a warning it never got without the agent. os.fork is wrapped: when
-# the only other threads are the agent's, that warning is not shown; when the app has threads of its
-# own, the same warning is issued again from the app's line, so its filters see what they always saw.
-
-_AGENT_THREAD_PREFIXES = ("OtelBatch", "logfire-run")
-
-
-def _install_fork_without_our_warning() -> None:
-    import sys
-
-    if sys.version_info < (3, 12) or not hasattr(os, "fork") or getattr(os.fork, "_logfire_run", False):
-        return
-    real_fork = os.fork
-
-    def fork() -> int:
-        import threading
-        import warnings
-
-        current = threading.current_thread()
-        others = [thread for thread in threading.enumerate() if thread is not current]
-        if not others:
-            return real_fork()
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", DeprecationWarning)
-            pid = real_fork()
-        if pid != 0:
-            only_ours = all(thread.name.startswith(_AGENT_THREAD_PREFIXES) for thread in others)
-            for warning in caught:
-                if only_ours and "is multi-threaded, use of fork()" in str(warning.message):
-                    continue
-                warnings.warn(warning.message, warning.category, stacklevel=2)
-        return pid
-
-    fork.__doc__ = real_fork.__doc__
-    fork.__wrapped__ = real_fork
-    fork._logfire_run = True
-    os.fork = fork
+    return inherited.inherited_context()
 
 
 def when_sdk_ready(action: Callable[[], object], *, start: bool = True) -> None:
@@ -403,20 +296,6 @@ def _run(action: Callable[[], object]) -> None:
         report.problem(f"deferred:{action}", f"deferred instrumentation failed ({error}); the app runs on")
 
 
-# Exit flushes. Every way a process ends flushes its spans first, within one exit budget per
-# process (`exit_budget`, 2 s by default) whatever the backend does: interpreter exit (our own atexit
-# handler: OpenTelemetry's waits for every batch, each with the exporter's full timeout), SIGTERM left
-# at its default (the agent flushes, then dies by the same signal, so the exit status the parent sees
-# is unchanged), and os._exit(), which forked children leave by (multiprocessing fork and forkserver
-# workers, Celery's prefork children, gunicorn workers). What is still unsent when the budget is spent
-# is dropped and counted in one stderr line.
-
-_real_exit = os._exit
-_exit_flushes_installed = False
-# (pid, monotonic deadline) of the exit under way: several exit paths of one process share one budget.
-_exit_deadline: tuple[int, float] | None = None
-
-
 def flush(timeout_millis: int) -> bool:
     """Export every ended span of this process's tracer provider (the agent's or the app's) now."""
     from opentelemetry import trace
@@ -430,421 +309,3 @@ def shutdown() -> None:
     """Flush and stop the SDK of this process; spans ended afterwards are dropped."""
     if _sdk is not None:
         _sdk.shutdown()
-
-
-def install_exit_hooks() -> None:
-    """Make `os._exit` and a default SIGTERM flush first. Done when the agent starts, before the app
-    runs: an app binding `os._exit` early (`from os import _exit`) gets the flushing one, and a server
-    that saves the SIGTERM handler and puts it back before re-raising the signal at its own shutdown
-    (uvicorn does) puts back ours. Neither costs anything until the SDK is up."""
-    os._exit = _flushing_exit
-    _install_sigterm_flush()
-    # Before the app runs, too: an app that binds `from os import fork` early gets the quiet one.
-    _install_fork_without_our_warning()
-
-
-def _install_sigterm_flush() -> None:
-    # `_signal`, not `signal`: the latter imports enum, milliseconds at every start.
-    import _signal  # type: ignore[import-not-found]
-
-    try:
-        if _signal.getsignal(_signal.SIGTERM) == _signal.SIG_DFL:
-            _signal.signal(_signal.SIGTERM, _flush_on_sigterm)
-    except (ValueError, OSError) as error:
-        # Not the main thread (configure() called from a thread): atexit still covers normal exits.
-        report.debug(f"no SIGTERM flush: {error}")
-
-
-def install_exit_flushes() -> None:
-    """The interpreter-exit flush once the SDK is up (and the `os._exit` and SIGTERM ones, if not yet)."""
-    global _exit_flushes_installed
-    os._exit = _flushing_exit
-    if _exit_flushes_installed:
-        return
-    _exit_flushes_installed = True
-    import atexit
-
-    atexit.register(_flush_at_exit)
-    _install_sigterm_flush()
-    _exit_flusher()
-    if hasattr(os, "register_at_fork"):
-        # Registered after the SDK's own at-fork hooks (which restart the batch processors' threads in
-        # a forked child): SIGTERM stays blocked in the forking thread until they have run, so those
-        # threads are born with it blocked too.
-        os.register_at_fork(
-            before=_block_sigterm_for_fork,
-            after_in_parent=_unblock_sigterm_after_fork,
-            after_in_child=_new_flusher_after_fork,
-        )
-
-
-def exit_flush(reason: str, *, children: Iterable[int] = ()) -> None:
-    """Send this process's unsent spans, waiting at most what is left of the exit budget.
-
-    `children` are processes that serve for this one and would be killed once it returns (the
-    serving child of a reloader, which the reloader SIGKILLs when it is stopped itself): each is asked
-    to stop with SIGTERM first, and waited for within the same budget (and `_CHILD_GRACE` more, as
-    the child's own budget starts a moment later), so it flushes its own spans.
-    """
-    global _exit_deadline
-    tracing = _sdk
-    if tracing is None and not children:
-        return
-    import time
-
-    pid, now = os.getpid(), time.monotonic()
-    budget = config().exit_budget
-    if _exit_deadline is None or _exit_deadline[0] != pid:
-        _exit_deadline = (pid, now + budget)
-    held = _hold_stop_signals()
-    try:
-        if children:
-            # Each child's own exit budget starts when it gets the SIGTERM, a moment after ours did:
-            # waiting a little longer lets it end by itself (and count what it drops).
-            _stop_children(children, _exit_deadline[1] + _CHILD_GRACE)
-            now = time.monotonic()
-        if tracing is None:
-            return
-        remaining = _exit_deadline[1] - now
-        finished = False
-        if remaining > 0:
-            # In a thread of its own: OpenTelemetry's flush waits for an export in flight, and an
-            # export to a backend that never answers waits for the exporter's full timeout, retries
-            # included.
-            flusher = _exit_flusher()
-            finished = flusher is not None and flusher.flush(tracing, remaining, reason)
-    finally:
-        _restore_signals(held)
-    if not finished:
-        unsent = tracing.unsent()
-        unsent_logs = tracing.unsent_logs()
-        if unsent or unsent_logs:
-            from logfire_run.agent.export.exporters import last_transient_error
-
-            cause = last_transient_error()
-            what = f"{unsent} spans" + (f" and {unsent_logs} log records" if unsent_logs else "")
-            report.problem(
-                "exit-budget",
-                f"{what} were not sent within the exit budget ({budget:g} s, at {reason}) and "
-                "are dropped" + (f" (the backend: {cause})" if cause else "") + "; "
-                "LOGFIRE_EXIT_BUDGET (--exit-budget) sets the budget",
-            )
-
-
-#: Seconds a process waits for the children it stops at exit beyond its own exit budget.
-_CHILD_GRACE = 1.0
-
-
-def _hold_stop_signals() -> list[tuple[int, object]]:
-    """Ignore SIGINT and SIGTERM while an exit flush waits; return the handlers to put back.
-
-    The process is ending already, and a stop signal now would cut the flush short: Ctrl-C reaches a
-    reloader's watcher and its serving process at once, and the watcher's SIGTERM then finds the
-    serving process in its interpreter-exit flush (where the app's handler, `sys.exit`, would raise).
-    Only the main thread can change handlers; elsewhere nothing is held.
-    """
-    import _signal
-
-    held: list[tuple[int, object]] = []
-    try:
-        for signum in (_signal.SIGINT, _signal.SIGTERM):
-            held.append((signum, _signal.signal(signum, _signal.SIG_IGN)))
-    except (ValueError, OSError, TypeError):  # not the main thread
-        pass
-    return held
-
-
-def _restore_signals(held: list[tuple[int, object]]) -> None:
-    import _signal
-
-    for signum, handler in held:
-        try:
-            _signal.signal(signum, handler)
-        except (ValueError, OSError, TypeError):
-            continue
-
-
-def _stop_children(children: Iterable[int], deadline: float) -> None:
-    """SIGTERM each child, then wait until each has ended or `deadline` (monotonic) has passed.
-
-    Waited for without reaping (`WNOWAIT`): the caller's own `wait()` still collects the exit status.
-    """
-    import _signal
-    import time
-
-    waiting = []
-    for child in children:
-        try:
-            os.kill(child, _signal.SIGTERM)
-            waiting.append(child)
-        except OSError:  # ended already
-            continue
-    while waiting and time.monotonic() < deadline:
-        for child in list(waiting):
-            if _ended(child):
-                waiting.remove(child)
-        if waiting:
-            time.sleep(0.01)
-    if waiting:
-        report.debug(f"children {waiting} did not end within the exit budget")
-
-
-def _ended(child: int) -> bool:
-    try:
-        if hasattr(os, "waitid"):
-            return os.waitid(os.P_PID, child, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
-        os.kill(child, 0)  # without waitid, an ended child that is not reaped yet looks alive
-    except OSError:  # not our child, or reaped already
-        return True
-    return False
-
-
-class _ExitFlusher:
-    """A daemon thread started before it is needed, which runs one flush when asked.
-
-    Started when the SDK comes up (and again in a forked child): from Python 3.12 no thread can be
-    started during interpreter shutdown, which is when atexit handlers run.
-    """
-
-    def __init__(self) -> None:
-        import threading
-
-        self.pid = os.getpid()
-        self.used = False
-        self._request = threading.Event()
-        self._done = threading.Event()
-        self._call: Callable[[], object] = lambda: None
-        self._thread = threading.Thread(target=self._run, name="logfire-run exit flush", daemon=True)
-        with _SigtermBlocked():
-            self._thread.start()
-
-    def _run(self) -> None:
-        self._request.wait()
-        try:
-            self._call()
-        except Exception as error:
-            report.debug(f"flush at exit failed: {error}")
-        finally:
-            self._done.set()
-
-    def flush(self, tracing: TracingSdk, seconds: float, reason: str) -> bool:
-        """Flush `tracing` in the thread; True when it finished within `seconds`."""
-        self.used = True
-        self._call = lambda: _flush_until_sent(tracing, seconds)
-        self._request.set()
-        return self._done.wait(seconds)
-
-
-def _flush_until_sent(tracing: TracingSdk, seconds: float) -> None:
-    """Flush, and again while spans keep ending: a server's daemon threads (Werkzeug's, Django's
-    `runserver`) go on answering requests while the interpreter exits, after the first flush began."""
-    import time
-
-    deadline = time.monotonic() + seconds
-    while True:
-        tracing.force_flush(max(1, int((deadline - time.monotonic()) * 1000)))
-        if not (tracing.unsent() or tracing.unsent_logs()) or time.monotonic() >= deadline:
-            return
-        time.sleep(0.01)
-
-
-_flusher: _ExitFlusher | None = None
-
-
-def _exit_flusher() -> _ExitFlusher | None:
-    """This process's unused exit flusher, started now if it must be; None if no thread can start."""
-    global _flusher
-    current = _flusher
-    if current is not None and current.pid == os.getpid() and not current.used:
-        return current
-    try:
-        _flusher = _ExitFlusher()
-    except RuntimeError as error:  # "can't create new thread at interpreter shutdown"
-        report.debug(f"no exit flush: {error}")
-        return None
-    return _flusher
-
-
-def _new_flusher_after_fork() -> None:
-    global _flusher
-    _flusher = None
-    if _sdk is not None:
-        _exit_flusher()
-    _unblock_sigterm_after_fork()
-
-
-# SIGTERM goes to the main thread. The flush on SIGTERM is a Python handler, and Python runs handlers
-# in the main thread only, when it next runs bytecode; the kernel delivers a signal sent to a process
-# to any thread that does not block it. Landing in one of the agent's threads, it would wait for a
-# main thread blocked in a lock that only the signal was to end (an idle multiprocessing.Pool worker,
-# blocked on its task queue's lock while the parent terminates the pool, never ended). Without the
-# agent the default action kills the process whichever thread the kernel picks. So every thread the
-# agent starts is started with SIGTERM blocked, which it inherits, and the kernel picks the main thread.
-
-
-class _SigtermBlocked:
-    """Block SIGTERM in this thread for the `with` block (threads started in it inherit the block)."""
-
-    def __enter__(self) -> None:
-        self.unblock = _block_sigterm()
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self.unblock:
-            _unblock_sigterm()
-
-
-def _block_sigterm() -> bool:
-    """Block SIGTERM in this thread; True if it was not blocked before (the caller unblocks it)."""
-    try:
-        import _signal
-
-        previous = _signal.pthread_sigmask(_signal.SIG_BLOCK, (_signal.SIGTERM,))
-        return _signal.SIGTERM not in previous
-    except (AttributeError, OSError, ValueError):  # no pthread_sigmask on this platform
-        return False
-
-
-def _unblock_sigterm() -> None:
-    try:
-        import _signal
-
-        _signal.pthread_sigmask(_signal.SIG_UNBLOCK, (_signal.SIGTERM,))
-    except (AttributeError, OSError, ValueError):
-        pass
-
-
-_blocked_for_fork = False
-
-
-def _block_sigterm_for_fork() -> None:
-    global _blocked_for_fork
-    _blocked_for_fork = _block_sigterm()
-
-
-def _unblock_sigterm_after_fork() -> None:
-    global _blocked_for_fork
-    if _blocked_for_fork:
-        _blocked_for_fork = False
-        _unblock_sigterm()  # a SIGTERM that came meanwhile is delivered now
-
-
-def _flush_at_exit() -> None:
-    exit_flush("exit")
-
-
-def _flushing_exit(status: int) -> NoReturn:
-    try:  # noqa: SIM105 (not contextlib: this module loads nothing at start-up it does not need)
-        exit_flush("os._exit")
-    except BaseException:
-        pass
-    _real_exit(status)
-
-
-# A SIGTERM that comes while the main thread is about to block (an idle pool worker going back to
-# its task queue's lock as the parent terminates the pool) trips Python's handler just before the
-# wait begins: nothing interrupts the wait, the handler never runs, and the process neither flushes
-# nor dies (without the agent, the default action would have killed it). `watch_sigterm()` closes
-# that window for such processes: a signal's number is written to a wakeup pipe by Python's C-level
-# handler, and a thread of ours that reads SIGTERM there interrupts the main thread with SIGTERM again
-# (`pthread_kill`), until the handler has run and the process has died by the signal.
-
-_watch: tuple[int, int, int] | None = None  # (pid, read end, write end) of this process's wakeup pipe
-
-
-def watch_sigterm() -> None:
-    """Make sure the SIGTERM flush runs even if SIGTERM comes as the main thread starts to block.
-
-    For processes whose main thread waits in locks that only SIGTERM ends: pool workers and
-    multiprocessing children. Only from the main thread, only while the SIGTERM handler is the
-    agent's, and only if no one else uses the signal wakeup fd (asyncio's loop does); else nothing.
-    """
-    global _watch
-    if _watch is not None and _watch[0] == os.getpid():
-        return
-    import _signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        return
-    if _signal.getsignal(_signal.SIGTERM) is not _flush_on_sigterm or not hasattr(_signal, "pthread_kill"):
-        return
-    read, write = os.pipe()
-    try:
-        os.set_blocking(write, False)
-        previous = _signal.set_wakeup_fd(write, warn_on_full_buffer=False)
-        if previous != -1:
-            _signal.set_wakeup_fd(previous)  # someone else's (an event loop): theirs to keep
-            raise ValueError("the wakeup fd is in use")
-        main = threading.get_ident()
-        watcher = threading.Thread(
-            target=_watch_sigterm, args=(read, main), name="logfire-run SIGTERM watch", daemon=True
-        )
-        with _SigtermBlocked():
-            watcher.start()
-    except (OSError, ValueError, RuntimeError) as error:
-        report.debug(f"no SIGTERM watch: {error}")
-        os.close(read)
-        os.close(write)
-        return
-    if _watch is None and hasattr(os, "register_at_fork"):
-        os.register_at_fork(after_in_child=_forget_watch_after_fork)
-    _watch = (os.getpid(), read, write)
-
-
-def _watch_sigterm(read: int, main_thread: int) -> None:
-    import _signal
-    import time
-
-    term = bytes([_signal.SIGTERM])
-    try:
-        while term not in os.read(read, 512):
-            pass
-    except OSError:
-        return
-    # Python's handler may already be running; if it is, a repeated SIGTERM is ignored by it. The app
-    # may have put a handler of its own in place since: then the signal is its business.
-    while _signal.getsignal(_signal.SIGTERM) in (_flush_on_sigterm, _signal.SIG_DFL):
-        try:
-            _signal.pthread_kill(main_thread, _signal.SIGTERM)
-        except OSError:
-            return
-        time.sleep(0.1)
-
-
-def _forget_watch_after_fork() -> None:
-    # The child shares the parent's pipe: its signals must not reach the parent's watcher.
-    global _watch
-    watch = _watch
-    if watch is None or watch[0] == os.getpid():
-        return
-    _watch = None
-    try:
-        import _signal
-
-        previous = _signal.set_wakeup_fd(-1)
-        if previous != watch[2]:
-            _signal.set_wakeup_fd(previous)  # not ours any more: left as it was
-        os.close(watch[1])
-        os.close(watch[2])
-    except (OSError, ValueError):
-        pass
-
-
-_sigterm_flushing = False
-
-
-def _flush_on_sigterm(signum: int, frame: object) -> None:
-    global _sigterm_flushing
-    import _signal
-
-    if _sigterm_flushing:
-        # A second SIGTERM during the flush (a broken ProcessPoolExecutor terminates its workers twice
-        # on Python 3.12+) would cut it short: the first one finishes and ends the process.
-        return
-    _sigterm_flushing = True
-    try:
-        exit_flush("SIGTERM")
-    finally:
-        # The default action again, and the same signal: the parent sees the status it would have.
-        _signal.signal(_signal.SIGTERM, _signal.SIG_DFL)
-        os.kill(os.getpid(), _signal.SIGTERM)

@@ -22,7 +22,6 @@ This module needs only the OpenTelemetry API: the policy is installed as soon as
 from __future__ import annotations
 
 import contextvars
-import os
 import threading
 import warnings
 from collections.abc import Iterator
@@ -83,8 +82,6 @@ class DistributedTracingPolicy(TextMapPropagator):
         self._mode: DistributedTracing = mode
         self._warned = False
         self._lock = threading.Lock()
-        if hasattr(os, "register_at_fork"):
-            os.register_at_fork(after_in_child=self._reset_after_fork)
 
     @property
     def inner(self) -> TextMapPropagator:
@@ -109,7 +106,8 @@ class DistributedTracingPolicy(TextMapPropagator):
             raise ValueError(f"distributed_tracing mode must be None, True, False or 'link', not {value!r}")
         self._mode = value
 
-    def _reset_after_fork(self) -> None:
+    def after_fork_in_child(self) -> None:
+        """A forked child warns once of its own (`process.fork`)."""
         self._warned = False
         self._lock = threading.Lock()
 
