@@ -244,17 +244,20 @@ def test_an_empty_pythonpath_entry_still_means_the_current_directory(tmp_path: P
     assert_clean_stderr(result.stderr)
 
 
-STARTED = "from logfire_run.agent.process import state; print(state.started_via())"
+#: The app: prints nothing but "ran"; with --debug, the agent's first line says how it started.
+STARTED = "print('ran')"
+VIA_PTH = "agent started via env"
 
 
 def test_isolated_and_ignore_environment_pythons_start_the_agent_through_the_pth() -> None:
     for flags in (["-I", "-c"], ["-E", "-c"], ["-IE", "-c"], ["-X", "utf8", "-I", "-c"], ["-Ic"]):
         command = ["python", *flags, STARTED]
         result = run_launcher(command, agent_env())
-        assert (result.returncode, result.stdout) == (0, "env\n"), (flags, result.stderr)
+        assert (result.returncode, result.stdout) == (0, "ran\n"), (flags, result.stderr)
         assert_clean_stderr(result.stderr)
         debug = run_launcher(["--debug", *command], agent_env(), expect_stderr=None)  # checked below
-        assert debug.stdout == "env\n"
+        assert debug.stdout == "ran\n"
+        assert VIA_PTH in debug.stderr, debug.stderr
         assert debug.stderr.count("PYTHONPATH") == 1 and debug.stderr.startswith("logfire-run: "), (
             debug.stderr
         )
@@ -266,7 +269,14 @@ def test_isolated_and_ignore_environment_pythons_start_the_agent_through_the_pth
             capture_output=True,
             text=True,
         )
-        assert (env_only.stdout, env_only.stderr) == ("env\n", "")
+        assert (env_only.stdout, env_only.stderr) == ("ran\n", "")
+        debug = subprocess.run(
+            [sys.executable, flag, "-c", STARTED],
+            env=agent_env(LOGFIRE_RUN="1", LOGFIRE_DEBUG="1"),
+            capture_output=True,
+            text=True,
+        )
+        assert debug.stdout == "ran\n" and VIA_PTH in debug.stderr, debug.stderr
 
 
 def test_python_dash_s_runs_without_the_agent_and_says_so_with_debug() -> None:

@@ -23,6 +23,7 @@ import os
 import sys
 
 from logfire_run.agent import importhooks, paths, report
+from logfire_run.agent.patching import Patches
 from logfire_run.agent.process import exits, fork, state
 from logfire_run.agent.propagation import env_carrier
 
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
 
 def start(via: str) -> None:
     """Start the agent in this process, once; `via` says who asked (for `--debug`). Never raises."""
-    if not state.mark_started(via):
+    if not state.mark_started():
         return
     try:
         _start(via)
@@ -100,46 +101,41 @@ def _on_propagate_import(module: ModuleType) -> None:
 
 
 def _on_trace_import(module: ModuleType) -> None:
-    """Wrap the API's provider functions so the SDK starts on first use, unless the app set its own."""
+    """Wrap the API's provider functions so the SDK starts on first use, unless the app set its own.
+
+    The first call of any of the three takes all three wrappers off, then starts the SDK (after
+    the app's own provider is set, for `set_tracer_provider`: the SDK adopts it).
+    """
     api: Any = module
     get_tracer_provider = api.get_tracer_provider
     get_tracer = api.get_tracer
     set_tracer_provider = api.set_tracer_provider
 
-    def restore() -> None:
-        api.get_tracer_provider = get_tracer_provider
-        api.get_tracer = get_tracer
-        api.set_tracer_provider = set_tracer_provider
-
     def get_tracer_provider_first(*args: Any, **kwargs: Any) -> Any:
-        restore()
+        _first_use.restore()
         _say_what_starts("the app asked for the tracer provider")
         state.start_sdk()
         return get_tracer_provider(*args, **kwargs)
 
     def get_tracer_first(*args: Any, **kwargs: Any) -> Any:
-        restore()
+        _first_use.restore()
         _say_what_starts("the app asked for a tracer")
         state.start_sdk()
         return get_tracer(*args, **kwargs)
 
     def set_tracer_provider_first(*args: Any, **kwargs: Any) -> Any:
-        restore()
+        _first_use.restore()
         result = set_tracer_provider(*args, **kwargs)
         state.start_sdk()  # adopts the app's provider: policy, link processor, flush at exit
         return result
 
-    for wrapper, original in (
-        (get_tracer_provider_first, get_tracer_provider),
-        (get_tracer_first, get_tracer),
-        (set_tracer_provider_first, set_tracer_provider),
-    ):
-        wrapper.__name__ = original.__name__
-        wrapper.__doc__ = original.__doc__
-        wrapper.__wrapped__ = original  # type: ignore[attr-defined]
-    api.get_tracer_provider = get_tracer_provider_first
-    api.get_tracer = get_tracer_first
-    api.set_tracer_provider = set_tracer_provider_first
+    _first_use.replace(api, "get_tracer_provider", get_tracer_provider_first)
+    _first_use.replace(api, "get_tracer", get_tracer_first)
+    _first_use.replace(api, "set_tracer_provider", set_tracer_provider_first)
+
+
+#: The three functions of `opentelemetry.trace` that start the SDK on first use, until one is called.
+_first_use = Patches("start on first use")
 
 
 def _say_what_starts(cause: str) -> None:

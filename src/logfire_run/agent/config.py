@@ -44,9 +44,6 @@ class Config:
             setattr(self, setting.name, setting.unset)
         self.sources: dict[str, str] = {}
 
-    def as_dict(self) -> dict[str, object]:
-        return {setting.name: getattr(self, setting.name) for setting in SETTINGS}
-
     def effective(self, name: str, environ: Mapping[str, str] | None = None) -> object:
         """The value in effect: the setting's resolver applied to its value (see `Setting.resolve`)."""
         setting = SETTINGS_BY_NAME[name]

@@ -167,8 +167,3 @@ def importer() -> str:
             return name
         frame = frame.f_back  # type: ignore[assignment]
     return ""
-
-
-def pending() -> list[str]:
-    with _lock:
-        return sorted(_hooks)

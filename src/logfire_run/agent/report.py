@@ -36,6 +36,15 @@ def debug(message: str) -> None:
         _write(f"logfire-run[{os.getpid()}]: {message}")
 
 
+def fallback(key: str, message: str) -> None:
+    """Say once, under `--debug`, that the agent took its slower way because its own failed: the app
+    sees no difference, a developer of the agent needs to know (it is a bug of ours, or a change of
+    OpenTelemetry's that the fast way must follow)."""
+    if debug_enabled and ("fallback:" + key) not in _reported:
+        _reported.add("fallback:" + key)
+        debug(f"{message}; falling back to the slower way")
+
+
 def forget_after_fork() -> None:
     """A forked child is a process of its own: it reports its own problems once (`process.fork`)."""
     _reported.clear()

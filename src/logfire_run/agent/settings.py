@@ -15,8 +15,8 @@ import os
 import sys
 from collections.abc import Mapping
 
-from logfire_run.files import store_path
 from logfire_run.agent.errors import ConfigError
+from logfire_run.files import store_path
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -229,11 +229,6 @@ DISTRIBUTED_TRACING = DistributedTracingKind()
 PROTOCOL = ProtocolKind()
 SECONDS = SecondsKind()
 LOG_LEVEL = LogLevelKind()
-
-
-def parse_distributed_tracing(raw: str) -> DistributedTracing:
-    """`LOGFIRE_DISTRIBUTED_TRACING` as the policy's mode; the one parser of that value."""
-    return DISTRIBUTED_TRACING.parse(raw)  # type: ignore[return-value]
 
 
 # Resolvers: a setting's effective value when it is left unset (or needs the environment to be read).

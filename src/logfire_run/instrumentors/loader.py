@@ -24,9 +24,9 @@ import marshal
 import os
 import sys
 
-from logfire_run.files import cache_dir, make_private_dirs
 from logfire_run.agent import importhooks, report
 from logfire_run.agent.process import state
+from logfire_run.files import cache_dir, make_private_dirs
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -33,6 +33,8 @@ import os
 import sys
 import threading
 
+from logfire_run.agent.patching import Patches
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import logging
@@ -53,7 +55,7 @@ _current_span: Callable[[], Any] | None = None
 _service_name = ""
 #: Records below this level are not captured (None: capture is off).
 _threshold: int | None = None
-_installed_factory: Callable[..., Any] | None = None
+_patches = Patches("log capture")
 #: The attributes of a record made outside any span.
 _outside: dict[str, object] = {
     "otelTraceID": "0",
@@ -67,35 +69,19 @@ _last: tuple[object, dict[str, object], tuple[int, int, int]] = (None, _outside,
 
 
 def install(logging_module: Any) -> None:
-    """Wrap the current record factory of `logging_module` with the correlating one (once)."""
-    global _installed_factory
+    """Wrap the record factory and `Logger.callHandlers` of `logging_module` (once)."""
+    # The factory's own variable, as `setLogRecordFactory` sets it: one patch helper for every patch.
     current = logging_module.getLogRecordFactory()
-    if getattr(current, "_logfire_run", False):
-        return
-    factory = _make_factory(current)
-    _installed_factory = factory
-    logging_module.setLogRecordFactory(factory)
+    _patches.replace(logging_module, "_logRecordFactory", _make_factory(current))
     logger_class = logging_module.Logger
-    if not getattr(logger_class.callHandlers, "_logfire_run", False):
-        logger_class.callHandlers = _make_call_handlers(logger_class.callHandlers)
+    _patches.replace(logger_class, "callHandlers", _make_call_handlers(logger_class.callHandlers))
     if os.environ.get("OTEL_PYTHON_LOG_CORRELATION", "").strip().lower() == "true":
         _set_logging_format(logging_module)
 
 
 def uninstall(logging_module: Any) -> None:
-    """Put the wrapped factory back, when ours is still the current one."""
-    global _installed_factory
-    factory = _installed_factory
-    if factory is not None and logging_module.getLogRecordFactory() is factory:
-        logging_module.setLogRecordFactory(factory.__wrapped__)  # type: ignore[attr-defined]
-    _installed_factory = None
-    call_handlers = logging_module.Logger.callHandlers
-    if getattr(call_handlers, "_logfire_run", False):
-        logging_module.Logger.callHandlers = call_handlers.__wrapped__
-
-
-def installed() -> bool:
-    return _installed_factory is not None
+    """Put the wrapped factory and `callHandlers` back, where ours are still in place."""
+    _patches.restore()
 
 
 # OpenTelemetry's logging instrumentation: OTEL_PYTHON_LOG_CORRELATION=true calls basicConfig with this
@@ -189,9 +175,6 @@ def _make_factory(wrapped: Callable[..., Any]) -> Callable[..., Any]:
             _report_once(error)
         return record
 
-    record_factory._logfire_run = True  # type: ignore[attr-defined]
-    record_factory.__wrapped__ = wrapped  # type: ignore[attr-defined]
-    record_factory.__doc__ = getattr(wrapped, "__doc__", None)
     return record_factory
 
 
@@ -228,10 +211,6 @@ def _make_call_handlers(wrapped: Callable[..., Any]) -> Callable[..., Any]:
                 _report_once(error)
         return wrapped(self, record)
 
-    callHandlers._logfire_run = True  # type: ignore[attr-defined]
-    callHandlers.__wrapped__ = wrapped  # type: ignore[attr-defined]
-    callHandlers.__doc__ = getattr(wrapped, "__doc__", None)
-    callHandlers.__qualname__ = getattr(wrapped, "__qualname__", "Logger.callHandlers")
     return callHandlers
 
 

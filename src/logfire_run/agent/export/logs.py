@@ -280,10 +280,22 @@ class OpenTelemetryLogExporter(LogExporter):
         if self._direct:
             from logfire_run.agent.export.otlp_logs import encode_logs_request, send_encoded
 
-            body = encode_logs_request(batch, self._resource(), time.time_ns())
+            try:
+                body = encode_logs_request(batch, self._resource(), time.time_ns())
+            except Exception as error:
+                report.fallback(
+                    "otlp-logs-encode", f"the OTLP log encoder failed ({type(error).__name__}: {error})"
+                )
+                body = None
+            if body is None:
+                self._exporter.export(readable_records(batch, self._resource()))
+                return
             if send_encoded(self._exporter, body) is not None:
                 return
             self._direct = False  # an OpenTelemetry without the seam: its own path from now on
+            report.fallback(
+                "otlp-logs-seam", "OpenTelemetry's OTLP/HTTP log exporter has no client to send bytes"
+            )
         self._exporter.export(readable_records(batch, self._resource()))
 
     def shutdown(self) -> None:

@@ -20,6 +20,7 @@ from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExport
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 from opentelemetry.sdk.trace import ReadableSpan
 
+from logfire_run.agent import report
 from logfire_run.agent.export.otlp_encoding import EncodedBatch, encode_export_request
 
 __all__ = ["OTLPSpanExporter"]
@@ -54,6 +55,7 @@ class OTLPSpanExporter(_OtelGrpcExporter):
     def _translate_data(self, data: Sequence[ReadableSpan]) -> Any:
         try:
             return EncodedBatch(data, encode_export_request(data))
-        except Exception:
+        except Exception as error:
             # OpenTelemetry's own encoder then meets the same span, and reports it its own way.
+            report.fallback("otlp-encode", f"the OTLP span encoder failed ({type(error).__name__}: {error})")
             return super()._translate_data(data)

@@ -21,14 +21,17 @@ from opentelemetry.exporter.otlp.proto.http import trace_exporter as _otel_http
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
 
+from logfire_run.agent import report
 from logfire_run.agent.export.otlp_encoding import EncodedBatch, encode_export_request
+from logfire_run.agent.patching import Patches
 
 __all__ = ["OTLPSpanExporter"]
 
 
 def _wrap_encode_spans() -> None:
     original: Callable[..., Any] | None = getattr(_otel_http, "encode_spans", None)
-    if original is None or getattr(original, "_logfire_run_wrapper", False):
+    if original is None:
+        report.fallback("otlp-http-seam", "OpenTelemetry's OTLP/HTTP exporter has no encode_spans to wrap")
         return
 
     def encode_spans(spans: Sequence[ReadableSpan]) -> Any:
@@ -36,9 +39,10 @@ def _wrap_encode_spans() -> None:
             return spans
         return original(spans)
 
-    encode_spans._logfire_run_wrapper = True  # type: ignore[attr-defined]
-    encode_spans.__wrapped__ = original  # type: ignore[attr-defined]
-    _otel_http.encode_spans = encode_spans  # type: ignore[attr-defined,assignment]
+    _patches.replace(_otel_http, "encode_spans", encode_spans)
+
+
+_patches = Patches("otlp http")
 
 
 _wrap_encode_spans()
@@ -50,7 +54,8 @@ class OTLPSpanExporter(_otel_http.OTLPSpanExporter):
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         try:
             body = encode_export_request(spans)
-        except Exception:
+        except Exception as error:
             # OpenTelemetry's own encoder then meets the same span, and reports it its own way.
+            report.fallback("otlp-encode", f"the OTLP span encoder failed ({type(error).__name__}: {error})")
             return super().export(spans)
         return super().export(EncodedBatch(spans, body))

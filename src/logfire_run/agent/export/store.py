@@ -73,6 +73,7 @@ def _c_encoder() -> Callable[[Any], str] | None:
     make = getattr(json.encoder, "c_make_encoder", None)
     encode_string = getattr(json.encoder, "c_encode_basestring", None)
     if make is None or encode_string is None:
+        report.fallback("store-json", "this Python's json has no C encoder")
         return None
     try:
         # The arguments JSONEncoder.iterencode gives it: markers, default, string encoder, indent,
@@ -84,8 +85,10 @@ def _c_encoder() -> Callable[[Any], str] | None:
 
         sample = {"s": 'é\n"', "i": -1, "f": 0.1, "n": float("nan"), "b": True, "t": (1, "x"), "o": object}
         if encode(sample) != _python_encode(sample) or encode([sample]) != _python_encode([sample]):
+            report.fallback("store-json", "json's C encoder writes rows differently from json.dumps")
             return None
-    except Exception:
+    except Exception as error:
+        report.fallback("store-json", f"json's C encoder could not be used ({type(error).__name__}: {error})")
         return None
     return encode
 
@@ -93,10 +96,6 @@ def _c_encoder() -> Callable[[Any], str] | None:
 _encode: Callable[[Any], str] = _c_encoder() or _python_encode
 _KIND_NAMES = {kind: kind.name for kind in SpanKind}
 _STATUS_NAMES = {code: code.name for code in StatusCode}
-
-
-def _json(value: Any) -> str | None:
-    return _encode(value) if value else None
 
 
 def _plain_mapping(mapping: Any) -> Any:

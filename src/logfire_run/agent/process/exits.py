@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 
 from logfire_run.agent import report
+from logfire_run.agent.patching import Patches
 from logfire_run.agent.process import signals, state
 
 TYPE_CHECKING = False
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from logfire_run.agent.process.sdk import TracingSdk
 
 _real_exit = os._exit
+_patches = Patches("exit flushes")
 _exit_flushes_installed = False
 # (pid, monotonic deadline) of the exit under way: several exit paths of one process share one budget.
 _exit_deadline: tuple[int, float] | None = None
@@ -41,7 +43,7 @@ def install_exit_hooks() -> None:
     runs: an app binding `os._exit` early (`from os import _exit`) gets the flushing one, and a server
     that saves the SIGTERM handler and puts it back before re-raising the signal at its own shutdown
     (uvicorn does) puts back ours. Neither costs anything until the SDK is up."""
-    os._exit = _flushing_exit
+    _patches.replace(os, "_exit", _flushing_exit)
     _install_sigterm_flush()
     state.when_sdk_ready(install_exit_flushes, start=False)
 
@@ -61,7 +63,7 @@ def _install_sigterm_flush() -> None:
 def install_exit_flushes() -> None:
     """The interpreter-exit flush once the SDK is up (and the `os._exit` and SIGTERM ones, if not yet)."""
     global _exit_flushes_installed
-    os._exit = _flushing_exit
+    _patches.replace(os, "_exit", _flushing_exit)
     if _exit_flushes_installed:
         return
     _exit_flushes_installed = True

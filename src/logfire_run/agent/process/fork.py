@@ -37,6 +37,7 @@ import os
 import sys
 
 from logfire_run.agent import report
+from logfire_run.agent.patching import Patches, applied
 from logfire_run.agent.process import exits, signals, state
 
 TYPE_CHECKING = False
@@ -142,13 +143,14 @@ def _last_in_child() -> None:
 # own, the same warning is issued again from the app's line, so its filters see what they always saw.
 
 _AGENT_THREAD_PREFIXES = ("OtelBatch", "logfire-run")
+_patches = Patches("quiet fork")
 
 
 def install_quiet_fork() -> None:
     """Wrap `os.fork` (Python 3.12+): before the app runs, so `from os import fork` gets it too."""
     import sys
 
-    if sys.version_info < (3, 12) or not hasattr(os, "fork") or getattr(os.fork, "_logfire_run", False):
+    if sys.version_info < (3, 12) or not hasattr(os, "fork") or applied(os, "fork", _patches.instrumentor):
         return
     real_fork = os.fork
 
@@ -171,7 +173,4 @@ def install_quiet_fork() -> None:
                 warnings.warn(warning.message, warning.category, stacklevel=2)
         return pid
 
-    fork.__doc__ = real_fork.__doc__
-    fork.__wrapped__ = real_fork
-    fork._logfire_run = True
-    os.fork = fork
+    _patches.replace(os, "fork", fork)

@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 _SETUP_IMPORTS = ("requests", "urllib3", "grpc", "google.protobuf")
 
 _lock = _thread.RLock()
-_started_via: str | None = None
+_started = False
 _config: Config | None = None
 _policy: DistributedTracingPolicy | None = None
 _sdk: TracingSdk | None = None
@@ -55,23 +55,19 @@ _deferred: list[Callable[[], object]] = []
 # The agent in this process
 
 
-def mark_started(via: str) -> bool:
-    """Record that the agent starts in this process (`via` says who asked); False if it already had."""
-    global _started_via
+def mark_started() -> bool:
+    """Record that the agent starts in this process; False if it already had."""
+    global _started
     with _lock:
-        if _started_via is not None:
+        if _started:
             return False
-        _started_via = via
+        _started = True
         return True
 
 
 def started() -> bool:
     """Whether the agent was started in this process (or inherited running through fork)."""
-    return _started_via is not None
-
-
-def started_via() -> str | None:
-    return _started_via
+    return _started
 
 
 # Config and policy

@@ -15,6 +15,7 @@ instrumentor, through `env_carrier`).
 from __future__ import annotations
 
 from logfire_run.agent import report
+from logfire_run.agent.patching import Patches, applied
 from logfire_run.agent.propagation import env_carrier
 
 TYPE_CHECKING = False
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from opentelemetry.context import Context
 
 _inherited_context: Context | None = None
+_patches = Patches("inherited context")
 
 
 def inherited_context() -> Context | None:
@@ -53,7 +55,11 @@ def _with_default_context(extracted: Context) -> Context | None:
         return None
     runtime = getattr(context_api, "_RUNTIME_CONTEXT", None)
     get_current = getattr(runtime, "get_current", None)
-    if runtime is None or get_current is None or isinstance(runtime, _InheritedDefault):
+    if (
+        runtime is None
+        or get_current is None
+        or applied(context_api, "_RUNTIME_CONTEXT", _patches.instrumentor)
+    ):
         return None
     # The value the runtime context has where nothing was attached: a fresh contextvars.Context
     # has no value set, so this is the ContextVar's default, the same object in every thread.
@@ -61,7 +67,7 @@ def _with_default_context(extracted: Context) -> Context | None:
     if contextvars.Context().run(get_current) is not unset:
         report.debug(f"the runtime context {type(runtime).__name__} has no shared default; not joined")
         return None
-    context_api._RUNTIME_CONTEXT = _InheritedDefault(runtime, unset, extracted)  # type: ignore[assignment]
+    _patches.replace(context_api, "_RUNTIME_CONTEXT", _InheritedDefault(runtime, unset, extracted))
     report.debug(
         f"root spans are children of trace {span_context.trace_id:032x} span {span_context.span_id:016x} "
         "(TRACEPARENT in the environment)"

@@ -12,7 +12,7 @@ False      refused: the caller's base context comes back untouched (no parent, n
 =========  ==================================================================================
 
 First-party extraction (`attach_context()`, Celery task headers, pool workers' carriers) runs inside
-`first_party()` (or calls `extract_first_party`), and always extracts. The policy never nests:
+`first_party()`, and always extracts. The policy never nests:
 installing it again, or setting a new global propagator, only swaps what it wraps.
 
 This module needs only the OpenTelemetry API: the policy is installed as soon as
@@ -40,6 +40,7 @@ from opentelemetry.propagators.textmap import (
 )
 
 from logfire_run.agent import report
+from logfire_run.agent.patching import Patches
 from logfire_run.agent.propagation.w3c import (
     StrictBaggagePropagator,
     StrictTraceContextPropagator,
@@ -138,14 +139,6 @@ class DistributedTracingPolicy(TextMapPropagator):
             if inbound.is_valid:
                 return set_value(REFUSED_PARENT_KEY, inbound, base)
         return base
-
-    def extract_first_party(
-        self,
-        carrier: CarrierT,
-        context: Context | None = None,
-        getter: Getter[CarrierT] = default_getter,
-    ) -> Context:
-        return self._inner.extract(carrier, context, getter)
 
     def inject(
         self,
@@ -250,8 +243,9 @@ def install_as_global(policy: DistributedTracingPolicy) -> None:
         policy.inner = http_text_format
         original_set(policy)
 
-    set_global_textmap.__doc__ = original_set.__doc__
-    set_global_textmap.__wrapped__ = original_set  # type: ignore[attr-defined]
     policy.inner = propagate.get_global_textmap()
     original_set(policy)
-    propagate.set_global_textmap = set_global_textmap
+    _patches.replace(propagate, "set_global_textmap", set_global_textmap)
+
+
+_patches = Patches("policy")
