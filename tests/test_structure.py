@@ -226,6 +226,12 @@ def test_every_instrumentor_of_the_project_has_the_one_shape(group: str, name: s
     # The shape's one patch helper: no instrumentor hand-rolls wrapt or restores by hand.
     text = Path(module.__file__ or "").read_text()
     assert "wrap_function_wrapper" not in text and "__wrapped__ =" not in text
+    # ... and keeps its patches on the instance (PatchingInstrumentor), never in module globals.
+    module_level = [node for node in source.body if isinstance(node, (ast.Assign, ast.AnnAssign))]
+    assert not any("Patches(" in ast.unparse(node) for node in module_level), (
+        f"{value} keeps module-global patches"
+    )
+    assert "global _active" not in text
 
 
 def test_config_attributes_are_the_settings_table() -> None:

@@ -20,12 +20,12 @@ with `run_opentelemetry_instrumentor`, after its own patches; `--disable NAME` t
 from __future__ import annotations
 
 import importlib
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import Any, ClassVar
 
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 
-from logfire_run.agent import report
+from logfire_run.agent import importhooks, report
 from logfire_run.agent.patching import Patches
 from logfire_run.instrumentors.loader import DECLARATIONS
 
@@ -68,10 +68,21 @@ class PatchingInstrumentor(Instrumentor):
         self._patches = Patches(self.patches_name)
         #: OpenTelemetry's instrumentor, once `run_opentelemetry_instrumentor` has run it.
         self._otel: Any = None
+        #: Between `_instrument` and `_uninstrument` (set by the subclass's own): hooks deferred to a
+        #: module's import patch nothing once it is off.
+        self.active = False
         self._first_instance()
 
     def _first_instance(self) -> None:
         """More state of the first instance, for a subclass that needs some."""
+
+    def patch_on_import(self, module_name: str, patch: Callable[[Any], None]) -> None:
+        """Run `patch(module)` now if `module_name` is imported, else at its first import if this
+        instrumentor is still active then."""
+        importhooks.on_import(module_name, patch, self._is_active)
+
+    def _is_active(self) -> bool:
+        return self.active
 
 
 def run_opentelemetry_instrumentor(value: str, **options: Any) -> Any | None:

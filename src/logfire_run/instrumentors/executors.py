@@ -45,10 +45,10 @@ import sys
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-from logfire_run.agent import importhooks, report
-from logfire_run.agent.patching import Patches
+from logfire_run.agent import report
+from logfire_run.agent.patching import applied
 from logfire_run.agent.process import state
-from logfire_run.instrumentors._base import Instrumentor
+from logfire_run.instrumentors._base import PatchingInstrumentor
 from logfire_run.instrumentors._executors_worker import CurrentContext, TaskInContext, WorkerSetup
 
 __all__ = ["ExecutorInstrumentor"]
@@ -58,11 +58,8 @@ _OTEL_THREADING = "opentelemetry.instrumentation.threading"
 # The attribute that carries a captured context on Thread and _WorkItem objects.
 _ATTRIBUTE = "_logfire_run_context"
 
-_patches = Patches("executors")
-_active = False
 
-
-class ExecutorInstrumentor(Instrumentor):
+class ExecutorInstrumentor(PatchingInstrumentor):
     """Context propagation into threads, thread pools and process pools; see the module docstring."""
 
     targets = ("threading", "concurrent.futures")
@@ -70,31 +67,73 @@ class ExecutorInstrumentor(Instrumentor):
     options: ClassVar[dict[str, Any]] = {}
     supersedes = ("opentelemetry.instrumentation.threading:ThreadingInstrumentor",)
 
+    patches_name = "executors"
+
+    def _first_instance(self) -> None:
+        #: OpenTelemetry's threading instrumentor was taken over (and is handed back at the end).
+        self._neutralized = False
+
     def _instrument(self, **kwargs: Any) -> None:
-        global _active
         import threading
 
-        _active = True
+        self.active = True
         _fast_context.load()
-        _take_over_from_otel_threading()
-        _patch_threading(threading)
-        for name, patch in (
-            ("concurrent.futures.thread", _patch_thread_pool),
-            ("concurrent.futures.process", _patch_process_pool),
-        ):
-            # Not imported here: importing concurrent.futures.process costs multiprocessing, which an
-            # app that only uses threads (asyncio imports concurrent.futures) should not pay for.
-            importhooks.on_import(name, patch, _is_active)
+        self.patch_on_import(_OTEL_THREADING, self._neutralize)
+        self._patch_threading(threading)
+        # Not imported here: importing concurrent.futures.process costs multiprocessing, which an
+        # app that only uses threads (asyncio imports concurrent.futures) should not pay for.
+        self.patch_on_import("concurrent.futures.thread", self._patch_thread_pool)
+        self.patch_on_import("concurrent.futures.process", self._patch_process_pool)
 
     def _uninstrument(self, **kwargs: Any) -> None:
-        global _active
-        _active = False
-        _patches.restore()
-        _hand_back_to_otel_threading()
+        self.active = False
+        self._patches.restore()
+        self._hand_back_to_otel_threading()
 
+    def _patch_threading(self, threading: Any) -> None:
+        self._patches.wrap(threading.Thread, "start", _thread_start)
+        if not _THREAD_HAS_CONTEXT:
+            self._patches.wrap(threading.Thread, "_bootstrap_inner", _thread_bootstrap)
 
-def _is_active() -> bool:
-    return _active
+    def _patch_thread_pool(self, module: Any) -> None:
+        # The pool's worker threads take no context from whoever happened to start them.
+        worker = getattr(module, "_worker", None)
+        if worker is not None:
+            _skip_targets.add(worker)
+        if applied(module, "_WorkItem", self._patches.instrumentor):
+            return
+        self._patches.replace(module, "_WorkItem", _work_item_class(module._WorkItem))
+
+    def _patch_process_pool(self, module: Any) -> None:
+        self._patches.wrap(module.ProcessPoolExecutor, "__init__", _process_pool_init)
+        self._patches.wrap(module.ProcessPoolExecutor, "submit", _process_submit)
+
+    # OpenTelemetry's threading instrumentor
+
+    def _neutralize(self, module: Any) -> None:
+        instrumentor = getattr(module, "ThreadingInstrumentor", None)
+        if instrumentor is None:
+            return
+        self._neutralized = True
+        instance = instrumentor()
+        if instance.is_instrumented_by_opentelemetry:
+            instance._uninstrument()  # its patches come off; its flag stays, so a later instrument() is quiet
+            _remove_leftover_timer_start()
+        # Instance attributes shadow its methods: instrumenting it while this one is active does nothing.
+        self._patches.replace(instance, "_instrument", _do_nothing, copy_metadata=False)
+        self._patches.replace(instance, "_uninstrument", _do_nothing, copy_metadata=False)
+        report.debug("OpenTelemetry's threading instrumentor is superseded by the executors instrumentor")
+
+    def _hand_back_to_otel_threading(self) -> None:
+        neutralized, self._neutralized = self._neutralized, False
+        module = sys.modules.get(_OTEL_THREADING)
+        instrumentor = getattr(module, "ThreadingInstrumentor", None)
+        if instrumentor is None:
+            return
+        # Our shadowing attributes were taken off by `self._patches.restore()`.
+        instance = instrumentor()
+        if neutralized and instance.is_instrumented_by_opentelemetry:
+            instance._instrument()  # it was asked for: it propagates from now on
 
 
 def _innermost(function: object) -> object:
@@ -110,12 +149,6 @@ _fast_context = CurrentContext()
 
 
 _skip_targets: set[object] = set()
-
-
-def _patch_threading(threading: Any) -> None:
-    _patches.wrap(threading.Thread, "start", _thread_start)
-    if not _THREAD_HAS_CONTEXT:
-        _patches.wrap(threading.Thread, "_bootstrap_inner", _thread_bootstrap)
 
 
 # Python 3.14 gave Thread a `context`: the contextvars.Context its run() executes in, chosen in start().
@@ -152,14 +185,8 @@ def _thread_bootstrap(wrapped: Callable[..., Any], instance: Any, args: Any, kwa
 # Thread pools
 
 
-def _patch_thread_pool(module: Any) -> None:
-    # The pool's worker threads take no context from whoever happened to start them.
-    worker = getattr(module, "_worker", None)
-    if worker is not None:
-        _skip_targets.add(worker)
-    original = module._WorkItem
-    if getattr(original, "_logfire_run_original", None) is not None:
-        return  # already ours
+def _work_item_class(original: Any) -> Any:
+    """`concurrent.futures.thread._WorkItem` made to carry the submitting thread's context."""
     get, attach, detach = _fast_context.get, _fast_context.set, _fast_context.reset
     original_init, original_run = original.__init__, original.run
 
@@ -174,9 +201,7 @@ def _patch_thread_pool(module: Any) -> None:
         original_run
     ) == ("self",):
         # Python 3.10 to 3.13: the same signatures, without packing *args (most of the cost of the override).
-        class WorkItem(original):  # type: ignore[misc,valid-type]
-            _logfire_run_original = original
-
+        class WorkItem(original):  # type: ignore[misc]
             def __init__(self, future: Any, fn: Any, args: Any, kwargs: Any) -> None:
                 original_init(self, future, fn, args, kwargs)
                 self._logfire_run_context = get()
@@ -190,9 +215,7 @@ def _patch_thread_pool(module: Any) -> None:
 
     else:
 
-        class WorkItem(original):  # type: ignore[misc,valid-type,no-redef]
-            _logfire_run_original = original
-
+        class WorkItem(original):  # type: ignore[misc,no-redef]
             def __init__(self, *args: Any, **kwargs: Any) -> None:
                 original_init(self, *args, **kwargs)
                 self._logfire_run_context = get()
@@ -204,7 +227,7 @@ def _patch_thread_pool(module: Any) -> None:
                 finally:
                     detach(token)
 
-    _patches.replace(module, "_WorkItem", WorkItem)
+    return WorkItem
 
 
 def _parameters(function: Any) -> tuple[str, ...]:
@@ -213,11 +236,6 @@ def _parameters(function: Any) -> tuple[str, ...]:
 
 
 # Process pools
-
-
-def _patch_process_pool(module: Any) -> None:
-    _patches.wrap(module.ProcessPoolExecutor, "__init__", _process_pool_init)
-    _patches.wrap(module.ProcessPoolExecutor, "submit", _process_submit)
 
 
 _last_carrier: tuple[object, dict[str, str]] = (None, {})
@@ -326,29 +344,6 @@ def _settings_for_workers() -> dict[str, Any] | None:
 # OpenTelemetry's threading instrumentor
 
 
-def _take_over_from_otel_threading() -> None:
-    importhooks.on_import(_OTEL_THREADING, _neutralize, _is_active)
-
-
-_neutralized = False
-
-
-def _neutralize(module: Any) -> None:
-    global _neutralized
-    instrumentor = getattr(module, "ThreadingInstrumentor", None)
-    if instrumentor is None:
-        return
-    _neutralized = True
-    instance = instrumentor()
-    if instance.is_instrumented_by_opentelemetry:
-        instance._uninstrument()  # its patches come off; its flag stays, so a later instrument() is quiet
-        _remove_leftover_timer_start()
-    # Instance attributes shadow its methods: instrumenting it while this one is active does nothing.
-    _patches.replace(instance, "_instrument", _do_nothing, copy_metadata=False)
-    _patches.replace(instance, "_uninstrument", _do_nothing, copy_metadata=False)
-    report.debug("OpenTelemetry's threading instrumentor is superseded by the executors instrumentor")
-
-
 def _remove_leftover_timer_start() -> None:
     # Its Timer.start wrapper wraps its own Thread.start wrapper, and its uninstrument puts back only
     # the latter, as Timer's own attribute: left there, it would hide the real Thread.start from Timer.
@@ -357,19 +352,6 @@ def _remove_leftover_timer_start() -> None:
     leftover = threading.Timer.__dict__.get("start")
     if leftover is not None and _innermost(leftover) is _innermost(threading.Thread.__dict__["start"]):
         del threading.Timer.start
-
-
-def _hand_back_to_otel_threading() -> None:
-    global _neutralized
-    neutralized, _neutralized = _neutralized, False
-    module = sys.modules.get(_OTEL_THREADING)
-    instrumentor = getattr(module, "ThreadingInstrumentor", None)
-    if instrumentor is None:
-        return
-    # Our shadowing attributes were taken off by `_patches.restore()`.
-    instance = instrumentor()
-    if neutralized and instance.is_instrumented_by_opentelemetry:
-        instance._instrument()  # it was asked for: it propagates from now on
 
 
 def _do_nothing(**kwargs: Any) -> None:

@@ -51,9 +51,8 @@ import sys
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-from logfire_run.agent import importhooks, report
-from logfire_run.agent.patching import Patches
-from logfire_run.instrumentors._base import Instrumentor
+from logfire_run.agent import report
+from logfire_run.instrumentors._base import PatchingInstrumentor
 from logfire_run.instrumentors._executors_worker import (
     CurrentContext,
     TaskInContext,
@@ -67,13 +66,12 @@ __all__ = ["MultiprocessingInstrumentor"]
 # The attribute of a Process object that carries the starter's context to a spawned child.
 _ATTRIBUTE = "_logfire_run_context"
 
-_patches = Patches("multiprocessing")
-_active = False
-# The task queue class of thread pools (see `_new_context_queue`), built when multiprocessing.pool is patched.
+# The task queue class of thread pools (see `_new_context_queue`), built when multiprocessing.pool is
+# patched. Not patch state: it is what the patched `_setup_queues` makes, and `submit` recognises.
 _queue_type: type | None = None
 
 
-class MultiprocessingInstrumentor(Instrumentor):
+class MultiprocessingInstrumentor(PatchingInstrumentor):
     """Context propagation into multiprocessing processes and pools; see the module docstring."""
 
     targets = ("multiprocessing",)
@@ -81,24 +79,39 @@ class MultiprocessingInstrumentor(Instrumentor):
     options: ClassVar[dict[str, Any]] = {}
     supersedes = ()
 
+    patches_name = "multiprocessing"
+
     def _instrument(self, **kwargs: Any) -> None:
-        global _active
-        _active = True
+        self.active = True
         _context.load()
-        for name, patch in (
-            ("multiprocessing.process", _patch_process),
-            ("multiprocessing.pool", _patch_pool),
-        ):
-            importhooks.on_import(name, patch, _is_active)
+        self.patch_on_import("multiprocessing.process", self._patch_process)
+        self.patch_on_import("multiprocessing.pool", self._patch_pool)
 
     def _uninstrument(self, **kwargs: Any) -> None:
-        global _active
-        _active = False
-        _patches.restore()
+        self.active = False
+        self._patches.restore()
 
+    def _patch_process(self, module: Any) -> None:
+        self._patches.wrap(module.BaseProcess, "start", _process_start)
 
-def _is_active() -> bool:
-    return _active
+    def _patch_pool(self, module: Any) -> None:
+        global _queue_type
+        pool = module.Pool
+        if "__init__" in pool.__dict__:
+            self._patches.wrap(pool, "__init__", _pool_init)
+        for name in ("apply_async", "_map_async", "imap", "imap_unordered"):
+            original = pool.__dict__.get(name)
+            if callable(original):
+                # A plain function rather than a wrapt wrapper: it runs once per task (or per map
+                # call), and wrapt's binding costs about a microsecond per call.
+                self._patches.replace(pool, name, _submitting(original))
+            else:
+                report.debug(f"multiprocessing: this Python's Pool has no {name}; left alone")
+        thread_pool = getattr(module, "ThreadPool", None)
+        if thread_pool is not None and "_setup_queues" in thread_pool.__dict__:
+            if _queue_type is None:
+                _queue_type = _new_context_queue(module)
+            self._patches.wrap(thread_pool, "_setup_queues", _thread_pool_queues)
 
 
 _context = CurrentContext()
@@ -125,10 +138,6 @@ def _carrier() -> Any:
 
 
 # Processes
-
-
-def _patch_process(module: Any) -> None:
-    _patches.wrap(module.BaseProcess, "start", _process_start)
 
 
 def _pool_worker_targets() -> tuple[object, ...]:
@@ -177,26 +186,6 @@ def _start_in_empty_context(wrapped: Callable[..., Any], args: Any, kwargs: Any)
 
 
 # Pools
-
-
-def _patch_pool(module: Any) -> None:
-    global _queue_type
-    pool = module.Pool
-    if "__init__" in pool.__dict__:
-        _patches.wrap(pool, "__init__", _pool_init)
-    for name in ("apply_async", "_map_async", "imap", "imap_unordered"):
-        original = pool.__dict__.get(name)
-        if callable(original):
-            # A plain function rather than a wrapt wrapper: it runs once per task (or per map call),
-            # and wrapt's binding costs about a microsecond per call.
-            _patches.replace(pool, name, _submitting(original))
-        else:
-            report.debug(f"multiprocessing: this Python's Pool has no {name}; left alone")
-    thread_pool = getattr(module, "ThreadPool", None)
-    if thread_pool is not None and "_setup_queues" in thread_pool.__dict__:
-        if _queue_type is None:
-            _queue_type = _new_context_queue(module)
-        _patches.wrap(thread_pool, "_setup_queues", _thread_pool_queues)
 
 
 def _submitting(original: Callable[..., Any]) -> Callable[..., Any]:

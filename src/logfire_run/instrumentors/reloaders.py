@@ -33,20 +33,17 @@ from __future__ import annotations
 import subprocess
 from typing import Any, ClassVar
 
-from logfire_run.agent import importhooks, report
-from logfire_run.agent.patching import Patches
+from logfire_run.agent import report
+from logfire_run.agent.patching import applied
 from logfire_run.agent.process import exits
-from logfire_run.instrumentors._base import Instrumentor
+from logfire_run.instrumentors._base import PatchingInstrumentor
 
 __all__ = ["ReloaderInstrumentor"]
 
 _RELOADER_MODULES = ("werkzeug._reloader", "django.utils.autoreload")
 
-_patches = Patches("reloaders")
-_active = False
 
-
-class ReloaderInstrumentor(Instrumentor):
+class ReloaderInstrumentor(PatchingInstrumentor):
     """Lets the serving child of Werkzeug's and Django's reloaders flush before it is killed."""
 
     targets = ("werkzeug._reloader", "django.utils.autoreload")
@@ -54,25 +51,24 @@ class ReloaderInstrumentor(Instrumentor):
     options: ClassVar[dict[str, Any]] = {}
     supersedes = ()
 
+    patches_name = "reloaders"
+
     def _instrument(self, **kwargs: Any) -> None:
-        global _active
-        _active = True
+        self.active = True
         for name in _RELOADER_MODULES:
-            importhooks.on_import(name, _patch)
+            self.patch_on_import(name, self._patch)
 
     def _uninstrument(self, **kwargs: Any) -> None:
-        global _active
-        _active = False
-        _patches.restore()
+        self.active = False
+        self._patches.restore()
 
-
-def _patch(module: Any) -> None:
-    if not _active or isinstance(getattr(module, "subprocess", None), _StopChildFirst):
-        return
-    if getattr(module, "subprocess", None) is not subprocess:
-        report.debug(f"reloaders: {module.__name__} has no subprocess module of its own; left as it is")
-        return
-    _patches.replace(module, "subprocess", _StopChildFirst(), copy_metadata=False)
+    def _patch(self, module: Any) -> None:
+        if applied(module, "subprocess", self._patches.instrumentor):
+            return
+        if getattr(module, "subprocess", None) is not subprocess:
+            report.debug(f"reloaders: {module.__name__} has no subprocess module of its own; left as it is")
+            return
+        self._patches.replace(module, "subprocess", _StopChildFirst(), copy_metadata=False)
 
 
 class _StopChildFirst:

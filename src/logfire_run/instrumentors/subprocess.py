@@ -42,21 +42,19 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
-from logfire_run.agent import importhooks, report
+from logfire_run.agent import report
 from logfire_run.agent.patching import Patches
 from logfire_run.agent.process import exits, state
 from logfire_run.agent.propagation import env_carrier
-from logfire_run.instrumentors._base import Instrumentor
+from logfire_run.instrumentors._base import PatchingInstrumentor
 
 __all__ = ["SubprocessInstrumentor"]
 
-_patches = Patches("subprocess")
 #: os.environ keeps bytes on POSIX (`_data`); a copy of those is what a child is given there.
 _POSIX = os.name == "posix"
-_active = False
 
 
-class SubprocessInstrumentor(Instrumentor):
+class SubprocessInstrumentor(PatchingInstrumentor):
     """The current context into the environment of every child process; see the module docstring."""
 
     targets = ("os", "subprocess")
@@ -64,20 +62,16 @@ class SubprocessInstrumentor(Instrumentor):
     options: ClassVar[dict[str, Any]] = {}
     supersedes = ()
 
+    patches_name = "subprocess"
+
     def _instrument(self, **kwargs: Any) -> None:
-        global _active
-        _active = True
-        _patch_os(os)
-        importhooks.on_import("subprocess", _patch_subprocess, _is_active)
+        self.active = True
+        _patch_os(self._patches, os)
+        self.patch_on_import("subprocess", lambda module: _patch_subprocess(self._patches, module))
 
     def _uninstrument(self, **kwargs: Any) -> None:
-        global _active
-        _active = False
-        _patches.restore()
-
-
-def _is_active() -> bool:
-    return _active
+        self.active = False
+        self._patches.restore()
 
 
 # The current context as variables
@@ -141,7 +135,7 @@ def _env_list_for_child(entries: Any) -> list[bytes] | None:
 # subprocess
 
 
-def _patch_subprocess(module: Any) -> None:
+def _patch_subprocess(patches: Patches, module: Any) -> None:
     global _POPEN_ENV_INDEX
     real_fork_exec = getattr(module, "_fork_exec", None)
     if _POSIX and callable(real_fork_exec):
@@ -155,12 +149,12 @@ def _patch_subprocess(module: Any) -> None:
                     args = (*args[:_FORK_EXEC_ENV_INDEX], entries, *args[_FORK_EXEC_ENV_INDEX + 1 :])
             return real_fork_exec(*args)
 
-        _patches.replace(module, "_fork_exec", _fork_exec)
+        patches.replace(module, "_fork_exec", _fork_exec)
         return
     code = getattr(module.Popen.__init__, "__code__", None)
     names = code.co_varnames[1 : code.co_argcount] if code is not None else ()
     _POPEN_ENV_INDEX = names.index("env") if "env" in names else -1
-    _patches.wrap(module.Popen, "__init__", _popen_init)
+    patches.wrap(module.Popen, "__init__", _popen_init)
 
 
 #: Where the env list is among fork_exec's arguments (args, executable_list, close_fds, pass_fds,
@@ -192,7 +186,7 @@ def _popen_init(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: A
 # os
 
 
-def _patch_os(module: Any) -> None:
+def _patch_os(patches: Patches, module: Any) -> None:
     real_execve = module.execve
 
     def execv(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
@@ -210,13 +204,13 @@ def _patch_os(module: Any) -> None:
         return with_env(wrapped, instance, args, kwargs)
 
     with_env = _with_env_argument(2, none_inherits=False)
-    _patches.wrap(module, "execv", execv)
-    _patches.wrap(module, "execve", execve)
+    patches.wrap(module, "execv", execv)
+    patches.wrap(module, "execve", execve)
     for name in ("posix_spawn", "posix_spawnp"):
         if hasattr(module, name):
             # From Python 3.13 its env may be None, "inherit": subprocess passes that, and uses
             # posix_spawn for most children there (close_fds no longer prevents it).
-            _patches.wrap(module, name, _with_env_argument(2, none_inherits=sys.version_info >= (3, 13)))
+            patches.wrap(module, name, _with_env_argument(2, none_inherits=sys.version_info >= (3, 13)))
 
 
 def _flush_before_exec() -> None:
