@@ -2,7 +2,7 @@
 
 The launcher turns flags into environment variables through this table, the agent reads the same
 variables back through it, `configure()` checks its keywords against it, and `--help`, `--info` and
-the README's configuration table are written from it. Everything that differs between two settings
+docs/configuration.md's table are written from it. Everything that differs between two settings
 is a field of its row (`Setting`) or of its type (`Kind`): adding a setting is adding a row.
 
 Nothing here imports OpenTelemetry: the launcher and the bootstrap both load this module in every
