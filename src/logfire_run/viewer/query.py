@@ -368,7 +368,15 @@ def _add_running(
         summary = listed.get(trace_id)
         if summary is not None:
             summary.running = running
+            summary.span_count += len(spans)
+            summary.start_ns = min(summary.start_ns, *(span.start_ns for span in spans))
             summary.end_ns = max(summary.end_ns, *(span.end_ns for span in spans))
+            root = next((span for span in spans if span.parent_id is None), None)
+            if root is not None and (not summary.root_name or root.start_ns <= summary.start_ns):
+                summary.root_name, summary.root_service = root.name, root.service
+            for span in spans:
+                if span.service not in summary.services:
+                    summary.services.append(span.service)
             continue
         if trace_id in indexed:
             continue  # stored already, but not on this page

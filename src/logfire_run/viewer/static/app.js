@@ -333,7 +333,15 @@
         text.setAttribute("data-start-ns", String(span.start_ns));
         text.textContent = runningText(span.start_ns);
       }
-      text.style.left = Math.min(left + width, 100) + "%";
+      if (left + width > 80 && width > 15) {
+        text.className += " inside";  // a long bar reaching the right edge: its label inside it
+        text.style.right = (100 - left - width) + "%";
+      } else if (left + width > 80) {
+        text.className += " before";  // near the right edge: the label before the bar
+        text.style.right = (100 - left) + "%";
+      } else {
+        text.style.left = (left + width) + "%";
+      }
       track.appendChild(text);
       row.appendChild(track);
       row.addEventListener("click", function (event) {
