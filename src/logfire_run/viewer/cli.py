@@ -138,6 +138,7 @@ def _run(args: argparse.Namespace, connection: sqlite3.Connection, path: str, fi
     reference = args.trace or ("last" if args.html else None)
     if reference is None:
         summaries = query.list_traces(connection, filters)
+        query.count_orphans(connection, summaries)
         if args.json:
             _print_json([model.summary_dict(summary) for summary in summaries])
         elif not summaries:

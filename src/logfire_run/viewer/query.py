@@ -481,6 +481,14 @@ def open_trace(
     return tree(spans), load_logs(connection, trace_id)
 
 
+def count_orphans(connection: sqlite3.Connection, summaries: list[TraceSummary]) -> None:
+    """Set each summary's orphan count, which the index cannot tell: each trace's spans are read
+    (a few milliseconds a trace: the terminal's list of 20 does it, the live list does not)."""
+    for summary in summaries:
+        rows, _logs = open_trace(connection, summary.trace_id)
+        summary.orphan_count = sum(1 for row in rows if row.orphan)
+
+
 def load_logs(connection: sqlite3.Connection, trace_id: str) -> list[StoredLog]:
     """The log records of one trace, oldest first, found by their index rows."""
     if not has_logs(connection):
