@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 from logfire_run.files import create_private_file, default_store_path, make_private_dirs
 from logfire_run.store_index import (
     INDEX_SCHEMA,
+    SPAN_COLUMNS,
     backfill,
     insert_log_ranges,
     insert_parts,
@@ -71,24 +72,7 @@ _READABLE_VERSIONS = (1, 2, 3)
 _SQLITE_BUSY, _SQLITE_LOCKED = 5, 6  # primary result codes (extended codes keep them in the low byte)
 
 #: The columns of a span row, in the order `insert_batch` takes them.
-COLUMNS = (
-    "trace_key",
-    "trace_id",
-    "span_id",
-    "parent_id",
-    "name",
-    "kind",
-    "service",
-    "start_ns",
-    "end_ns",
-    "status",
-    "status_message",
-    "attributes",
-    "events",
-    "links",
-    "scope",
-    "pid",
-)
+COLUMNS = SPAN_COLUMNS
 
 #: The columns of a log row, in the order `insert_logs` takes them.
 LOG_COLUMNS = (

@@ -29,6 +29,7 @@ __all__ = [
     "INDEX_SCHEMA",
     "PART_COLUMNS",
     "PENDING_COLUMNS",
+    "SPAN_COLUMNS",
     "backfill",
     "build_parts",
     "insert_log_ranges",
@@ -55,8 +56,8 @@ PART_COLUMNS = (
     "routes",
 )
 
-#: The columns of a `pending` row: a span row's (`store_format.COLUMNS`), then its owner and when.
-PENDING_COLUMNS = (
+#: The columns of a span row (`store_format.COLUMNS`, defined here so that both modules share it).
+SPAN_COLUMNS = (
     "trace_key",
     "trace_id",
     "span_id",
@@ -73,9 +74,10 @@ PENDING_COLUMNS = (
     "links",
     "scope",
     "pid",
-    "owner",
-    "seen_ns",
 )
+
+#: The columns of a `pending` row: a span row's, then its owner and when it was written.
+PENDING_COLUMNS = (*SPAN_COLUMNS, "owner", "seen_ns")
 
 INDEX_SCHEMA = (
     """
@@ -337,12 +339,9 @@ def backfill(connection: sqlite3.Connection, *, temp: bool = False) -> int:
             else:
                 runs.append([row])
         for run in runs:
-            built = build_parts([row[1:] for row in run], run[0][0])
+            head = _INSERT_PARTS.replace("trace_parts", parts, 1)
             _insert_rows(
-                connection,
-                f"INSERT INTO {parts} ({', '.join(PART_COLUMNS)}) VALUES ",
-                _PART_PLACEHOLDERS,
-                built,
+                connection, head, _PART_PLACEHOLDERS, build_parts([row[1:] for row in run], run[0][0])
             )
         done = rows[-1][0]
         count += len(rows)

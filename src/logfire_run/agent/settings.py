@@ -158,36 +158,17 @@ class DistributedTracingKind(Kind):
         return "warn" if value is None else str(value)
 
 
-class SecondsKind(Kind):
-    """A duration in seconds: a number from 0 to 600 (`configure()` also takes an int or float)."""
-
-    def parse(self, raw: str) -> object:
-        try:
-            value = float(raw.strip())
-        except ValueError:
-            raise ConfigError(f"invalid number of seconds {raw!r}: use a number from 0 to 600") from None
-        if not 0 <= value <= 600:
-            raise ConfigError(f"invalid number of seconds {raw!r}: use a number from 0 to 600")
-        return value
-
-    def coerce(self, value: object) -> object:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return self.parse(str(value))
-        return super().coerce(value)
-
-    def show(self, value: object) -> str:
-        return f"{value:g} s" if isinstance(value, float) else str(value)
-
-
 class NumberKind(Kind):
     """A number from `low` to `high` (an integer with `integer`); `configure()` also takes a number."""
 
-    def __init__(self, low: float, high: float, *, integer: bool = False, unit: str = "") -> None:
-        self.low, self.high, self.integer, self.unit = low, high, integer, unit
+    def __init__(
+        self, low: float, high: float, *, integer: bool = False, unit: str = "", what: str = "value"
+    ) -> None:
+        self.low, self.high, self.integer, self.unit, self.what = low, high, integer, unit, what
 
     def parse(self, raw: str) -> object:
-        what = "a whole number" if self.integer else "a number"
-        problem = f"invalid value {raw!r}: use {what} from {self.low:g} to {self.high:g}"
+        number = "a whole number" if self.integer else "a number"
+        problem = f"invalid {self.what} {raw!r}: use {number} from {self.low:g} to {self.high:g}"
         try:
             value: float = int(raw.strip().replace("_", "")) if self.integer else float(raw.strip())
         except ValueError:
@@ -253,7 +234,8 @@ NAME_LIST = NameListKind()
 EXPORTERS = ExportersKind()
 DISTRIBUTED_TRACING = DistributedTracingKind()
 PROTOCOL = ProtocolKind()
-SECONDS = SecondsKind()
+#: A duration in seconds, 0 to 600.
+SECONDS = NumberKind(0, 600, unit=" s", what="number of seconds")
 LOG_LEVEL = LogLevelKind()
 SPAN_COUNT = NumberKind(1_000, 100_000_000, integer=True)
 DAYS = NumberKind(0.01, 3650, unit=" days")

@@ -133,47 +133,54 @@
     return select;
   }
 
-  function listPage() {
-    document.title = "traces - logfire-run";
-    var params = new URLSearchParams(location.search);
+  // A form whose fields become the URL's query: a bookmark holds only the filters in use.
+  function filterForm(action, fill) {
     var form = el("form", "filters");
     form.method = "get";
-    form.action = "/";
-    var service = field(form, "service", "service", params.get("service"), "any");
-    service.setAttribute("list", "services");
-    var options = el("datalist");
-    options.id = "services";
-    form.appendChild(options);
-    field(form, "text in a span name or attribute", "q", params.get("q"), "e.g. /checkout, SELECT, 500");
-    field(form, "route", "route", params.get("route"), "/items/{id}");
-    field(form, "min duration", "min_duration", params.get("min_duration"), "250ms, 2s");
-    choice(form, "started", "since", params.get("since"), [
-      ["", "any time"], ["5m", "last 5 minutes"], ["15m", "last 15 minutes"], ["1h", "last hour"],
-      ["6h", "last 6 hours"], ["1d", "last day"], ["7d", "last 7 days"]
-    ]);
-    if (params.get("until")) field(form, "until", "until", params.get("until"));
-    choice(form, "order", "sort", params.get("sort"), [["", "newest first"], ["slowest", "slowest first"]]);
-    var errors = el("label", "check");
-    var box = el("input");
-    box.type = "checkbox";
-    box.name = "errors";
-    box.value = "1";
-    box.checked = params.get("errors") === "1";
-    errors.appendChild(box);
-    errors.appendChild(document.createTextNode("errors only"));
-    form.appendChild(errors);
+    form.action = action;
+    fill(form);
     form.appendChild(el("button", "", "Apply"));
     var clear = el("span", "clear");
-    clear.appendChild(link("/", "", "clear"));
+    clear.appendChild(link(action, "", "clear"));
     form.appendChild(clear);
     form.addEventListener("submit", function (event) {
-      // Empty fields stay out of the URL: a bookmark holds only the filters in use.
       event.preventDefault();
       var query = new URLSearchParams();
       new FormData(form).forEach(function (value, key) { if (value) query.append(key, value); });
       location.search = query.toString();
     });
     main.appendChild(form);
+    return form;
+  }
+
+  function listPage() {
+    document.title = "traces - logfire-run";
+    var params = new URLSearchParams(location.search);
+    var options = el("datalist");
+    options.id = "services";
+    filterForm("/", function (form) {
+      var service = field(form, "service", "service", params.get("service"), "any");
+      service.setAttribute("list", "services");
+      form.appendChild(options);
+      field(form, "text in a span name or attribute", "q", params.get("q"), "e.g. /checkout, SELECT, 500");
+      field(form, "route", "route", params.get("route"), "/items/{id}");
+      field(form, "min duration", "min_duration", params.get("min_duration"), "250ms, 2s");
+      choice(form, "started", "since", params.get("since"), [
+        ["", "any time"], ["5m", "last 5 minutes"], ["15m", "last 15 minutes"], ["1h", "last hour"],
+        ["6h", "last 6 hours"], ["1d", "last day"], ["7d", "last 7 days"]
+      ]);
+      if (params.get("until")) field(form, "until", "until", params.get("until"));
+      choice(form, "order", "sort", params.get("sort"), [["", "newest first"], ["slowest", "slowest first"]]);
+      var errors = el("label", "check");
+      var box = el("input");
+      box.type = "checkbox";
+      box.name = "errors";
+      box.value = "1";
+      box.checked = params.get("errors") === "1";
+      errors.appendChild(box);
+      errors.appendChild(document.createTextNode("errors only"));
+      form.appendChild(errors);
+    });
     var note = el("div", "note", "");
     main.appendChild(note);
     var table = el("table", "list");
@@ -462,26 +469,14 @@
   function logsPage() {
     document.title = "logs - logfire-run";
     var params = new URLSearchParams(location.search);
-    var form = el("form", "filters");
-    form.method = "get";
-    form.action = "/logs";
-    choice(form, "level", "level", params.get("level"), [
-      ["", "any level"], ["debug", "debug and above"], ["info", "info and above"], ["warning", "warning and above"],
-      ["error", "error and above"], ["critical", "critical"]
-    ]);
-    field(form, "service", "service", params.get("service"), "any");
-    field(form, "text in the message or logger", "q", params.get("q"));
-    form.appendChild(el("button", "", "Apply"));
-    var clear = el("span", "clear");
-    clear.appendChild(link("/logs", "", "clear"));
-    form.appendChild(clear);
-    form.addEventListener("submit", function (event) {
-      event.preventDefault();
-      var query = new URLSearchParams();
-      new FormData(form).forEach(function (value, key) { if (value) query.append(key, value); });
-      location.search = query.toString();
+    filterForm("/logs", function (form) {
+      choice(form, "level", "level", params.get("level"), [
+        ["", "any level"], ["debug", "debug and above"], ["info", "info and above"], ["warning", "warning and above"],
+        ["error", "error and above"], ["critical", "critical"]
+      ]);
+      field(form, "service", "service", params.get("service"), "any");
+      field(form, "text in the message or logger", "q", params.get("q"));
     });
-    main.appendChild(form);
     var note = el("div", "note");
     main.appendChild(note);
     var table = el("table", "list");
