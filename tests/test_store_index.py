@@ -81,6 +81,7 @@ def downgrade_to_schema_2(store: Path) -> None:
     connection.close()
 
 
+@pytest.mark.slow
 def test_an_older_store_is_read_as_it_is_and_indexed_by_the_next_writer(tmp_path: Path) -> None:
     store = tmp_path / "traces.db"
     write_app(tmp_path, store)

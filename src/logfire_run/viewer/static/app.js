@@ -153,6 +153,21 @@
     return form;
   }
 
+  // A table under the filters; its body is what `refresh` fills.
+  function listTable(id, titles) {
+    var table = el("table", "list");
+    table.id = id;
+    var head = el("tr");
+    titles.forEach(function (title) { head.appendChild(el("th", "", title)); });
+    var thead = el("thead");
+    thead.appendChild(head);
+    table.appendChild(thead);
+    var body = el("tbody");
+    table.appendChild(body);
+    main.appendChild(table);
+    return body;
+  }
+
   function listPage() {
     document.title = "traces - logfire-run";
     var params = new URLSearchParams(location.search);
@@ -183,16 +198,7 @@
     });
     var note = el("div", "note", "");
     main.appendChild(note);
-    var table = el("table", "list");
-    table.id = "traces";
-    var head = el("tr");
-    ["started", "root span", "services", "duration", "spans"].forEach(function (title) { head.appendChild(el("th", "", title)); });
-    var thead = el("thead");
-    thead.appendChild(head);
-    table.appendChild(thead);
-    var body = el("tbody");
-    table.appendChild(body);
-    main.appendChild(table);
+    var body = listTable("traces", ["started", "root span", "services", "duration", "spans"]);
 
     refresh = function () {
       var query = new URLSearchParams(location.search);
@@ -479,16 +485,7 @@
     });
     var note = el("div", "note");
     main.appendChild(note);
-    var table = el("table", "list");
-    table.id = "logs";
-    var head = el("tr");
-    ["time", "level", "service", "logger", "message", "trace"].forEach(function (title) { head.appendChild(el("th", "", title)); });
-    var thead = el("thead");
-    thead.appendChild(head);
-    table.appendChild(thead);
-    var body = el("tbody");
-    table.appendChild(body);
-    main.appendChild(table);
+    var body = listTable("logs", ["time", "level", "service", "logger", "message", "trace"]);
     refresh = function () {
       return getJson("/api/logs?" + new URLSearchParams(location.search).toString()).then(function (data) {
         body.textContent = "";
