@@ -42,6 +42,8 @@ def test_demo_prints_one_trace_through_flask_and_fastapi(tmp_path: Path) -> None
     assert processes_using(store) == [], f"the demo left processes behind\n{report}"
 
     lines = result.stdout.splitlines()
+    # It ends with the command that opens the live UI on the same store.
+    assert re.fullmatch(rf"  \S*logfire-run-view --serve --store {re.escape(str(store))}", lines[-1]), report
     header = next((line for line in lines if line.startswith("trace ")), "")
     trace_id = header.split()[1]
     assert re.search(r"services: client, frontend, backend", header), report

@@ -107,7 +107,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("the agent's stdlib-only bottom", ("logfire_run.agent",)),
     (
         "the files shared with the viewer",
-        ("logfire_run.store_format", "logfire_run.files", "logfire_run._version"),
+        ("logfire_run.store_format", "logfire_run.store_index", "logfire_run.files", "logfire_run._version"),
     ),
 )
 
@@ -148,7 +148,14 @@ def test_the_viewer_imports_only_the_shared_files() -> None:
             outside = {
                 t
                 for t in targets
-                if not t.startswith(("logfire_run.viewer", "logfire_run.store_format", "logfire_run.files"))
+                if not t.startswith(
+                    (
+                        "logfire_run.viewer",
+                        "logfire_run.store_format",
+                        "logfire_run.store_index",
+                        "logfire_run.files",
+                    )
+                )
             }
             assert not outside, (module, outside)
 

@@ -296,6 +296,7 @@ def main(argv: list[str] | None = None) -> int:
         subprocess.run([viewer, "--store", str(store), "--html", args.html, trace_id or "last"], timeout=60)
     print(f"\nThe spans are in {store}; look again with:\n  {viewer} --store {store}")
     print(f"  {viewer} --store {store} --html trace.html {trace_id or 'last'}")
+    print(f"And in your browser, live (Ctrl-C stops it):\n  {viewer} --serve --store {store}")
     shutil.rmtree(logs, ignore_errors=True)
     return shown.returncode
 

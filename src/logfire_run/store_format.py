@@ -21,6 +21,15 @@ from itertools import chain
 from typing import Any, TypeVar
 
 from logfire_run.files import create_private_file, default_store_path, make_private_dirs
+from logfire_run.store_index import (
+    INDEX_SCHEMA,
+    SPAN_COLUMNS,
+    backfill,
+    insert_log_ranges,
+    insert_parts,
+    prune_index,
+    prune_log_ranges,
+)
 
 __all__ = [
     "COLUMNS",
@@ -55,31 +64,15 @@ WRITE_PATIENCE_SECONDS = 30.0
 #: Writers' waits between attempts grow from the first to the last value (seconds, jittered).
 _RETRY_DELAYS = (0.0005, 0.02)
 
-#: 1: spans and batches. 2: the `logs` table (a version-1 store is read as it is, and upgraded in place
-#: by the first writer that opens it).
-SCHEMA_VERSION = 2
-_READABLE_VERSIONS = (1, 2)
+#: 1: spans and batches. 2: the `logs` table. 3: the per-trace index and the running spans
+#: (`store_index`). An older store is read as it is, and upgraded in place by the first writer that
+#: opens it (version 3 indexes the spans and records already there, once).
+SCHEMA_VERSION = 3
+_READABLE_VERSIONS = (1, 2, 3)
 _SQLITE_BUSY, _SQLITE_LOCKED = 5, 6  # primary result codes (extended codes keep them in the low byte)
 
 #: The columns of a span row, in the order `insert_batch` takes them.
-COLUMNS = (
-    "trace_key",
-    "trace_id",
-    "span_id",
-    "parent_id",
-    "name",
-    "kind",
-    "service",
-    "start_ns",
-    "end_ns",
-    "status",
-    "status_message",
-    "attributes",
-    "events",
-    "links",
-    "scope",
-    "pid",
-)
+COLUMNS = SPAN_COLUMNS
 
 #: The columns of a log row, in the order `insert_logs` takes them.
 LOG_COLUMNS = (
@@ -152,6 +145,7 @@ _SCHEMA = (
     # by every process that opens the store, must not scan it.
     "CREATE INDEX IF NOT EXISTS batches_written ON batches (written_ns)",
     *_LOGS_SCHEMA,
+    *INDEX_SCHEMA,
 )
 _INSERT_HEAD = f"INSERT INTO spans ({', '.join(COLUMNS)}) VALUES "
 _ROW_PLACEHOLDERS = f"({', '.join('?' * len(COLUMNS))})"
@@ -262,6 +256,10 @@ def _upgrade(connection: sqlite3.Connection) -> None:
         if _version(connection) < 2:
             for statement in _LOGS_SCHEMA:
                 connection.execute(statement)
+        if _version(connection) < 3:
+            for statement in INDEX_SCHEMA:
+                connection.execute(statement)
+            backfill(connection)
         connection.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         connection.execute("COMMIT")
     except BaseException:
@@ -360,6 +358,7 @@ def insert_batch(connection: sqlite3.Connection, rows: list[Row]) -> None:
                 step = floor
                 continue
             offset += len(chunk)
+        insert_parts(connection, rows)
         connection.execute(_RECORD_BATCH, (time.time_ns(),))
         connection.execute("COMMIT")
     except BaseException:
@@ -380,6 +379,7 @@ def insert_logs(connection: sqlite3.Connection, rows: list[Row]) -> None:
             chunk = rows[offset : offset + step]
             statement = _INSERT_LOGS_HEAD + ",".join([_LOG_PLACEHOLDERS] * len(chunk))
             connection.execute(statement, list(chain.from_iterable(chunk)))
+        insert_log_ranges(connection, rows)
         connection.execute("COMMIT")
     except BaseException:
         _rollback(connection)
@@ -406,6 +406,7 @@ def prune_logs(connection: sqlite3.Connection, max_logs: int, max_age_seconds: f
                 "DELETE FROM logs WHERE id <= (SELECT max(id) FROM logs) - ? OR time_ns < ?",
                 (max_logs, oldest_kept_ns),
             )
+            prune_log_ranges(connection)
             connection.execute("COMMIT")
         except BaseException:
             _rollback(connection)
@@ -440,6 +441,7 @@ def prune(connection: sqlite3.Connection, max_spans: int, max_age_seconds: float
             if cut > 0:
                 connection.execute("DELETE FROM spans WHERE id <= ?", (cut,))
                 connection.execute("DELETE FROM batches WHERE last_span <= ?", (cut,))
+                prune_index(connection, cut, time.time_ns())
             connection.execute("COMMIT")
         except BaseException:
             _rollback(connection)

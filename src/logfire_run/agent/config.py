@@ -34,6 +34,8 @@ class Config:
     otlp_protocol: str | None
     disabled_instrumentations: tuple[str, ...]
     store_path: str | None
+    store_max_spans: int
+    store_max_days: float
     exit_budget: float
     log_level: int | None
     debug: bool

@@ -158,16 +158,23 @@ class DistributedTracingKind(Kind):
         return "warn" if value is None else str(value)
 
 
-class SecondsKind(Kind):
-    """A duration in seconds: a number from 0 to 600 (`configure()` also takes an int or float)."""
+class NumberKind(Kind):
+    """A number from `low` to `high` (an integer with `integer`); `configure()` also takes a number."""
+
+    def __init__(
+        self, low: float, high: float, *, integer: bool = False, unit: str = "", what: str = "value"
+    ) -> None:
+        self.low, self.high, self.integer, self.unit, self.what = low, high, integer, unit, what
 
     def parse(self, raw: str) -> object:
+        number = "a whole number" if self.integer else "a number"
+        problem = f"invalid {self.what} {raw!r}: use {number} from {self.low:g} to {self.high:g}"
         try:
-            value = float(raw.strip())
+            value: float = int(raw.strip().replace("_", "")) if self.integer else float(raw.strip())
         except ValueError:
-            raise ConfigError(f"invalid number of seconds {raw!r}: use a number from 0 to 600") from None
-        if not 0 <= value <= 600:
-            raise ConfigError(f"invalid number of seconds {raw!r}: use a number from 0 to 600")
+            raise ConfigError(problem) from None
+        if not self.low <= value <= self.high:
+            raise ConfigError(problem)
         return value
 
     def coerce(self, value: object) -> object:
@@ -176,7 +183,7 @@ class SecondsKind(Kind):
         return super().coerce(value)
 
     def show(self, value: object) -> str:
-        return f"{value:g} s" if isinstance(value, float) else str(value)
+        return f"{value:g}{self.unit}" if isinstance(value, (int, float)) else str(value)
 
 
 class LogLevelKind(Kind):
@@ -227,8 +234,11 @@ NAME_LIST = NameListKind()
 EXPORTERS = ExportersKind()
 DISTRIBUTED_TRACING = DistributedTracingKind()
 PROTOCOL = ProtocolKind()
-SECONDS = SecondsKind()
+#: A duration in seconds, 0 to 600.
+SECONDS = NumberKind(0, 600, unit=" s", what="number of seconds")
 LOG_LEVEL = LogLevelKind()
+SPAN_COUNT = NumberKind(1_000, 100_000_000, integer=True)
+DAYS = NumberKind(0.01, 3650, unit=" days")
 
 
 # Resolvers: a setting's effective value when it is left unset (or needs the environment to be read).
@@ -472,6 +482,28 @@ SETTINGS: tuple[Setting, ...] = (
         help="the SQLite trace store used by the store exporter and the viewer",
         resolve=resolve_store_path,
         applies="exporters",
+    ),
+    Setting(
+        name="store_max_spans",
+        flag="--store-max-spans",
+        env="LOGFIRE_STORE_MAX_SPANS",
+        kind=SPAN_COUNT,
+        default="200000",
+        accepted="a whole number, 1000 to 100000000",
+        help="the store keeps this many of the newest spans; older ones are deleted (see docs/viewer.md)",
+        applies="exporters",
+        unset=200_000,
+    ),
+    Setting(
+        name="store_max_days",
+        flag="--store-max-days",
+        env="LOGFIRE_STORE_MAX_DAYS",
+        kind=DAYS,
+        default="7",
+        accepted="days, 0.01 to 3650",
+        help="the store deletes spans and log records written longer ago than this",
+        applies="exporters",
+        unset=7.0,
     ),
     Setting(
         name="exit_budget",

@@ -1,9 +1,10 @@
 """`logfire-run-view`: read the local trace store.
 
-    logfire-run-view                 recent traces, newest first
+    logfire-run-view                 recent traces, newest first (filters: --service, --errors, ...)
     logfire-run-view TRACE           one trace as a tree (TRACE: an id, a unique prefix, or `last`)
     logfire-run-view --json [TRACE]  the same as JSON, for scripts
     logfire-run-view --html FILE [TRACE]   a self-contained waterfall page (TRACE defaults to `last`)
+    logfire-run-view --serve         the live UI in a browser (`viewer.server`)
 
 A separate console script, not a `logfire-run` flag: `logfire-run` passes everything after its own
 flags to the program it runs, and this command never runs inside the user's process (so it may use
@@ -17,11 +18,12 @@ import json
 import os
 import sqlite3
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
 from logfire_run.store_format import NotAStoreError, default_path, open_store
-from logfire_run.viewer import model, text
+from logfire_run.viewer import model, query, text
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -35,10 +37,39 @@ def _parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="the store file (default: LOGFIRE_STORE, else $XDG_DATA_HOME/logfire-run/traces.db)",
     )
-    parser.add_argument("--limit", type=int, default=20, help="how many recent traces to list (20)")
+    parser.add_argument("--limit", type=int, default=20, help="how many traces to list (20)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     parser.add_argument("--html", metavar="FILE", help="write a waterfall page of the trace to FILE")
     parser.add_argument("--plain", action="store_true", help="plain text even on a terminal")
+    filters = parser.add_argument_group("filters of the list (all must hold)")
+    filters.add_argument("--service", metavar="NAME", help="traces with a span of this service")
+    filters.add_argument(
+        "-q", "--query", metavar="TEXT", help="traces with TEXT in a span name or attribute value"
+    )
+    filters.add_argument("--errors", action="store_true", help="traces with a failed span")
+    filters.add_argument(
+        "--min-duration", metavar="D", help="traces with a span lasting D or more (250ms, 2s)"
+    )
+    filters.add_argument(
+        "--since", metavar="T", help="traces started since T: how long ago (10m, 2h) or a time"
+    )
+    filters.add_argument("--until", metavar="T", help="traces started before T")
+    filters.add_argument(
+        "--route", metavar="ROUTE", help="traces with a server span whose route contains ROUTE"
+    )
+    filters.add_argument("--slowest", action="store_true", help="slowest first instead of newest first")
+    serve = parser.add_argument_group("the live UI")
+    serve.add_argument(
+        "--serve", action="store_true", help="serve the live UI; its URL is the first line printed"
+    )
+    serve.add_argument(
+        "--port", type=int, default=None, help="port to serve on (default 7175, else any free one)"
+    )
+    serve.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to serve on (127.0.0.1); any other needs the token printed with the URL",
+    )
     return parser
 
 
@@ -60,6 +91,14 @@ def _fail(message: str) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     path = os.path.expanduser(args.store) if args.store else default_path()
+    if args.serve:
+        from logfire_run.viewer import server
+
+        return server.serve(path, host=args.host, port=args.port)
+    try:
+        filters = _filters(args)
+    except query.FilterError as error:
+        return _fail(str(error))
     try:
         connection = open_store(path, create=False)
     except FileNotFoundError:
@@ -69,7 +108,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (sqlite3.Error, OSError) as error:
         return _fail(f"cannot read the trace store {path}: {error}")
     try:
-        return _run(args, connection, path)
+        query.prepare(connection)
+        return _run(args, connection, path, filters)
     except sqlite3.Error as error:
         return _fail(f"cannot read the trace store {path}: {error}")
     except BrokenPipeError:
@@ -78,25 +118,41 @@ def main(argv: Sequence[str] | None = None) -> int:
         connection.close()
 
 
-def _run(args: argparse.Namespace, connection: sqlite3.Connection, path: str) -> int:
+def _filters(args: argparse.Namespace) -> query.Filters:
+    now = time.time_ns()
+    filters = query.Filters(
+        service=args.service, q=args.query or None, errors=args.errors, route=args.route or None
+    )
+    filters.limit = max(1, args.limit)
+    filters.slowest = args.slowest
+    if args.min_duration:
+        filters.min_duration_ns = query.parse_duration(args.min_duration)
+    if args.since:
+        filters.since_ns = query.parse_time(args.since, now)
+    if args.until:
+        filters.until_ns = query.parse_time(args.until, now)
+    return filters
+
+
+def _run(args: argparse.Namespace, connection: sqlite3.Connection, path: str, filters: query.Filters) -> int:
     reference = args.trace or ("last" if args.html else None)
     if reference is None:
-        summaries = model.recent_traces(connection, max(1, args.limit))
+        summaries = query.list_traces(connection, filters)
+        query.count_orphans(connection, summaries)
         if args.json:
             _print_json([model.summary_dict(summary) for summary in summaries])
         elif not summaries:
-            print(f"no traces in {path} yet")
+            print(f"no traces match in {path}" if filters.any() else f"no traces in {path} yet")
         else:
             text.print_list(summaries, sys.stdout, rich=_use_rich(args.plain))
         return 0
-    matches = model.find_trace_ids(connection, reference)
+    matches = _find(connection, reference)
     if not matches:
         return _fail(f"no trace matches {reference!r} in {path}")
     if len(matches) > 1:
         return _fail(f"{reference!r} matches several traces ({', '.join(matches)}): give more digits")
     trace_id = matches[0]
-    rows = model.tree(model.load_trace(connection, trace_id))
-    logs = model.load_logs(connection, trace_id)
+    rows, logs = query.open_trace(connection, trace_id)
     if args.html:
         from logfire_run.viewer.html import render_html
 
@@ -117,6 +173,13 @@ def _run(args: argparse.Namespace, connection: sqlite3.Connection, path: str) ->
     elif not args.html:
         text.print_tree(trace_id, rows, sys.stdout, rich=_use_rich(args.plain), logs=logs)
     return 0
+
+
+def _find(connection: sqlite3.Connection, reference: str) -> list[str]:
+    if reference.strip().lower() in ("last", "latest"):
+        newest = query.list_traces(connection, query.Filters(limit=1))
+        return [newest[0].trace_id] if newest else []
+    return model.find_trace_ids(connection, reference)
 
 
 def _print_json(value: Any) -> None:

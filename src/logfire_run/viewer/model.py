@@ -42,6 +42,9 @@ class StoredSpan:
     links: list[dict[str, Any]] = field(default_factory=list)
     scope: str | None = None
     pid: int | None = None
+    #: "" for a stored span; "running" while it runs (`end_ns` is then now), "unfinished" when its
+    #: process stopped reporting it (`end_ns` is then when it last did).
+    state: str = ""
 
     @property
     def duration_ns(self) -> int:
@@ -78,22 +81,24 @@ def load_logs(connection: sqlite3.Connection, trace_id: str) -> list[StoredLog]:
         f"SELECT {_LOG_COLUMNS} FROM logs WHERE trace_key = ? AND trace_id = ? ORDER BY time_ns, id",
         (trace_key(int(trace_id, 16)), trace_id),
     ).fetchall()
-    return [
-        StoredLog(
-            trace_id=row[0],
-            span_id=row[1],
-            time_ns=row[2],
-            level_no=row[3],
-            level=row[4],
-            logger=row[5],
-            message=row[6],
-            exception=row[7],
-            attributes=_loads(row[8], {}),
-            service=row[9] or "",
-            pid=row[10],
-        )
-        for row in rows
-    ]
+    return [log_from_row(row) for row in rows]
+
+
+def log_from_row(row: tuple[Any, ...]) -> StoredLog:
+    """A `logs` row (the columns of `_LOG_COLUMNS`, in order) as a StoredLog."""
+    return StoredLog(
+        trace_id=row[0],
+        span_id=row[1],
+        time_ns=row[2],
+        level_no=row[3],
+        level=row[4],
+        logger=row[5],
+        message=row[6],
+        exception=row[7],
+        attributes=_loads(row[8], {}),
+        service=row[9] or "",
+        pid=row[10],
+    )
 
 
 def logs_by_span(
@@ -146,6 +151,13 @@ class TraceSummary:
     services: list[str]
     span_count: int
     orphan_count: int
+    root_service: str = ""
+    errors: int = 0
+    #: The longest span's duration (what the minimum-duration filter compares).
+    longest_ns: int = 0
+    routes: list[str] = field(default_factory=list)
+    #: How many of its spans run now (`StoredSpan.state`).
+    running: int = 0
 
     @property
     def duration_ns(self) -> int:
@@ -161,7 +173,8 @@ def _loads(text: str | None, empty: Any) -> Any:
         return empty
 
 
-def _span(row: tuple[Any, ...]) -> StoredSpan:
+def span_from_row(row: tuple[Any, ...]) -> StoredSpan:
+    """A `spans` row (the columns of `_COLUMNS`, in order) as a StoredSpan."""
     return StoredSpan(
         trace_id=row[0],
         span_id=row[1],
@@ -186,11 +199,13 @@ def load_trace(connection: sqlite3.Connection, trace_id: str) -> list[StoredSpan
         f"SELECT {_COLUMNS} FROM spans WHERE trace_key = ? AND trace_id = ? ORDER BY start_ns, id",
         (trace_key(int(trace_id, 16)), trace_id),
     ).fetchall()
-    return [_span(row) for row in rows]
+    return [span_from_row(row) for row in rows]
 
 
 def find_trace_ids(connection: sqlite3.Connection, reference: str) -> list[str]:
-    """Trace ids matching `reference`: a full id, a prefix of one, or `last` (the newest trace)."""
+    """Trace ids matching `reference`: a full id, a prefix of one, or `last` (the newest trace).
+
+    Read from the index (`query.prepare` makes it readable on an older store)."""
     reference = reference.strip().lower()
     if reference in ("last", "latest"):
         recent = recent_traces(connection, 1)
@@ -202,7 +217,8 @@ def find_trace_ids(connection: sqlite3.Connection, reference: str) -> list[str]:
     low = trace_key(int(reference.ljust(32, "0"), 16))
     high = trace_key(int(reference.ljust(32, "f"), 16))
     rows = connection.execute(
-        "SELECT DISTINCT trace_id FROM spans WHERE trace_key BETWEEN ? AND ? AND substr(trace_id, 1, ?) = ?"
+        "SELECT DISTINCT trace_id FROM trace_parts WHERE trace_key BETWEEN ? AND ?"
+        " AND substr(trace_id, 1, ?) = ?"
         " LIMIT 10",
         (low, high, len(reference), reference),
     ).fetchall()
@@ -232,7 +248,7 @@ def recent_traces(connection: sqlite3.Connection, limit: int) -> list[TraceSumma
     )
     for row in rows:
         if row[0] in by_trace:
-            by_trace[row[0]].append(_span(row))
+            by_trace[row[0]].append(span_from_row(row))
     summaries = [summarize(trace_id, spans) for trace_id, spans in by_trace.items()]
     summaries.sort(key=lambda summary: summary.start_ns, reverse=True)
     return summaries
@@ -293,19 +309,24 @@ def key_attributes(span: StoredSpan) -> list[str]:
     attributes = span.attributes
     parts: list[str] = []
     method = attributes.get("http.request.method") or attributes.get("http.method")
+    # The path or URL asked for (a server span's name holds the route: /items/7 under /items/{id}).
     target = (
-        attributes.get("http.route")
-        or attributes.get("url.path")
+        attributes.get("url.path")
         or attributes.get("http.target")
         or attributes.get("url.full")
         or attributes.get("http.url")
+        or attributes.get("http.route")
     )
     request = " ".join(str(item) for item in (method, target) if item)
-    if request and request != span.name:  # servers name their spans "METHOD route" already
+    if request and request != span.name:
         parts.append(request)
     status = attributes.get("http.response.status_code") or attributes.get("http.status_code")
     if status:
         parts.append(f"status={status}")
+    statement = attributes.get("db.query.text") or attributes.get("db.statement")
+    if statement:
+        text = " ".join(str(statement).split())
+        parts.append(text if len(text) <= 120 else text[:119] + "…")
     task = attributes.get("celery.task_name")
     if task and task != span.name:
         parts.append(f"task={task}")
@@ -331,6 +352,12 @@ def format_duration(nanoseconds: int) -> str:
     return f"{nanoseconds / 1_000_000_000:.2f} s"
 
 
+def span_duration(span: StoredSpan) -> str:
+    """A span's duration as the viewers write it; a running span's says so (`running 3.20 s`)."""
+    duration = format_duration(span.duration_ns)
+    return f"{span.state} {duration}" if span.state else duration
+
+
 def span_dict(row: TreeRow, logs: list[StoredLog] | None = None) -> dict[str, Any]:
     """One tree row as plain JSON data (for --json and the HTML page), with its log records."""
     span = row.span
@@ -354,6 +381,8 @@ def span_dict(row: TreeRow, logs: list[StoredLog] | None = None) -> dict[str, An
         "events": span.events,
         "links": span.links,
         "scope": span.scope,
+        "state": span.state,
+        "duration": span_duration(span),
         "logs": [log_dict(log) for log in logs or ()],
     }
 
@@ -367,4 +396,9 @@ def summary_dict(summary: TraceSummary) -> dict[str, Any]:
         "services": summary.services,
         "spans": summary.span_count,
         "orphans": summary.orphan_count,
+        "duration": format_duration(summary.duration_ns),
+        "root_service": summary.root_service,
+        "errors": summary.errors,
+        "running": summary.running,
+        "routes": summary.routes,
     }

@@ -18,6 +18,7 @@ from logfire_run.viewer.model import (
     format_duration,
     key_attributes,
     logs_by_span,
+    span_duration,
     summarize,
 )
 
@@ -56,6 +57,10 @@ def _plain_list(summaries: list[TraceSummary], out: TextIO) -> None:
     out.write(header + "\n")
     for summary in summaries:
         orphans = f"  ({summary.orphan_count} orphan)" if summary.orphan_count else ""
+        if summary.errors:
+            orphans += f"  ({summary.errors} error{'s' if summary.errors > 1 else ''})"
+        if summary.running:
+            orphans += f"  ({summary.running} running)"
         line = (
             f"{_time(summary.start_ns):<23}  {summary.trace_id:<32}  {summary.span_count:>5}  "
             f"{format_duration(summary.duration_ns):>9}  {summary.root_name}  "
@@ -91,9 +96,7 @@ def _plain_tree(trace_id: str, rows: list[TreeRow], out: TextIO, logs: list[Stor
         extras = key_attributes(span)
         if row.orphan:
             extras.insert(0, f"({orphan_note(row)})")
-        line = (
-            f"{'  ' * row.depth}{span.name}  [{span.service}] {span.kind} {format_duration(span.duration_ns)}"
-        )
+        line = f"{'  ' * row.depth}{span.name}  [{span.service}] {span.kind} {span_duration(span)}"
         if extras:
             line += "  " + "  ".join(extras)
         out.write(visible(line) + "\n")
@@ -175,7 +178,7 @@ def print_tree(
         label = (
             f"[bold]{escape(visible(span.name))}[/]  [{style}]{escape(visible(span.service))}[/] "
             f"[dim]{escape(visible(span.kind))}[/] "
-            f"{format_duration(span.duration_ns)}"
+            f"{escape(span_duration(span))}"
         )
         extras = key_attributes(span)
         if extras:

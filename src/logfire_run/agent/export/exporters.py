@@ -39,23 +39,34 @@ class ExportingSpanProcessor(SpanProcessor):
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._processors: tuple[SpanProcessor, ...] = ()
+        #: With the store exporter: the spans still running, for the viewer (`export.pending`).
+        self._pending: SpanProcessor | None = None
         self.names: tuple[str, ...] = ()
 
     def set_exporters(self, config: Config) -> None:
         names = config.resolved_exporters()
-        processors = []
+        processors: list[SpanProcessor] = []
+        pending: SpanProcessor | None = None
         for name in names:
             exporter = build_exporter(name, config)
             if exporter is not None:
                 processors.append(BatchSpanProcessor(ForkSafeExporter(exporter)))
+                if name == "store" and pending is None:
+                    from logfire_run.agent.export.pending import PendingSpans
+
+                    pending = PendingSpans(config.resolved_store_path())
+                    processors.append(pending)
         with self._lock:
             old, self._processors, self.names = self._processors, tuple(processors), names
+            self._pending = pending
         for processor in old:
             processor.shutdown()
         report.debug(f"exporters: {', '.join(names) or 'none'}")
 
     def on_start(self, span: Span, parent_context: object = None) -> None:
-        pass
+        pending = self._pending
+        if pending is not None:
+            pending.on_start(span)
 
     def on_end(self, span: ReadableSpan) -> None:
         for processor in self._processors:
@@ -161,7 +172,11 @@ def build_exporter_or_raise(name: str, config: Config) -> SpanExporter:
     if name == "store":
         from logfire_run.agent.export.store import StoreExporter
 
-        return StoreExporter(config.resolved_store_path())
+        return StoreExporter(
+            config.resolved_store_path(),
+            max_spans=int(config.store_max_spans),
+            max_age_seconds=float(config.store_max_days) * 86400,
+        )
     return _entry_point_exporter(name)
 
 

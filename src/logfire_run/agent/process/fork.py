@@ -13,7 +13,8 @@ in the child:
   1. `report` forgets what the parent said once: the child says its own problems once;
   2. the policy's warn-once starts again: the child is a process of its own;
   3. the SDK: the resource's `process.pid` (`TracingSdk.after_fork_in_child`); the exporters' locks,
-     the store writers' connections, the log pipelines' queues and threads (each `export` module's
+     the store writers' connections, the log pipelines' queues and threads, the pending-span
+     writers' threads (each `export` module's
      `after_fork_in_child`, for every instance of the process);
   4. what the instrumentors registered with `in_child()` (pool workers set themselves up again);
   5. the exit flusher thread, the SIGTERM watch of the parent (`exits.after_fork_in_child`);
@@ -49,6 +50,7 @@ _EXPORT_MODULES = (
     "logfire_run.agent.export.exporters",
     "logfire_run.agent.export.logs",
     "logfire_run.agent.export.store",
+    "logfire_run.agent.export.pending",
 )
 
 _installed = False
