@@ -89,9 +89,9 @@ def check_pool_run(receiver: OtlpReceiver, result: subprocess.CompletedProcess[s
 @pytest.mark.parametrize(
     ("ending", "method"),
     [
-        # Recycling spawn workers starts a fresh interpreter every 5 tasks: slow.
+        # A new spawn or forkserver worker every 5 tasks: slow (see tests/costs.py).
         pytest.param(
-            ending, method, marks=[pytest.mark.slow] if (ending, method) == ("recycle", "spawn") else []
+            ending, method, marks=[pytest.mark.slow] if ending == "recycle" and method != "fork" else []
         )
         for ending in ("with", "close", "recycle")
         for method in START_METHODS
