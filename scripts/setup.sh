@@ -6,8 +6,16 @@
 #
 #     bash scripts/setup.sh                      # .venv, with python3
 #     PYTHON=python3.12 VENV=.venv-3.12 bash scripts/setup.sh
+#     bash scripts/setup.sh --system             # the system packages only
+#     VENV=.venv-3.12 bash scripts/setup.sh --venv   # the virtualenv only (several can run at once)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+parts=${1:-all}
+case "$parts" in
+  all | --system | --venv) ;;
+  *) echo "setup: unknown argument $parts (--system, --venv or nothing)" >&2; exit 2 ;;
+esac
 
 PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
@@ -15,8 +23,10 @@ CONSTRAINTS=constraints/ci.txt
 quiet() { grep -v '^WARNING: Location' || true; }  # this machine's pip config names a missing index
 
 need_apt=()
-command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
-command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+if [ "$parts" != --venv ]; then
+  command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+  command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+fi
 if [ "${#need_apt[@]}" -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "setup: installing ${need_apt[*]} with apt-get" >&2
@@ -26,6 +36,7 @@ if [ "${#need_apt[@]}" -gt 0 ]; then
     echo "setup: ${need_apt[*]} missing and cannot be installed here; the tests that need them are skipped" >&2
   fi
 fi
+[ "$parts" = --system ] && exit 0
 
 version=$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 if [ -x "$VENV/bin/python" ] && [ "$("$VENV/bin/python" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)" != "$version" ]; then

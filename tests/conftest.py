@@ -21,7 +21,9 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import socket
+import socketserver
 import subprocess
 import sys
 import textwrap
@@ -36,6 +38,8 @@ from typing import Any, Union
 
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+import costs
 
 ROOT = Path(__file__).resolve().parent.parent
 LAUNCHER = shutil.which("logfire-run", path=os.path.dirname(sys.executable)) or "logfire-run"
@@ -75,18 +79,46 @@ def _attrs(key_values: Any) -> dict[str, Any]:
     return {item.key: _value(item.value) for item in key_values}
 
 
+#: How often a test's server looks whether it is asked to stop: `serve_forever()`'s default (0.5 s)
+#: is what each test that stops a server would wait, 0.25 s on average, for nothing.
+SERVER_POLL_SECONDS = 0.02
+
+
+def serve_in_thread(server: socketserver.BaseServer) -> threading.Thread:
+    """Serve in a daemon thread; `server.shutdown()` then returns within SERVER_POLL_SECONDS."""
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": SERVER_POLL_SECONDS}, daemon=True
+    )
+    thread.start()
+    return thread
+
+
 class OtlpReceiver:
     """A real OTLP/HTTP protobuf endpoint on 127.0.0.1 that keeps every span it is sent."""
 
     def __init__(self) -> None:
         self.spans: list[SpanRecord] = []
         self.requests = 0
+        #: Connections from exporters not closed yet (each read to its end when closed).
+        self.connections = 0
         #: The bodies of OTLP log requests (`/v1/logs`), undecoded.
         self.log_bodies: list[bytes] = []
         self._lock = threading.Lock()
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
+            def setup(self) -> None:
+                with receiver._lock:
+                    receiver.connections += 1
+                super().setup()
+
+            def finish(self) -> None:
+                try:
+                    super().finish()
+                finally:
+                    with receiver._lock:
+                        receiver.connections -= 1
+
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 if self.path.endswith("/v1/logs"):
@@ -107,8 +139,7 @@ class OtlpReceiver:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self._thread.start()
+        self._thread = serve_in_thread(self.server)
 
     def _add(self, request: ExportTraceServiceRequest) -> None:
         records = []
@@ -156,6 +187,11 @@ class OtlpReceiver:
     def wait_count(self, count: int, timeout: float = 20.0) -> list[SpanRecord]:
         return self.wait_for(lambda spans: len(spans) >= count, timeout)
 
+    def wait_settled(self, count: int, timeout: float = 20.0) -> list[SpanRecord]:
+        """After the exporting processes have ended: wait for `count` spans and for every connection
+        to be closed, so that all they sent has been read (a duplicate would be there too)."""
+        return self.wait_for(lambda spans: len(spans) >= count and self.connections == 0, timeout)
+
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
@@ -166,6 +202,31 @@ def receiver() -> Iterator[OtlpReceiver]:
     server = OtlpReceiver()
     yield server
     server.close()
+
+
+# What each test costs: the `slow` marks are checked against it (tests/costs.py).
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    costs.add_options(parser)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.pluginmanager.register(costs.CostCheck(config), "costs")
+    _sigint_at_its_default_in_children()
+
+
+def _sigint_at_its_default_in_children() -> None:
+    """Every process a test starts gets SIGINT at its default disposition, as from a terminal.
+
+    A run started in the background (`bash scripts/test.sh &` from a script, `nohup`) has SIGINT
+    ignored, and an ignored signal stays ignored across fork and exec: the tests that press Ctrl-C
+    would wait for processes that never hear it. A handled signal is reset to its default by exec, so
+    a handler that does nothing keeps this process as deaf to SIGINT as it was and leaves the
+    processes the tests start as a terminal would start them. The agent is not involved.
+    """
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, lambda signum, frame: None)
 
 
 # Each test's own cache and data folders

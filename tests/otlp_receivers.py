@@ -14,9 +14,11 @@ how the requests arrive).
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import gzip
 import ipaddress
+import socket
 import ssl
 import threading
 import zlib
@@ -32,7 +34,7 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from conftest import OtlpReceiver, free_port, wait_for_port
+from conftest import OtlpReceiver, free_port, serve_in_thread, wait_for_port
 
 
 class _Collecting(OtlpReceiver):
@@ -135,7 +137,17 @@ class ThirdPartyReceiver(_Collecting):
         }
 
     def close(self) -> None:
-        self._sink.stop()
+        if self.protocol == "grpc":
+            self._sink.stop()
+            return
+        # oteltest's HTTP sink looks whether it is asked to stop every 0.5 s (`serve_forever()`'s
+        # default), or when a connection comes: one comes until it has stopped.
+        stopping = threading.Thread(target=self._sink.stop)
+        stopping.start()
+        while stopping.is_alive():
+            with contextlib.suppress(OSError):
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+            stopping.join(0.02)
 
 
 class GrpcReceiver(_Collecting):
@@ -228,8 +240,7 @@ class HttpReceiver(_Collecting):
             scheme = "https"
         self.port = self.server.server_address[1]
         self.endpoint = f"{scheme}://127.0.0.1:{self.port}"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self._thread.start()
+        self._thread = serve_in_thread(self.server)
 
 
 @dataclass

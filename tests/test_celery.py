@@ -37,8 +37,6 @@ from conftest import (
     wait_for_port,
 )
 
-pytestmark = pytest.mark.slow
-
 SUPPORT = Path(__file__).resolve().parent / "celery_support"
 REDIS_SERVER = shutil.which("redis-server")
 CELERY = os.path.join(os.path.dirname(sys.executable), "celery")
@@ -384,6 +382,7 @@ def test_producer_keeps_no_span_open_after_a_task_sent_by_name(worker: Worker, o
     assert canonical_tree(second) == expected_tree("delay")
 
 
+@pytest.mark.slow
 def test_results_states_and_failures_are_the_same_without_the_agent(
     produced: dict[str, Any], redis_url: str, tmp_path: Path
 ) -> None:
@@ -400,6 +399,7 @@ def test_results_states_and_failures_are_the_same_without_the_agent(
     plain_worker.assert_quiet(expected_errors="celery_tasks.fail")
 
 
+@pytest.mark.slow
 def test_flask_request_to_thread_pool_in_a_child_task_is_one_trace(
     worker: Worker, otlp: OtlpReceiver, tmp_path: Path
 ) -> None:
@@ -469,6 +469,7 @@ def test_flask_request_to_thread_pool_in_a_child_task_is_one_trace(
 # Workers with other pools and flags
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("pool", "scenarios"),
     [("threads", ("children", "retry", "chord")), ("solo", ("chain", "send_task", "fail"))],
@@ -488,6 +489,7 @@ def test_threads_and_solo_pools(
     own.assert_quiet(expected_errors="celery_tasks.fail")
 
 
+@pytest.mark.slow
 def test_recycled_prefork_children_flush_every_span(
     redis_url: str, otlp: OtlpReceiver, tmp_path: Path
 ) -> None:
@@ -513,6 +515,7 @@ def test_recycled_prefork_children_flush_every_span(
     recycling.assert_quiet()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("mode", "how"), [("false", "flag"), ("link", "flag"), ("false", "configure")])
 def test_celery_third_party_obeys_the_policy(
     mode: str, how: str, redis_url: str, otlp: OtlpReceiver, tmp_path: Path
@@ -573,6 +576,7 @@ with trace.get_tracer("app").start_as_current_span("produce in a span") as span:
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("broker_spans", [False, True], ids=["default", "broker-spans"])
 def test_broker_housekeeping_is_not_a_trace(
     broker_spans: bool, redis_url: str, redis_instrumentor: str, tmp_path: Path

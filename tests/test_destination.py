@@ -550,6 +550,7 @@ def test_info_check_says_in_plain_words_why_not(protocol: str) -> None:
     assert "nothing is listening there" in result.stdout, result.stdout
 
 
+@pytest.mark.slow  # the check takes 7 s to give up on the certificate
 def test_info_check_names_an_untrusted_certificate(tmp_path: Path) -> None:
     receiver = HttpReceiver(make_certificates(tmp_path))
     try:
@@ -614,6 +615,7 @@ def test_demo_sends_over_otlp_and_prints_from_the_store(tmp_path: Path) -> None:
         receiver.close()
 
 
+@pytest.mark.slow
 def test_http_to_a_grpc_port_says_so_in_one_line() -> None:
     # What a new user does first: the Collector's default port is 4317 (gRPC), the default protocol HTTP.
     receiver = ThirdPartyReceiver("grpc")

@@ -78,7 +78,6 @@ def _run_chain(receiver: OtlpReceiver, tmp_path: Path, server_a: str, server_b: 
     assert sorted(span.parent_id or "" for span in b_servers) == sorted(received.values())
 
 
-@pytest.mark.slow
 def test_chain_under_werkzeug_and_uvicorn(receiver: OtlpReceiver, tmp_path: Path) -> None:
     _run_chain(receiver, tmp_path, "werkzeug", "uvicorn")
 

@@ -13,10 +13,12 @@ from http_services import raw_response, running
 STATUS_ERROR = 2  # OTLP Status.STATUS_CODE_ERROR
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
     ("server", "message"),
-    [("werkzeug", "service A failed on purpose"), ("uvicorn", "service B failed on purpose")],
+    [
+        ("werkzeug", "service A failed on purpose"),
+        pytest.param("uvicorn", "service B failed on purpose", marks=pytest.mark.slow),
+    ],
 )
 def test_raising_endpoint_is_unchanged_and_recorded(
     receiver: OtlpReceiver, tmp_path: Path, server: str, message: str

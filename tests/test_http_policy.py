@@ -108,7 +108,6 @@ def test_unset_joins_and_warns_once_per_process(receiver: OtlpReceiver, tmp_path
     assert all(WARNING_TEXT in line or line.startswith("  ") for line in lines), b_stderr
 
 
-@pytest.mark.slow
 def test_true_joins_silently(receiver: OtlpReceiver, tmp_path: Path) -> None:
     answers, spans, _ = _chain(receiver, tmp_path, "true")
     _assert_joined(spans, answers)

@@ -121,7 +121,14 @@ FLASK_APP = """
     connection = http.client.HTTPConnection("127.0.0.1", port)
     connection.request("GET", "/order")
     print("client got", connection.getresponse().read().decode(), flush=True)
-    time.sleep(0.2)  # the access log line is written by the server thread
+    connection.close()
+    # werkzeug writes the access log line in the request's own thread, after the response: that
+    # thread ends once it has, and the client has closed the connection.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(
+        thread.name.endswith("(process_request_thread)") for thread in threading.enumerate()
+    ):
+        time.sleep(0.01)
 """
 
 #: werkzeug's access log stamps each line with the time: the only bytes that differ between runs.

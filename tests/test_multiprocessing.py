@@ -71,10 +71,9 @@ POOL_APP = """
 
 
 def check_pool_run(receiver: OtlpReceiver, result: subprocess.CompletedProcess[str], count: int) -> None:
-    spans = receiver.wait_count(count + 1, timeout=30)
-    # A little longer, so that a duplicate would show.
-    time.sleep(0.3)
-    spans = receiver.wait_count(count + 1)
+    # launch() returned once the app and every process it started had ended (their output pipes
+    # closed): nothing more is sent, and all that was is read once no connection is open.
+    spans = receiver.wait_settled(count + 1, timeout=30)
     parent = only(spans, "parent")
     tasks = [span for span in spans if span.name == "task"]
     assert sorted(span.attributes["i"] for span in tasks) == list(range(count)), (
@@ -87,8 +86,17 @@ def check_pool_run(receiver: OtlpReceiver, result: subprocess.CompletedProcess[s
     assert len(spans) == count + 1
 
 
-@pytest.mark.parametrize("method", START_METHODS)
-@pytest.mark.parametrize("ending", ["with", "close", "recycle"])
+@pytest.mark.parametrize(
+    ("ending", "method"),
+    [
+        # A new spawn or forkserver worker every 5 tasks: slow (see tests/costs.py).
+        pytest.param(
+            ending, method, marks=[pytest.mark.slow] if ending == "recycle" and method != "fork" else []
+        )
+        for ending in ("with", "close", "recycle")
+        for method in START_METHODS
+    ],
+)
 def test_pool_tasks_are_children_of_the_submitting_span(
     tmp_path: Path, receiver: OtlpReceiver, method: str, ending: str
 ) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import gzip
 import math
-import threading
 from collections.abc import Iterator, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -39,6 +38,8 @@ from opentelemetry.trace import (
 
 from logfire_run.agent.export.otlp_encoding import encode_export_request
 from logfire_run.agent.export.otlp_http import OTLPSpanExporter
+
+from conftest import serve_in_thread
 
 HUGE = "x" * 1_000_000 + "é"
 
@@ -267,6 +268,7 @@ spans = st.builds(
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(spans, max_size=6))
 def test_generated_spans_encode_as_opentelemetry_does(batch: list[ReadableSpan]) -> None:
@@ -296,7 +298,7 @@ class RawReceiver:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}/v1/traces"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        serve_in_thread(self.server)
 
 
 @pytest.fixture

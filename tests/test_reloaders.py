@@ -27,8 +27,6 @@ from test_exit_budget import BUDGET, SLACK, _Blackhole
 from conftest import LAUNCHER, OtlpReceiver, agent_env, free_port, render_tree
 from http_services import get
 
-pytestmark = pytest.mark.slow
-
 BIN = Path(sys.executable).parent
 
 FLASK_APP = """
@@ -201,15 +199,22 @@ CASES = [
     ("gunicorn", "launcher", "SIGTERM"),
     ("gunicorn", "env", "SIGTERM"),
 ]
+FAST_CASE = ("uvicorn", "launcher", "SIGINT")
 
 
-@pytest.mark.parametrize(("name", "activation", "stop"), CASES, ids=["-".join(case) for case in CASES])
+@pytest.mark.parametrize(
+    ("name", "activation", "stop"),
+    # The inner loop's reloader test is uvicorn's (its reloader looks for changes 4 times a second).
+    [pytest.param(*case, marks=[] if case == FAST_CASE else [pytest.mark.slow]) for case in CASES],
+    ids=["-".join(case) for case in CASES],
+)
 def test_every_request_span_arrives_once_across_a_reload_and_a_stop(
     receiver: OtlpReceiver, tmp_path: Path, name: str, activation: str, stop: str
 ) -> None:
     _reload_then_stop(receiver, tmp_path, name, activation, stop)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["flask", "django"])
 def test_ctrl_c_reaches_watcher_and_server_at_once_and_cuts_no_flush_short(
     receiver: OtlpReceiver, tmp_path: Path, name: str
@@ -285,6 +290,7 @@ def _reload_then_stop(
     assert not unexpected, f"unexpected stderr lines {unexpected}:\n{stderr}"
 
 
+@pytest.mark.slow
 def test_a_dead_backend_holds_a_stop_up_for_the_exit_budget_only(tmp_path: Path) -> None:
     # A backend that accepts and never answers: the serving process's exit flush waits its whole
     # budget, then counts what it drops; the watcher waits for it no longer than that (and a grace).

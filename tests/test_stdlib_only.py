@@ -11,7 +11,6 @@ from __future__ import annotations
 import sqlite3
 import sys
 import textwrap
-import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -26,6 +25,7 @@ from conftest import (
     render_tree,
     run_launcher,
     run_process,
+    serve_in_thread,
 )
 
 
@@ -68,8 +68,7 @@ def http_server() -> Iterator[str]:
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    serve_in_thread(server)
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}"
     finally:
