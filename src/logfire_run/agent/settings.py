@@ -370,6 +370,18 @@ SETTINGS: tuple[Setting, ...] = (
         unset=False,
     ),
     Setting(
+        name="rq_third_party",
+        flag="--rq-third-party",
+        env="LOGFIRE_RQ_THIRD_PARTY",
+        kind=BOOL,
+        default="off",
+        accepted="1/true/on or 0/false/off",
+        help="trace context carried in RQ jobs obeys distributed_tracing like inbound HTTP "
+        "(for Redis servers shared with untrusted producers; see docs/background-jobs.md)",
+        switch=True,
+        unset=False,
+    ),
+    Setting(
         name="env_context",
         flag="--no-env-context",
         env="LOGFIRE_ENV_CONTEXT",
@@ -390,8 +402,8 @@ SETTINGS: tuple[Setting, ...] = (
         kind=BOOL,
         default="off",
         accepted="1/true/on or 0/false/off",
-        help="record the Redis commands Celery's broker and result backend send outside any span "
-        "(heartbeats, polling), which are left out by default (see docs/celery.md)",
+        help="record the Redis commands Celery's broker and result backend and RQ's workers send on "
+        "their own (heartbeats, polling, bookkeeping), which are left out by default (see docs/celery.md)",
         switch=True,
         unset=False,
     ),
