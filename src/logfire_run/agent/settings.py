@@ -377,7 +377,7 @@ SETTINGS: tuple[Setting, ...] = (
         default="off",
         accepted="1/true/on or 0/false/off",
         help="trace context carried in RQ jobs obeys distributed_tracing like inbound HTTP "
-        "(for Redis servers shared with untrusted producers; see docs/background-jobs.md)",
+        "(for Redis servers shared with untrusted producers; see docs/rq.md)",
         switch=True,
         unset=False,
     ),
