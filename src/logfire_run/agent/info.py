@@ -72,6 +72,7 @@ def print_info(
         "starts at the first of those imports that says so, or when your code first asks for a tracer):\n"
     )
     instrumentors = loader.discover(use_cache=False)
+    loader.note_installed(instrumentors)
     disabled_by = _disabled_source(config, flag_settings)
     replaced = loader.superseded(instrumentors, config)
     for instrumentor in sorted(instrumentors, key=lambda item: (item.name, item.group != GROUPS[1])):
