@@ -150,23 +150,23 @@ def _tracer() -> Any:
 
 
 def _carry_context(job: Any) -> None:
-    """Put the current context into the job's meta, which RQ saves with the job."""
-    from opentelemetry import propagate
+    """Put the current context into the job's meta, which RQ saves with the job; never raises."""
+    try:
+        from opentelemetry import propagate
 
-    carrier: dict[str, str] = {}
-    propagate.inject(carrier)
-    meta = getattr(job, "meta", None)
-    if carrier and isinstance(meta, dict):
-        meta[CARRIER_KEY] = carrier
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier)
+        meta = getattr(job, "meta", None)
+        if carrier and isinstance(meta, dict):
+            meta[CARRIER_KEY] = carrier
+    except Exception as error:
+        report.debug(f"rq: no context carried in job {getattr(job, 'id', '?')} ({error})")
 
 
 def _create_job(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
     job = wrapped(*args, **kwargs)
     if not _in_bookkeeping.get():
-        try:
-            _carry_context(job)
-        except Exception as error:
-            report.debug(f"rq: no context carried in a job ({error})")
+        _carry_context(job)
     return job
 
 
