@@ -566,3 +566,44 @@ def assert_child(span: SpanRecord, parent: SpanRecord, spans: list[SpanRecord]) 
     assert (span.trace_id, span.parent_id) == (parent.trace_id, parent.span_id), (
         f"{span.name} [{span.service}] is not a child of {parent.name}:\n{render_tree(spans)}"
     )
+
+
+# Redis, for Celery's broker and RQ: a real redis-server per test module, on a free port.
+
+REDIS_SERVER = shutil.which("redis-server")
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if REDIS_SERVER is None:
+        pytest.skip("redis-server is not installed (Debian: apt-get install redis-server)")
+    port = free_port()
+    process = subprocess.Popen(
+        [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        cwd=tmp_path_factory.mktemp("redis"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port, process=process)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def redis_instrumentor(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A folder holding OpenTelemetry's redis instrumentor, for PYTHONPATH: not in the test extra, where
+    it would add Redis spans to every trace of the Celery and RQ tests; the housekeeping tests need it."""
+    from importlib.metadata import version
+
+    target = tmp_path_factory.mktemp("redis-instrumentor")
+    # The release of the installed instrumentation train, so its pins are the ones already installed.
+    wanted = f"opentelemetry-instrumentation-redis=={version('opentelemetry-instrumentation-celery')}"
+    pip = [sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps"]
+    installed = subprocess.run(
+        [*pip, "--target", str(target), wanted], capture_output=True, text=True, timeout=300
+    )
+    assert installed.returncode == 0, installed.stderr
+    return str(target)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -38,31 +37,11 @@ from conftest import (
 )
 
 SUPPORT = Path(__file__).resolve().parent / "celery_support"
-REDIS_SERVER = shutil.which("redis-server")
 CELERY = os.path.join(os.path.dirname(sys.executable), "celery")
 WARNING_FRAGMENT = "distributed_tracing is not set"
 
 
 # Fixtures: Redis, the OTLP receiver and workers
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    if REDIS_SERVER is None:
-        pytest.skip("redis-server is not installed (Debian: apt-get install redis-server)")
-    port = free_port()
-    process = subprocess.Popen(
-        [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        cwd=tmp_path_factory.mktemp("redis"),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_for_port(port, process=process)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")
@@ -546,23 +525,8 @@ def test_celery_third_party_obeys_the_policy(
     untrusting.assert_quiet()
 
 
-# Broker housekeeping with OpenTelemetry's redis instrumentor installed (not in the test extra: it
-# would add Redis spans to every tree above). It goes on PYTHONPATH for these workers and producers only.
-
-
-@pytest.fixture(scope="module")
-def redis_instrumentor(tmp_path_factory: pytest.TempPathFactory) -> str:
-    from importlib.metadata import version
-
-    target = tmp_path_factory.mktemp("redis-instrumentor")
-    # The release of the installed instrumentation train, so its pins are the ones already installed.
-    wanted = f"opentelemetry-instrumentation-redis=={version('opentelemetry-instrumentation-celery')}"
-    pip = [sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps"]
-    installed = subprocess.run(
-        [*pip, "--target", str(target), wanted], capture_output=True, text=True, timeout=300
-    )
-    assert installed.returncode == 0, installed.stderr
-    return str(target)
+# Broker housekeeping with OpenTelemetry's redis instrumentor installed (conftest's `redis_instrumentor`:
+# not in the test extra, it would add Redis spans to every tree above).
 
 
 BROKER_PRODUCER = """

@@ -679,30 +679,6 @@ CELERY_PRODUCER = """
 """
 
 
-@pytest.fixture
-def redis_url(tmp_path: Path) -> Any:
-    import shutil
-
-    from conftest import wait_for_port
-
-    server = shutil.which("redis-server")
-    if server is None:
-        pytest.skip("redis-server is not installed (Debian: apt-get install redis-server)")
-    port = free_port()
-    process = subprocess.Popen(
-        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_for_port(port, process=process)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-
-
 @pytest.mark.slow
 def test_celery_task_records_sit_under_the_task_run_span(tmp_path: Path, redis_url: str) -> None:
     import os

@@ -78,6 +78,13 @@ def _start(via: str) -> None:
                 state.when_sdk_ready(_run_hooks_later(module_name, sys.modules[module_name]), start=False)
     importhooks.on_import("opentelemetry.propagate", _on_propagate_import)
     importhooks.on_import("opentelemetry.trace", _on_trace_import)
+    program = os.path.basename(sys.argv[0]) if sys.argv else ""
+    if config.service_name is None and program.startswith(("manage", "django")):
+        from logfire_run.agent.service_names import pending_django_settings
+
+        if pending_django_settings():
+            # manage.py names its settings module itself, after the agent started (service_names).
+            importhooks.on_import("django.conf", _on_django_settings)
 
 
 def _run_hooks_later(module_name: str, module: ModuleType) -> Callable[[], None]:
@@ -94,6 +101,10 @@ def _on_logging_import(module: ModuleType) -> None:
 
     log_capture.set_level(state.config().log_level)
     log_capture.install(module)
+
+
+def _on_django_settings(module: ModuleType) -> None:
+    state.refresh_resource()
 
 
 def _on_propagate_import(module: ModuleType) -> None:

@@ -251,7 +251,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         if command[:1] == ["--check"]:
             return check_destinations(config, env)
-        return print_info(config, settings, env)
+        return print_info(config, settings, env, command)
     if not command:
         _error("no command to run\n" + _usage().split("\n\n")[0])
         return EXIT_USAGE

@@ -28,6 +28,7 @@ class Config:
     service_name: str | None
     distributed_tracing: DistributedTracing
     celery_third_party: bool
+    rq_third_party: bool
     env_context: bool
     broker_spans: bool
     exporters: tuple[str, ...]

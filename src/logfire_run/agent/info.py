@@ -12,17 +12,30 @@ import os
 import sys
 
 from logfire_run.agent.config import Config
-from logfire_run.agent.settings import SETTINGS, SETTINGS_BY_NAME
+from logfire_run.agent.service_names import derive
+from logfire_run.agent.settings import (
+    SETTINGS,
+    SETTINGS_BY_NAME,
+    default_service_name,
+    resolve_service_name,
+)
 from logfire_run.instrumentors.loader import GROUPS
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Mapping, Sequence
 
     from logfire_run.instrumentors.loader import EntryPointRecord
 
 
-def print_info(config: Config, flag_settings: dict[str, str], env: Mapping[str, str] | None = None) -> int:
+def print_info(
+    config: Config,
+    flag_settings: dict[str, str],
+    env: Mapping[str, str] | None = None,
+    command: Sequence[str] = (),
+) -> int:
+    """Print the configuration; with a `command` (`--info gunicorn shopapp:app`), the service name that
+    command's processes would get, and where it comes from."""
     from logfire_run._version import __version__
     from logfire_run.instrumentors import loader
 
@@ -35,7 +48,9 @@ def print_info(config: Config, flag_settings: dict[str, str], env: Mapping[str, 
         if setting.env in flag_settings:
             source = f"flag {setting.flag}"
         if setting.per_process and getattr(config, setting.name) == setting.unset:
-            shown = f"({setting.default} of each process)"
+            shown = f"({setting.default} in each process)"
+            if setting.name == "service_name" and command:
+                shown, source = _derived_service_name(command, environ)
         else:
             shown = setting.kind.show(config.effective(setting.name, environ))
         if setting.name == "exporters" and source == "default":
@@ -57,6 +72,7 @@ def print_info(config: Config, flag_settings: dict[str, str], env: Mapping[str, 
         "starts at the first of those imports that says so, or when your code first asks for a tracer):\n"
     )
     instrumentors = loader.discover(use_cache=False)
+    loader.note_installed(instrumentors)
     disabled_by = _disabled_source(config, flag_settings)
     replaced = loader.superseded(instrumentors, config)
     for instrumentor in sorted(instrumentors, key=lambda item: (item.name, item.group != GROUPS[1])):
@@ -70,6 +86,14 @@ def print_info(config: Config, flag_settings: dict[str, str], env: Mapping[str, 
         for library, version, package in missing:
             out.write(f"  {library + ' ' + version:<28} pip install '{package}'\n")
     return 0
+
+
+def _derived_service_name(command: Sequence[str], environ: Mapping[str, str]) -> tuple[str, str]:
+    value = resolve_service_name(None, environ)
+    if value != default_service_name():  # service.name in OTEL_RESOURCE_ATTRIBUTES
+        return str(value), "env OTEL_RESOURCE_ATTRIBUTES"
+    name, origin = derive(command, environ)
+    return name, f"derived: {origin}"
 
 
 def _default_exporters_source(environ: Mapping[str, str]) -> str:

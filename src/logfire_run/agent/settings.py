@@ -11,8 +11,6 @@ process, so it is stdlib only and defines no dataclasses (their import costs mil
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Mapping
 
 from logfire_run.agent.errors import ConfigError
@@ -245,7 +243,7 @@ DAYS = NumberKind(0.01, 3650, unit=" days")
 
 
 def resolve_service_name(value: object, environ: Mapping[str, str]) -> object:
-    """service.name: the setting, else `service.name` in OTEL_RESOURCE_ATTRIBUTES, else the program."""
+    """service.name: the setting, else `service.name` in OTEL_RESOURCE_ATTRIBUTES, else what runs."""
     if value:
         return value
     for pair in environ.get("OTEL_RESOURCE_ATTRIBUTES", "").split(","):
@@ -271,40 +269,10 @@ def resolve_store_path(value: object, environ: Mapping[str, str]) -> object:
 
 
 def default_service_name() -> str:
-    """The program as a person would name it: the script's stem, the `-m` module, or the executable.
+    """The name of what this process runs when nothing names it (see `service_names`)."""
+    from logfire_run.agent.service_names import derive
 
-    `sys.argv[0]` first: runpy sets it to the module's path for `-m`, and multiprocessing's spawn and
-    forkserver children take their parent's argv, so pool workers share their parent's name.
-    """
-    argv0 = sys.argv[0] if sys.argv else ""
-    if argv0 and argv0 not in ("-c", "-m"):
-        return _stem(argv0) or "python"
-    argv: list[str] = list(getattr(sys, "orig_argv", None) or sys.argv)
-    args = argv[1:]
-    index = 0
-    while index < len(args):
-        arg = args[index]
-        if arg == "-m" and index + 1 < len(args):
-            return args[index + 1]
-        if arg.startswith("-m") and len(arg) > 2:
-            return arg[2:]
-        if arg == "-c":
-            break
-        if arg in ("-W", "-X", "--check-hash-based-pycs"):
-            index += 2
-            continue
-        if arg.startswith("-"):
-            index += 1
-            continue
-        return _stem(arg)
-    return _stem(argv[0]) if argv else "python"
-
-
-def _stem(path: str) -> str:
-    name = os.path.basename(path.rstrip(os.sep))
-    if name in ("__main__.py", "__init__.py"):
-        name = os.path.basename(os.path.dirname(os.path.abspath(path)))
-    return name[:-3] if name.endswith(".py") else name
+    return derive()[0]
 
 
 class Setting:
@@ -381,7 +349,7 @@ SETTINGS: tuple[Setting, ...] = (
         flag="--service-name",
         env="LOGFIRE_SERVICE_NAME",
         kind=TEXT,
-        default="the script or module name",
+        default="derived from what runs",
         accepted="any text",
         help="service.name of every span; OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES are read too",
         fallbacks=("OTEL_SERVICE_NAME",),
@@ -412,6 +380,18 @@ SETTINGS: tuple[Setting, ...] = (
         unset=False,
     ),
     Setting(
+        name="rq_third_party",
+        flag="--rq-third-party",
+        env="LOGFIRE_RQ_THIRD_PARTY",
+        kind=BOOL,
+        default="off",
+        accepted="1/true/on or 0/false/off",
+        help="trace context carried in RQ jobs obeys distributed_tracing like inbound HTTP "
+        "(for Redis servers shared with untrusted producers; see docs/rq.md)",
+        switch=True,
+        unset=False,
+    ),
+    Setting(
         name="env_context",
         flag="--no-env-context",
         env="LOGFIRE_ENV_CONTEXT",
@@ -432,8 +412,8 @@ SETTINGS: tuple[Setting, ...] = (
         kind=BOOL,
         default="off",
         accepted="1/true/on or 0/false/off",
-        help="record the Redis commands Celery's broker and result backend send outside any span "
-        "(heartbeats, polling), which are left out by default (see docs/celery.md)",
+        help="record the Redis commands Celery's broker and result backend and RQ's workers send on "
+        "their own (heartbeats, polling, bookkeeping), which are left out by default (see docs/celery.md)",
         switch=True,
         unset=False,
     ),

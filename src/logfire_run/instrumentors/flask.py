@@ -13,6 +13,12 @@ What it patches:
     app was freed only by the cycle collector, never when its last reference went. After it runs,
     both places hold a callable that reaches the app through a weak reference instead.
 
+    `get_default_span_name` of OpenTelemetry's instrumentor: a request no rule matched (a 404, or a
+    405 for a method the rule does not allow: Flask matches neither) was named after its URL path
+    (`GET /wp-login.php`), one span name per path probed. It is named `{method}` as OpenTelemetry's
+    HTTP conventions say when there is no route (`HTTP` for a method outside the known ones), like
+    Django's and FastAPI's 404s.
+
 When it is enabled:
     When the app first imports `flask`, for the versions OpenTelemetry's instrumentor supports. It
     supersedes that instrumentor under the same entry-point name, so `--disable flask` turns both off.
@@ -71,11 +77,34 @@ class FlaskInstrumentor(PatchingInstrumentor):
         if not getattr(instrumented._excluded_urls, "_excluded_urls", None):
             self._patches.replace(instrumented, "_excluded_urls", None, copy_metadata=False)
         self._patches.wrap(instrumented, "__init__", _init_without_self_reference)
+        self._name_unmatched_by_method(importlib.import_module(_OTEL_MODULE))
+
+    def _name_unmatched_by_method(self, otel_flask: Any) -> None:
+        named = getattr(otel_flask, "get_default_span_name", None)
+        if callable(named):
+            self._patches.replace(otel_flask, "get_default_span_name", _span_name(named))
+        else:
+            report.debug(f"Flask: {_OTEL_MODULE} has no get_default_span_name; 404s named after their path")
 
     def _uninstrument(self, **kwargs: Any) -> None:
         self._patches.restore()
         stop_opentelemetry_instrumentor(self._otel)
         self._otel = None
+
+
+def _span_name(named: Any) -> Any:
+    """OpenTelemetry's span name for a request a rule matched; `{method}` for one none did."""
+
+    def get_default_span_name() -> str:
+        import flask
+        from opentelemetry.util.http import sanitize_method
+
+        if flask.request.url_rule is not None:
+            return str(named())
+        method = sanitize_method(str(flask.request.method))  # `_OTHER` outside the known methods
+        return "HTTP" if method == "_OTHER" else method
+
+    return get_default_span_name
 
 
 class _WeakWsgiApp:

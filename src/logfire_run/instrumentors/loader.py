@@ -360,6 +360,7 @@ def register_hooks(config: Config) -> list[EntryPointRecord]:
     """Register a post-import hook for each enabled instrumentor; return the ones registered."""
     registered: list[EntryPointRecord] = []
     found = discover()
+    note_installed(found)
     replaced = superseded(found, config)
     for record in found:
         if config.instrumentation_disabled(record.name):
@@ -381,11 +382,26 @@ def starts_sdk(record: EntryPointRecord, module_name: str) -> bool:
     standard-library client's (urllib.request, sqlite3), or a program using only the standard library
     would never get a span. Not the modules nearly every program imports (threading, logging,
     asyncio, os, subprocess) nor the targets of this project's own context-carrying instrumentors,
-    which make no span of their own: those wait until something else starts the SDK.
+    which make no span of their own: those wait until something else starts the SDK. One of ours that
+    supersedes OpenTelemetry's (sqlite3) makes that one's spans, and starts it as that one would, if
+    that one is installed.
     """
     if module_name.partition(".")[0] not in getattr(sys, "stdlib_module_names", ()):
         return True
-    return not record.value.startswith(_OWN_PREFIX) and module_name not in _IMPORTED_BY_EVERYONE
+    if module_name in _IMPORTED_BY_EVERYONE:
+        return False
+    if record.value.startswith(_OWN_PREFIX):
+        return any(value in _installed for value in record.supersedes)
+    return True
+
+
+#: The entry-point values found when the hooks were registered (`starts_sdk` reads them).
+_installed: frozenset[str] = frozenset()
+
+
+def note_installed(records: list[EntryPointRecord]) -> None:
+    global _installed
+    _installed = frozenset(record.value for record in records)
 
 
 def _hook_for(record: EntryPointRecord) -> importhooks.Hook:

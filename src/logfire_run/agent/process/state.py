@@ -146,6 +146,12 @@ def configure(settings: Mapping[str, object]) -> None:
         _sdk.apply(applies)
 
 
+def refresh_resource() -> None:
+    """Derive the resource's attributes again (a service name derived from what the app has set since)."""
+    if _sdk is not None:
+        _sdk.apply(("resource",))
+
+
 def extract(carrier: Mapping[str, str], *, third_party: bool) -> Context:
     """The context in `carrier`: first-party (always extracted) or third-party (the policy decides).
 
