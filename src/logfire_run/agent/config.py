@@ -36,6 +36,7 @@ class Config:
     store_path: str | None
     exit_budget: float
     log_level: int | None
+    green: str
     debug: bool
     inherit: bool
 

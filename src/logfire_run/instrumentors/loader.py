@@ -343,6 +343,11 @@ _IMPORTED_BY_EVERYONE = frozenset(
 )
 
 
+#: Libraries imported before they monkey-patch, which must come before the SDK (`process.green`):
+#: their instrumentors wait for something else to start it.
+_GREEN = frozenset({"gevent", "eventlet", "greenlet"})
+
+
 # Activation
 
 
@@ -379,11 +384,15 @@ def starts_sdk(record: EntryPointRecord, module_name: str) -> bool:
 
     A library's first import does: its instrumentor makes spans, which need the SDK. So does a
     standard-library client's (urllib.request, sqlite3), or a program using only the standard library
-    would never get a span. Not the modules nearly every program imports (threading, logging,
-    asyncio, os, subprocess) nor the targets of this project's own context-carrying instrumentors,
-    which make no span of their own: those wait until something else starts the SDK.
+    would never get a span. Not gevent's and eventlet's (imported before they monkey-patch), nor the
+    modules nearly every program imports (threading, logging, asyncio, os, subprocess), nor the
+    targets of this project's own context-carrying instrumentors, which make no span of their own:
+    those wait until something else starts the SDK.
     """
-    if module_name.partition(".")[0] not in getattr(sys, "stdlib_module_names", ()):
+    top = module_name.partition(".")[0]
+    if top in _GREEN:
+        return False
+    if top not in getattr(sys, "stdlib_module_names", ()):
         return True
     return not record.value.startswith(_OWN_PREFIX) and module_name not in _IMPORTED_BY_EVERYONE
 
