@@ -49,6 +49,9 @@ def receiver() -> Iterator[HttpReceiver]:
         (["celery", "-A", "app", "worker", "-P", "threads"], {}, None),
         (["celery", "-A", "app", "worker"], {}, None),
         (["celery", "-A", "app", "beat"], {"CELERYD_POOL": "gevent"}, None),
+        # An app module called "worker" does not make `beat` a worker.
+        (["celery", "-A", "worker", "beat", "-P", "gevent"], {}, None),
+        (["celery", "--app=worker", "inspect", "ping"], {"CELERYD_POOL": "gevent"}, None),
         (["gunicorn", "-k", "gevent", "app:app"], {}, "gevent"),
         (["gunicorn", "-kgevent_pywsgi", "app:app"], {}, "gevent"),
         (["gunicorn", "--worker-class", "gunicorn.workers.ggevent.GeventWorker", "app:app"], {}, "gevent"),
@@ -80,6 +83,18 @@ def test_a_gunicorn_config_file_names_the_worker_class(tmp_path: Path, monkeypat
     assert green.detect(["gunicorn", "app:app"], {})[0] == "gevent"
     assert green.detect(["gunicorn", "-c", "other.py", "app:app"], {})[0] == "eventlet"
     assert green.detect(["gunicorn", "--config=python:settings", "app:app"], {})[0] is None
+
+
+def test_a_preloading_gunicorn_master_is_told(tmp_path: Path, monkeypatch: Any) -> None:
+    from logfire_run.agent.process import green
+
+    monkeypatch.chdir(tmp_path)
+    assert green._gunicorn_preloads(["gunicorn", "-k", "gevent", "--preload", "app:app"], {})
+    assert green._gunicorn_preloads(["gunicorn", "app:app"], {"GUNICORN_CMD_ARGS": "--preload"})
+    assert not green._gunicorn_preloads(["gunicorn", "-k", "gevent", "app:app"], {})
+    (tmp_path / "gunicorn.conf.py").write_text("preload_app = True\n")
+    assert green._gunicorn_preloads(["gunicorn", "app:app"], {})
+    assert not green._gunicorn_preloads(["celery", "--preload"], {})
 
 
 # Apps that monkey-patch on their first line: greenlets, records, output.
@@ -218,20 +233,21 @@ def gunicorn_with_eventlet(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(target)
 
 
-def gunicorn_command(worker: str) -> list[str]:
+def gunicorn_command(worker: str, *options: str) -> list[str]:
     return [
         "gunicorn", "-k", worker, "-w", "1", "-b", "127.0.0.1:{port}", "--log-level", "warning",
-        "--graceful-timeout", "5", "fanout:app",
+        "--graceful-timeout", "5", *options, "fanout:app",
     ]  # fmt: skip
 
 
 def serve_and_fan_out(
-    worker: str, env: dict[str, str], logs: Path, *, agent: bool
+    worker: str, env: dict[str, str], logs: Path, *options: str, agent: bool
 ) -> tuple[Any, str, str, int | None]:
     """Run the fanout app under gunicorn `-k worker`, make one request; (body, stdout, stderr, status)."""
-    name = f"{worker}-{'agent' if agent else 'plain'}"
+    name = f"{worker}{''.join(options)}-{'agent' if agent else 'plain'}"
+    command = gunicorn_command(worker, *options)
     with running(
-        name, env, logs, command=gunicorn_command(worker), cwd=GREEN_SUPPORT, agent=agent, expect_stderr=None
+        name, env, logs, command=command, cwd=GREEN_SUPPORT, agent=agent, expect_stderr=None
     ) as service:
         status, body = get(f"{service.url}/fanout/{GREENLETS}")
         assert status == 200, body
@@ -244,15 +260,24 @@ _GUNICORN_PREFIX = re.compile(r"^\[[^\]]+\] \[\d+\] ", re.MULTILINE)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("worker", ["gevent", "eventlet"])
+@pytest.mark.parametrize(
+    ("worker", "options"),
+    # With --preload the master imports the app (Flask) and never patches: its workers do, after the fork.
+    [("gevent", ()), ("eventlet", ()), ("gevent", ("--preload",))],
+    ids=["gevent", "eventlet", "gevent-preload"],
+)
 def test_gunicorn_green_workers_trace_greenlets_and_capture_records(
-    worker: str, receiver: HttpReceiver, tmp_path: Path, request: pytest.FixtureRequest
+    worker: str,
+    options: tuple[str, ...],
+    receiver: HttpReceiver,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
 ) -> None:
     extra = {"GREEN": worker}
     if worker == "eventlet":
         extra["PYTHONPATH"] = request.getfixturevalue("gunicorn_with_eventlet")
-    plain = serve_and_fan_out(worker, child_env(**extra), tmp_path, agent=False)
-    traced = serve_and_fan_out(worker, agent_env(receiver, **extra), tmp_path, agent=True)
+    plain = serve_and_fan_out(worker, child_env(**extra), tmp_path, *options, agent=False)
+    traced = serve_and_fan_out(worker, agent_env(receiver, **extra), tmp_path, *options, agent=True)
     assert traced == plain  # the response, the app's stdout and stderr, the exit status
     assert plain[0] == [number * number for number in range(GREENLETS)]
     spans = receiver.wait_for(lambda spans: len(spans) >= GREENLETS + 1)

@@ -410,7 +410,7 @@ def _hook_for(record: EntryPointRecord) -> importhooks.Hook:
             report.debug(f"{module.__name__} imported: {record.name} {what}")
         elif sdk_state == "starting":
             report.debug(f"{module.__name__} imported by the SDK's set-up: {record.name} runs once it is up")
-        state.when_sdk_ready(lambda: activate_now(record), start=start)
+        state.when_instrumentable(lambda: activate_now(record), start=start)
 
     activate.__name__ = f"activate_{record.name}"
     return activate

@@ -100,6 +100,7 @@ class LogPipeline:
         #: Records of the export running now (counted as unsent if the process exits meanwhile).
         self.in_flight = 0
         self._held_for_fork = False
+        self._restart = False
         _pipelines.add(self)
 
     # A fork waits (a bounded time) for an export in flight, as `exporters.ForkSafeExporter` does for
@@ -116,17 +117,22 @@ class LogPipeline:
             self._export_lock.release()
 
     def after_fork_in_child(self) -> None:
-        # The parent exports what it had queued; the child starts empty, with a thread of its own,
-        # started now, as the SDK's own batch processors restart theirs.
+        # The parent exports what it had queued; the child starts empty, with a thread of its own
+        # (`restart_after_fork`, as the SDK's own batch processors restart theirs).
         self._queue.clear()
         self._held_for_fork = False
         self._export_lock = threading.Lock()
         self._start_lock = threading.Lock()
         self._wake = threading.Event()
-        started, self._thread = self._thread is not None, None
+        self._restart, self._thread = self._thread is not None, None
         self._pid = os.getpid()
         self.in_flight = 0
-        if started and not self._closed:
+
+    def restart_after_fork(self) -> None:
+        """The child's thread, if the parent had one: started by `process.fork` once `threading` has
+        forgotten the parent's threads (started before that, `threading` would forget it too)."""
+        restart, self._restart = self._restart, False
+        if restart and not self._closed:
             self.start()
 
     def capture(self, record: Any, trace_id: int, span_id: int, flags: int) -> None:
@@ -251,6 +257,11 @@ def after_fork_in_parent() -> None:
 def after_fork_in_child() -> None:
     for pipeline in list(_pipelines):
         pipeline.after_fork_in_child()
+
+
+def restart_after_fork() -> None:
+    for pipeline in list(_pipelines):
+        pipeline.restart_after_fork()
 
 
 class StoreLogExporter(LogExporter):

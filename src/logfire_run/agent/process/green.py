@@ -21,6 +21,10 @@ whose first line patches). A Celery worker without a green pool on its command l
 until its app is loaded and its pool chosen (`celery.apps.worker` imported): Celery's `worker_pool`
 setting can only be read there, and an app that selects gevent so patches while it is loaded.
 
+A gunicorn master that preloads the app never patches (its workers do, after the fork): it is held
+with its instrumentors allowed to run (`state.when_instrumentable`), so that the app is built from
+the Flask or Django they patched, and each worker starts the SDK once it has patched.
+
 Where it stops: a process that patches after the SDK started (nothing above told) gets one
 `--debug` line; its first threads stay real threads. A process held that never patches (a gunicorn
 master: only its workers patch) never starts the SDK, and makes no spans. Greenlets carrying the
@@ -45,6 +49,10 @@ if TYPE_CHECKING:
 
 _patches = Patches("green")
 _GUNICORN_CONFIG = "gunicorn.conf.py"
+#: Celery's options that take a value, before the subcommand (`celery -A proj worker`).
+_CELERY_VALUE_OPTIONS = (
+    "-A", "--app", "-b", "--broker", "--result-backend", "--loader", "--config", "--workdir",
+)  # fmt: skip
 
 
 def install(setting: str) -> None:
@@ -58,7 +66,11 @@ def install(setting: str) -> None:
             if module_name in sys.modules:
                 green, why = name, f"{module_name} was imported before the agent started"
     if green is not None and patched() is None:
-        state.hold_sdk(f"{why}: until {green} has monkey-patched")
+        # A preloading gunicorn master loads the app and never patches (its workers do, after the
+        # fork): its instrumentors run at once, so that the app's Flask or Django is built from
+        # what they patched, and the SDK starts in each worker once it has patched.
+        preloads = _gunicorn_preloads(argv, os.environ)
+        state.hold_sdk(f"{why}: until {green} has monkey-patched", instrumentors=preloads)
     elif _is_celery_worker(argv) and patched() is None:
         state.hold_sdk("a Celery worker: until its app is loaded and its pool chosen")
         importhooks.on_import("celery.apps.worker", _celery_worker_ready)
@@ -114,14 +126,8 @@ def detect(argv: Sequence[str], environ: Any) -> tuple[str | None, str]:
         if _is_celery_worker(argv):
             green = _green_name(pool or "")
             return green, f"{source} {pool}"
-    elif program in ("gunicorn", "gunicorn.exe") or program.startswith("gunicorn."):
-        args = list(argv[1:])
-        extra = environ.get("GUNICORN_CMD_ARGS", "")
-        if extra:
-            import shlex
-
-            with contextlib.suppress(ValueError):  # unbalanced quotes: gunicorn refuses them itself
-                args = shlex.split(extra) + args  # the command line wins, as gunicorn reads them
+    elif _is_gunicorn(argv):
+        args = _gunicorn_args(argv, environ)
         worker_class = _option(args, ("-k",), ("--worker-class",), last=True)
         source = "gunicorn -k"
         if worker_class is None:
@@ -132,10 +138,43 @@ def detect(argv: Sequence[str], environ: Any) -> tuple[str | None, str]:
 
 
 def _is_celery_worker(argv: Sequence[str]) -> bool:
+    """`celery [options] worker ...`: the subcommand is the first word that is no option's value."""
     program = os.path.basename(argv[0]) if argv else ""
     if not (program in ("celery", "celery.exe") or program.startswith("celery.")):
         return False
-    return "worker" in argv[1:]
+    args = list(argv[1:])
+    while args:
+        arg = args.pop(0)
+        if arg in _CELERY_VALUE_OPTIONS:
+            args = args[1:]
+        elif not arg.startswith("-"):
+            return arg == "worker"
+    return False
+
+
+def _is_gunicorn(argv: Sequence[str]) -> bool:
+    program = os.path.basename(argv[0]) if argv else ""
+    return program in ("gunicorn", "gunicorn.exe") or program.startswith("gunicorn.")
+
+
+def _gunicorn_args(argv: Sequence[str], environ: Any) -> list[str]:
+    """gunicorn's arguments: `GUNICORN_CMD_ARGS`, then the command line's (which win, as in gunicorn)."""
+    args = list(argv[1:])
+    extra = environ.get("GUNICORN_CMD_ARGS", "")
+    if extra:
+        import shlex
+
+        with contextlib.suppress(ValueError):  # unbalanced quotes: gunicorn refuses them itself
+            args = shlex.split(extra) + args
+    return args
+
+
+def _gunicorn_preloads(argv: Sequence[str], environ: Any) -> bool:
+    """A gunicorn master that loads the app itself (`--preload`, `preload_app = True`)."""
+    if not _is_gunicorn(argv):
+        return False
+    args = _gunicorn_args(argv, environ)
+    return "--preload" in args or _gunicorn_config_value(args, "preload_app") == "True"
 
 
 def _green_name(text: str) -> str | None:
@@ -170,6 +209,14 @@ def _option(
 
 def _gunicorn_config_worker_class(args: Sequence[str]) -> str | None:
     """`worker_class = "..."` in the config file gunicorn reads (a plain assignment only)."""
+    value = _gunicorn_config_value(args, "worker_class")
+    if value is not None and len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+        return value[1:-1]
+    return None
+
+
+def _gunicorn_config_value(args: Sequence[str], setting: str) -> str | None:
+    """The text assigned to `setting` at the top level of gunicorn's config file (the last one)."""
     path = _option(args, ("-c",), ("--config",), last=True)
     if path is None:
         path = _GUNICORN_CONFIG
@@ -183,10 +230,8 @@ def _gunicorn_config_worker_class(args: Sequence[str]) -> str | None:
     found = None
     for line in text.splitlines():
         name, equals, value = line.partition("=")
-        if equals and name.strip() == "worker_class" and not line[:1].isspace():
-            value = value.split("#")[0].strip()
-            if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-                found = value[1:-1]
+        if equals and name.strip() == setting and not line[:1].isspace():
+            found = value.split("#")[0].strip()
     return found
 
 
@@ -194,13 +239,43 @@ def _gunicorn_config_worker_class(args: Sequence[str]) -> str | None:
 
 
 def _watch_gevent(module: ModuleType) -> None:
-    """`gevent.monkey` imported: hold the SDK until `patch_all()` has run, if it is still off."""
-    _watch(module, "gevent", "patch_all")
+    """`gevent.monkey` imported: hold the SDK until `patch_all()` has run, if it is still off.
+
+    gevent says when: it notifies `GeventDidPatchAllEvent` to the `zope.event` subscribers once every
+    module is patched. A subscriber rather than a wrapper around `patch_all`, whose frame would be
+    the one gevent's own warnings name (they point at the caller of `patch_all`).
+    """
+    if not _watch(module, "gevent"):
+        return
+    try:
+        import importlib
+
+        events: Any = importlib.import_module("zope.event")  # gevent's dependency: a list, a function
+    except ImportError as error:
+        report.debug(f"gevent without zope.event ({error}): the SDK starts as if gevent were not there")
+        state.release_sdk("gevent's patching cannot be seen")
+        return
+    if _on_gevent_event not in events.subscribers:
+        events.subscribers.append(_on_gevent_event)
+
+
+def _on_gevent_event(event: object) -> None:
+    # Raised here, an exception would stop gevent's patching: never.
+    try:
+        if type(event).__name__ == "GeventDidPatchAllEvent":
+            _patching_done("gevent")
+    except Exception as error:
+        report.debug(f"gevent's patch event: {type(error).__name__}: {error}")
 
 
 def _watch_eventlet(module: ModuleType) -> None:
-    """`eventlet.patcher` imported (every `import eventlet` does): the same for `monkey_patch()`."""
-    _watch(module, "eventlet", "monkey_patch")
+    """`eventlet.patcher` imported (every `import eventlet` does): the same for `monkey_patch()`,
+    which reports its problems with `print`, not warnings: a wrapper is named nowhere."""
+    if not _watch(module, "eventlet"):
+        return
+    original = getattr(module, "monkey_patch", None)
+    if callable(original):
+        _patches.replace(module, "monkey_patch", _releasing(original, "eventlet"))
     # Imported in full already, the package's own `monkey_patch` is the original (half-way through
     # its import, it binds ours next).
     package = sys.modules.get("eventlet")
@@ -209,15 +284,14 @@ def _watch_eventlet(module: ModuleType) -> None:
         _patches.replace(package, "monkey_patch", _releasing(current, "eventlet"))
 
 
-def _watch(module: ModuleType, green: str, function: str) -> None:
+def _watch(module: ModuleType, green: str) -> bool:
+    """Hold the SDK if it is off; False when the process is patched already (nothing to watch)."""
     if patched() is not None:
         state.release_sdk(f"{green} has monkey-patched")
-        return
-    if state.sdk_state() == "off":
+        return False
+    if state.sdk_state() == "off" and not state.sdk_held():
         state.hold_sdk(f"{module.__name__} was imported: until {green} has monkey-patched")
-    original = getattr(module, function, None)
-    if callable(original):
-        _patches.replace(module, function, _releasing(original, green))
+    return True
 
 
 def _releasing(original: Callable[..., Any], green: str) -> Callable[..., Any]:

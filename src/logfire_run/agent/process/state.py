@@ -55,6 +55,8 @@ _deferred: list[Callable[[], object]] = []
 #: Why the SDK must not start yet ("" while nothing holds it), and whether a start was asked for since.
 _held = ""
 _start_at_release = False
+#: While held, instrumentors run without the SDK (their spans wait for it: `when_instrumentable`).
+_instrument_while_held = False
 
 
 # The agent in this process
@@ -191,14 +193,19 @@ def sdk_state() -> str:
     return _sdk_state
 
 
-def hold_sdk(why: str) -> bool:
-    """Keep the SDK off until `release_sdk()`; False (and nothing held) when it has started already."""
-    global _held
+def hold_sdk(why: str, *, instrumentors: bool = False) -> bool:
+    """Keep the SDK off until `release_sdk()`; False (and nothing held) when it has started already.
+
+    With `instrumentors`, the instrumentors of libraries imported meanwhile run at once, without the
+    SDK (see `when_instrumentable`); a hold that is already on keeps its own choice.
+    """
+    global _held, _instrument_while_held
     with _lock:
         if _sdk_state != "off":
             return False
         if not _held:
             report.debug(f"the SDK waits: {why}")
+            _instrument_while_held = instrumentors
         _held = why
         return True
 
@@ -311,6 +318,23 @@ def when_sdk_ready(action: Callable[[], object], *, start: bool = True) -> None:
         _run(action)
     elif state == "off" and start:
         start_sdk()
+
+
+def when_instrumentable(action: Callable[[], object], *, start: bool = True) -> None:
+    """Run an instrumentor's activation: as `when_sdk_ready`, except while the SDK is held with
+    instrumentors allowed, when one whose library starts the SDK (`start`) runs now, and the SDK
+    starts at the release.
+
+    For a process that loads the app and forks the processes that patch (a preloading gunicorn
+    master): its instrumentors must patch Flask or Django before the app is built from them, and
+    their tracers are OpenTelemetry's proxies, which reach the SDK once it is set up in the workers.
+    The others (standard-library targets, imported anywhere, our own imports included) wait.
+    """
+    if start and _held and _instrument_while_held:
+        start_sdk()  # held: only remembers that it must start at the release
+        _run(action)
+    else:
+        when_sdk_ready(action, start=start)
 
 
 def _run_deferred() -> None:
