@@ -551,6 +551,21 @@ def test_gevent_and_eventlet_pools_run_trace_log_and_stop(
     green.assert_quiet(expected_errors="celery_tasks.fail", stderr=plain.stderr())
 
 
+def test_a_worker_whose_green_pool_is_only_configured_still_traces(
+    redis_url: str, otlp: OtlpReceiver, tmp_path: Path
+) -> None:
+    # CELERYD_POOL (like the `worker_pool` setting) is read by nobody that patches: Celery runs its
+    # default pool. The agent, told a green pool may come, waits until the app is loaded, then starts.
+    configured = Worker("configured", otlp, redis_url, tmp_path, CELERYD_POOL="gevent")
+    try:
+        output = produce(configured, otlp, "delay")
+    finally:
+        assert configured.stop() == 0
+    spans = trace_of(otlp, output["delay"]["trace_id"], 1)
+    assert_scenario_tree("delay", spans, service="configured")
+    configured.assert_quiet()
+
+
 def test_recycled_prefork_children_flush_every_span(
     redis_url: str, otlp: OtlpReceiver, tmp_path: Path
 ) -> None:

@@ -7,8 +7,9 @@ never sees SIGTERM. The agent's SDK makes threads (the batch processors, the log
 flusher) and its instrumentors import the libraries they patch (Celery's imports kombu, `select`,
 `socket`, `ssl`). So in such a process the SDK is held (`state.hold_sdk`) from the agent's start
 until the patching is done; the instrumentors of libraries imported meanwhile wait with it
-(`state.when_sdk_ready`). When `gevent.monkey.patch_all()` or `eventlet.monkey_patch()` returns,
-the hold ends, and everything starts as it would with threads, on the patched modules.
+(`state.when_sdk_ready`). When gevent says `patch_all()` is done (its `GeventDidPatchAllEvent`) or
+`eventlet.monkey_patch()` returns, the hold ends, and everything starts as it would with threads,
+on the patched modules.
 
 A process that will patch is recognised, at the agent's start, by:
 - `LOGFIRE_GREEN` (`--green`): `gevent` or `eventlet` says so; `off` turns all of this off;
@@ -18,8 +19,9 @@ A process that will patch is recognised, at the agent's start, by:
 - `gevent.monkey` or `eventlet` imported and not yet patched;
 and later, while the SDK is still off, by the first import of `gevent.monkey` or `eventlet` (an app
 whose first line patches). A Celery worker without a green pool on its command line is held too,
-until its app is loaded and its pool chosen (`celery.apps.worker` imported): Celery's `worker_pool`
-setting can only be read there, and an app that selects gevent so patches while it is loaded.
+until its app is loaded and its pool chosen (`celery.apps.worker` imported), or until it patches:
+Celery's `worker_pool` setting (and `CELERYD_POOL`, which Celery itself does not patch for) can only
+be read there, and an app that selects gevent so patches while it is loaded.
 
 A gunicorn master that preloads the app never patches (its workers do, after the fork): it is held
 with its instrumentors allowed to run (`state.when_instrumentable`), so that the app is built from
@@ -65,21 +67,27 @@ def install(setting: str) -> None:
         for module_name, name in (("gevent.monkey", "gevent"), ("eventlet", "eventlet")):
             if module_name in sys.modules:
                 green, why = name, f"{module_name} was imported before the agent started"
-    if green is not None and patched() is None:
+    if patched() is not None:
+        pass
+    elif setting == "auto" and _is_celery_worker(argv):
+        # Celery patches for `-P` before it loads the app; nothing patches for CELERYD_POOL or the
+        # `worker_pool` setting unless the app does, while it is loaded: the worker starts after.
+        state.hold_sdk(
+            f"a Celery worker ({why or 'no green pool given'}): until it has patched or its app is loaded"
+        )
+        importhooks.on_import("celery.apps.worker", _celery_worker_ready)
+    elif green is not None:
         # A preloading gunicorn master loads the app and never patches (its workers do, after the
         # fork): its instrumentors run at once, so that the app's Flask or Django is built from
         # what they patched, and the SDK starts in each worker once it has patched.
         preloads = _gunicorn_preloads(argv, os.environ)
         state.hold_sdk(f"{why}: until {green} has monkey-patched", instrumentors=preloads)
-    elif _is_celery_worker(argv) and patched() is None:
-        state.hold_sdk("a Celery worker: until its app is loaded and its pool chosen")
-        importhooks.on_import("celery.apps.worker", _celery_worker_ready)
     importhooks.on_import("gevent.monkey", _watch_gevent)
     importhooks.on_import("eventlet.patcher", _watch_eventlet)
 
 
 def patched() -> str | None:
-    """ "gevent" or "eventlet" when this process is monkey-patched (its threads are greenlets)."""
+    """The library that monkey-patched this process ("gevent", "eventlet"), or None."""
     monkey = sys.modules.get("gevent.monkey")
     if monkey is not None:
         try:
@@ -104,7 +112,7 @@ def _command_line() -> list[str]:
     """The command as given (`sys.orig_argv` keeps `-m celery`, which `sys.argv` turns into a path)."""
     argv = list(getattr(sys, "orig_argv", None) or sys.argv or [])
     program = os.path.basename(argv[0]) if argv else ""
-    if program.startswith("python"):
+    if program.startswith(("python", "pypy")):
         # `python -m celery ...` or `python /venv/bin/gunicorn ...`: the program is what python runs.
         rest = argv[1:]
         while rest and rest[0].startswith("-") and rest[0] != "-m":
@@ -125,7 +133,7 @@ def detect(argv: Sequence[str], environ: Any) -> tuple[str | None, str]:
             pool, source = environ["CELERYD_POOL"], "CELERYD_POOL"
         if _is_celery_worker(argv):
             green = _green_name(pool or "")
-            return green, f"{source} {pool}"
+            return green, f"{source} {pool}" if green else ""
     elif _is_gunicorn(argv):
         args = _gunicorn_args(argv, environ)
         worker_class = _option(args, ("-k",), ("--worker-class",), last=True)
@@ -133,7 +141,7 @@ def detect(argv: Sequence[str], environ: Any) -> tuple[str | None, str]:
         if worker_class is None:
             worker_class, source = _gunicorn_config_worker_class(args), "worker_class in gunicorn's config"
         green = _green_name(worker_class or "")
-        return green, f"{source} {worker_class}"
+        return green, f"{source} {worker_class}" if green else ""
     return None, ""
 
 
