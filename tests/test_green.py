@@ -218,6 +218,49 @@ def test_an_app_that_patches_first_gets_its_greenlets_and_records(
     assert_records_under_their_spans(receiver, spans, request, "request", GREENLETS)
 
 
+# Patching that nothing shows in advance: LOGFIRE_GREEN says it.
+
+LATE_PATCH_APP = """
+import json
+import threading
+
+from opentelemetry import trace
+
+tracer = trace.get_tracer("app")  # would start the SDK, and its threads, before the patching
+
+from gevent import monkey
+
+monkey.patch_all()
+
+import gevent
+
+def work():
+    with tracer.start_as_current_span("greenlet work"):
+        pass
+
+
+with tracer.start_as_current_span("request"):
+    gevent.joinall([gevent.spawn(work)])
+main = threading.main_thread().native_id
+agent = [thread for thread in threading.enumerate() if thread.name.startswith(("Otel", "logfire"))]
+print(json.dumps({thread.name: thread.native_id == main for thread in agent}))
+"""
+
+
+@pytest.mark.slow
+def test_logfire_green_makes_the_sdk_wait_for_a_late_patch(receiver: HttpReceiver, tmp_path: Path) -> None:
+    # Not told, the SDK would start at get_tracer(), before the patching: its exporter's imports
+    # (ssl) make gevent warn, and its threads stay real threads (docs/configuration.md says so).
+    result = launch(tmp_path, receiver, LATE_PATCH_APP, LOGFIRE_GREEN="gevent")
+    in_the_main_thread = json.loads(result.stdout)
+    # Told, it starts after the patching: its threads are greenlets of the main thread.
+    assert in_the_main_thread and all(in_the_main_thread.values()), in_the_main_thread
+    spans = receiver.wait_for(lambda spans: len(spans) >= 2)
+    request = next(span for span in spans if span.name == "request")
+    work = next(span for span in spans if span.name == "greenlet work")
+    assert work.parent_id == request.span_id, render_tree(spans)
+
+
 # gunicorn's gevent and eventlet workers.
 
 
