@@ -11,9 +11,12 @@ through the launcher or `LOGFIRE_RUN=1`, and sends to a real OTLP receiver.
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -285,8 +288,9 @@ def gunicorn_command(worker: str, *options: str) -> list[str]:
 
 def serve_and_fan_out(
     worker: str, env: dict[str, str], logs: Path, *options: str, agent: bool
-) -> tuple[Any, str, str, int | None]:
-    """Run the fanout app under gunicorn `-k worker`, make one request; (body, stdout, stderr, status)."""
+) -> tuple[Any, str, str, int | None, bool]:
+    """Run the fanout app under gunicorn `-k worker`, make one request, stop it with SIGTERM:
+    (body, stdout, stderr, exit status, whether a process of its group outlived the master)."""
     name = f"{worker}{''.join(options)}-{'agent' if agent else 'plain'}"
     command = gunicorn_command(worker, *options)
     with running(
@@ -294,8 +298,23 @@ def serve_and_fan_out(
     ) as service:
         status, body = get(f"{service.url}/fanout/{GREENLETS}")
         assert status == 200, body
-    # Stopped by SIGTERM (the block's end): a Service that needed SIGKILL would show -9 here.
-    return body, service.stdout(), _GUNICORN_PREFIX.sub("", service.stderr()), service.process.returncode
+    # Stopped by SIGTERM (the block's end): a Service that needed SIGKILL would show -9 here. On
+    # Python 3.13, gunicorn 25's eventlet worker outlives its master, with the agent or without.
+    left = _outlived(service.process.pid)
+    stderr = _GUNICORN_PREFIX.sub("", service.stderr())
+    return body, service.stdout(), stderr, service.process.returncode, left
+
+
+def _outlived(group: int) -> bool:
+    """Whether a process of the group is still there once its leader has ended; it is killed."""
+    for _ in range(50):
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            return False
+        time.sleep(0.1)
+    os.killpg(group, signal.SIGKILL)
+    return True
 
 
 #: The time and process id that start each line gunicorn logs (its eventlet worker warns).
