@@ -82,6 +82,9 @@ class Service:
     def stderr(self) -> str:
         return (self._logs / f"{self.name}.err").read_text()
 
+    def stdout(self) -> str:
+        return (self._logs / f"{self.name}.out").read_text()
+
     def stop(self) -> None:
         if self.process.poll() is not None:
             return
@@ -103,27 +106,30 @@ def running(
     agent: bool = True,
     extra_env: dict[str, str] | None = None,
     expect_stderr: StderrExpectation = "",
+    command: list[str] | None = None,
+    cwd: Path = EXAMPLE,
 ) -> Iterator[Service]:
-    """Start `server` (a key of COMMANDS) from the example folder; stop it when the block ends.
+    """Start `server` (a key of COMMANDS, or `command` under that name) from the example folder (or
+    `cwd`); stop it when the block ends.
 
     Once stopped, its stderr must be what `expect_stderr` says (see `conftest.check_stderr`); not
     checked when the block raised, whose error says more.
     """
     name = name or server
     port = free_port()
-    words = [word.replace("{port}", str(port)) for word in COMMANDS[server]]
+    words = [word.replace("{port}", str(port)) for word in (command or COMMANDS[server])]
     if agent:
-        command = [LAUNCHER, *words]
+        argv = [LAUNCHER, *words]
     else:
         program = sys.executable if words[0] == "python" else str(BIN / words[0])
-        command = [program, *words[1:]]
+        argv = [program, *words[1:]]
     full_env = dict(env)
     full_env.update({"A_PORT": str(port), "B_PORT": str(port)})
     full_env.update(extra_env or {})
     logs.mkdir(parents=True, exist_ok=True)
     with open(logs / f"{name}.out", "wb") as out, open(logs / f"{name}.err", "wb") as err:
         process = subprocess.Popen(
-            command, cwd=EXAMPLE, env=full_env, stdout=out, stderr=err, start_new_session=True
+            argv, cwd=cwd, env=full_env, stdout=out, stderr=err, start_new_session=True
         )
     service = Service(name, process, port, logs)
     try:
@@ -131,7 +137,7 @@ def running(
         yield service
     finally:
         service.stop()
-    check_stderr(service.stderr(), expect_stderr, f"stderr of {name} ({' '.join(command)})")
+    check_stderr(service.stderr(), expect_stderr, f"stderr of {name} ({' '.join(argv)})")
 
 
 def get(url: str, headers: list[tuple[str, str]] | None = None, timeout: float = 30) -> tuple[int, Any]:

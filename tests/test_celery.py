@@ -121,9 +121,10 @@ class Worker:
     def log_text(self) -> str:
         return self.log.read_text() if self.log.exists() else ""
 
-    def assert_quiet(self, *, expected_errors: str = "") -> None:
-        """Nothing on stderr; the log holds no warning, and only errors of tasks expected to fail."""
-        assert_clean_stderr(self.stderr())
+    def assert_quiet(self, *, expected_errors: str = "", stderr: str = "") -> None:
+        """Nothing on stderr (or `stderr`: a plain worker's own); the log holds no warning, and only
+        errors of tasks expected to fail."""
+        assert self.stderr() == stderr, f"unexpected stderr:\n{self.stderr()}"
         for line in self.log_text().splitlines():
             assert "logfire-run" not in line and WARNING_FRAGMENT not in line, line
             assert "WARNING/" not in line, f"unexpected warning in the worker log: {line}"
@@ -263,6 +264,11 @@ INTERNAL produce children [producer]
 INTERNAL produce fail [producer]
   PRODUCER apply_async/{T}.fail [producer]
     CONSUMER run/{T}.fail [worker]""",
+    # The task logs N records (see log_records_of).
+    "logs": f"""
+INTERNAL produce logs [producer]
+  PRODUCER apply_async/{T}.chatty [producer]
+    CONSUMER run/{T}.chatty [worker]""",
 }
 EXPECTED_RESULTS: dict[str, Any] = {
     "delay": 5,
@@ -273,6 +279,7 @@ EXPECTED_RESULTS: dict[str, Any] = {
     "chord": 6,
     "retry": "7 ok after 1 retry",
     "children": [0, 1, 4],
+    "logs": 3,
 }
 SCENARIOS = list(EXPECTED_TREES)
 THREAD_SPANS = importlib.util.find_spec("logfire_run.instrumentors.executors") is not None
@@ -466,6 +473,79 @@ def test_threads_and_solo_pools(
     finally:
         assert own.stop() == 0
     own.assert_quiet(expected_errors="celery_tasks.fail")
+
+
+def log_records_of(receiver: OtlpReceiver, trace_id: str, count: int) -> list[tuple[str, str]]:
+    """(span id, body) of the OTLP log records of one trace, once `count` have arrived (or 30 s)."""
+    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+
+    def records() -> list[tuple[str, str]]:
+        found = []
+        for body in list(receiver.log_bodies):
+            request = ExportLogsServiceRequest()
+            request.ParseFromString(body)
+            for resource_logs in request.resource_logs:
+                for scope_logs in resource_logs.scope_logs:
+                    for record in scope_logs.log_records:
+                        if record.trace_id.hex() == trace_id:
+                            found.append((record.span_id.hex(), record.body.string_value))
+        return found
+
+    receiver.wait_for(lambda spans: len(records()) >= count, timeout=30)
+    return records()
+
+
+GREEN_SCENARIOS = ("children", "chain", "retry", "fail", "logs")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pool", ["gevent", "eventlet"])
+def test_gevent_and_eventlet_pools_run_trace_log_and_stop(
+    pool: str, redis_url: str, otlp: OtlpReceiver, tmp_path: Path
+) -> None:
+    # Celery imports `celery` before it monkey-patches for the pool: the agent must start nothing the
+    # patching has to see first (no SDK, thread, socket or select), or the worker waits in an unpatched
+    # select, runs no task and ignores SIGTERM.
+    arguments = ("--concurrency", "4")
+    green = Worker(pool, otlp, redis_url, tmp_path, pool=pool, worker_args=arguments)
+    try:
+        output = produce(green, otlp, *(f"{name}:7" if name == "fail" else name for name in GREEN_SCENARIOS))
+        for scenario in GREEN_SCENARIOS:
+            spans = trace_of(otlp, output[scenario]["trace_id"], expected_tree(scenario).count("CONSUMER"))
+            assert_scenario_tree(scenario, spans, service=pool)
+            if scenario in EXPECTED_RESULTS:
+                assert output[scenario]["results"] == EXPECTED_RESULTS[scenario]
+    finally:
+        # SIGTERM: a warm shutdown, exit status 0, within Worker.stop's wait.
+        assert green.stop() == 0
+    # The task's records, captured in the greenlet that ran it, under its run span.
+    trace_id = output["logs"]["trace_id"]
+    run = next(span for span in trace_of(otlp, trace_id, 1) if span.kind == "CONSUMER")
+    records = log_records_of(otlp, trace_id, 3)
+    assert sorted(records) == [(run.span_id, f"record {n} of 3") for n in (1, 2, 3)], records
+    # The same worker without the agent writes the same stderr (gevent's and eventlet's own warnings).
+    plain = Worker(f"plain-{pool}", None, redis_url, tmp_path, agent=False, pool=pool, worker_args=arguments)
+    try:
+        produce(plain, None, "logs", agent=False)
+    finally:
+        assert plain.stop() == 0
+    green.assert_quiet(expected_errors="celery_tasks.fail", stderr=plain.stderr())
+
+
+@pytest.mark.slow
+def test_a_worker_whose_green_pool_is_only_configured_still_traces(
+    redis_url: str, otlp: OtlpReceiver, tmp_path: Path
+) -> None:
+    # CELERYD_POOL (like the `worker_pool` setting) is read by nobody that patches: Celery runs its
+    # default pool. The agent, told a green pool may come, waits until the app is loaded, then starts.
+    configured = Worker("configured", otlp, redis_url, tmp_path, CELERYD_POOL="gevent")
+    try:
+        output = produce(configured, otlp, "delay")
+    finally:
+        assert configured.stop() == 0
+    spans = trace_of(otlp, output["delay"]["trace_id"], 1)
+    assert_scenario_tree("delay", spans, service="configured")
+    configured.assert_quiet()
 
 
 @pytest.mark.slow

@@ -7,6 +7,7 @@ thread pool with the OpenTelemetry API (a no-op without the agent), as an app's 
 
 from __future__ import annotations
 
+import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 
@@ -76,3 +77,16 @@ def child(n: int) -> list[int]:
 @app.task
 def pid() -> int:
     return os.getpid()
+
+
+#: A logger of the app at INFO (the worker's root logger is at WARNING): its records are written to
+#: the worker's log and captured with the task's span.
+chatty_log = logging.getLogger("celery_tasks.chatty")
+chatty_log.setLevel(logging.INFO)
+
+
+@app.task
+def chatty(n: int) -> int:
+    for number in range(n):
+        chatty_log.info("record %d of %d", number + 1, n)
+    return n

@@ -61,6 +61,8 @@ def scenario(name: str, count: int) -> Any:
             "result": repr(result.result),
             "traceback": result.traceback,
         }
+    if name == "logs":
+        return tasks.chatty.delay(count).get(timeout=TIMEOUT)
     if name == "pids":
         results = [tasks.pid.delay() for _ in range(count)]
         return [result.get(timeout=TIMEOUT) for result in results]

@@ -24,7 +24,7 @@ import sys
 
 from logfire_run.agent import importhooks, paths, report
 from logfire_run.agent.patching import Patches
-from logfire_run.agent.process import exits, fork, state
+from logfire_run.agent.process import exits, fork, green, state
 from logfire_run.agent.propagation import env_carrier
 
 TYPE_CHECKING = False
@@ -65,6 +65,8 @@ def _start(via: str) -> None:
     if state.sdk_disabled():
         report.debug("OTEL_SDK_DISABLED is true: no tracing in this process")
         return
+    # Before any hook can start the SDK: a process that gevent or eventlet will patch holds it.
+    green.install(config.green)
     exits.install_exit_hooks()
     fork.install()
     # Before the app runs: an app that binds `from os import fork` early gets the quiet one.

@@ -39,6 +39,7 @@ class Config:
     store_max_days: float
     exit_budget: float
     log_level: int | None
+    green: str
     debug: bool
     inherit: bool
 

@@ -63,6 +63,15 @@ class _HookedLoader:
         return getattr(self._loader, name)
 
 
+# `exec_module` is on the stack while the module's body runs. Named as the import system's own frames
+# are, it is one of them for what reads the stack: a warning the module raises for its importer
+# (`stacklevel=2`, as eventlet's deprecation warning is) names the same line as without the agent,
+# and a traceback of an error in the module's body leaves it out with the import system's frames.
+_HookedLoader.exec_module.__code__ = _HookedLoader.exec_module.__code__.replace(
+    co_filename="<frozen importlib._bootstrap_external>"
+)
+
+
 class _PostImportFinder:
     def find_spec(self, fullname: str, path: Sequence[str] | None = None, target: Any = None) -> Any:
         if fullname not in _hooks or fullname in _in_progress:

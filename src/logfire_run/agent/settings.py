@@ -226,6 +226,20 @@ class LogLevelKind(Kind):
         return names.get(value, str(value)) if isinstance(value, int) else str(value)
 
 
+class GreenKind(Kind):
+    """Which monkey-patching library this process uses: `auto` (detected), `gevent`, `eventlet`, `off`."""
+
+    VALUES = ("auto", "gevent", "eventlet", "off")
+
+    def parse(self, raw: str) -> object:
+        value = raw.strip().lower()
+        if value == "":
+            return "auto"
+        if value in self.VALUES:
+            return value
+        raise ConfigError(f"invalid green value {raw!r}: use {', '.join(self.VALUES)}")
+
+
 TEXT = Kind()
 BOOL = BoolKind()
 NAME_LIST = NameListKind()
@@ -237,6 +251,7 @@ SECONDS = NumberKind(0, 600, unit=" s", what="number of seconds")
 LOG_LEVEL = LogLevelKind()
 SPAN_COUNT = NumberKind(1_000, 100_000_000, integer=True)
 DAYS = NumberKind(0.01, 3650, unit=" days")
+GREEN = GreenKind()
 
 
 # Resolvers: a setting's effective value when it is left unset (or needs the environment to be read).
@@ -507,6 +522,18 @@ SETTINGS: tuple[Setting, ...] = (
         "(to the store, and over OTLP as logs); off captures none (see docs/logs.md)",
         applies="logs",
         unset=20,
+    ),
+    Setting(
+        name="green",
+        flag="--green",
+        env="LOGFIRE_GREEN",
+        kind=GREEN,
+        default="auto",
+        accepted="auto, gevent, eventlet, off",
+        help="gevent or eventlet: the SDK and the agent's threads wait until the process has "
+        "monkey-patched (auto detects Celery -P, gunicorn -k and gevent.monkey or eventlet imports; "
+        "off never waits; see docs/configuration.md)",
+        unset="auto",
     ),
     Setting(
         name="debug",

@@ -343,6 +343,11 @@ _IMPORTED_BY_EVERYONE = frozenset(
 )
 
 
+#: Libraries imported before they monkey-patch, which must come before the SDK (`process.green`):
+#: their instrumentors wait for something else to start it.
+_GREEN = frozenset({"gevent", "eventlet", "greenlet"})
+
+
 # Activation
 
 
@@ -380,13 +385,16 @@ def starts_sdk(record: EntryPointRecord, module_name: str) -> bool:
 
     A library's first import does: its instrumentor makes spans, which need the SDK. So does a
     standard-library client's (urllib.request, sqlite3), or a program using only the standard library
-    would never get a span. Not the modules nearly every program imports (threading, logging,
-    asyncio, os, subprocess) nor the targets of this project's own context-carrying instrumentors,
-    which make no span of their own: those wait until something else starts the SDK. One of ours that
-    supersedes OpenTelemetry's (sqlite3) makes that one's spans, and starts it as that one would, if
-    that one is installed.
+    would never get a span. Not gevent's and eventlet's (imported before they monkey-patch), nor the
+    modules nearly every program imports (threading, logging, asyncio, os, subprocess), nor the
+    targets of this project's own context-carrying instrumentors, which make no span of their own:
+    those wait until something else starts the SDK. One of ours that supersedes OpenTelemetry's
+    (sqlite3) makes that one's spans, and starts it as that one would, if that one is installed.
     """
-    if module_name.partition(".")[0] not in getattr(sys, "stdlib_module_names", ()):
+    top = module_name.partition(".")[0]
+    if top in _GREEN:
+        return False
+    if top not in getattr(sys, "stdlib_module_names", ()):
         return True
     if module_name in _IMPORTED_BY_EVERYONE:
         return False
@@ -417,7 +425,7 @@ def _hook_for(record: EntryPointRecord) -> importhooks.Hook:
             report.debug(f"{module.__name__} imported: {record.name} {what}")
         elif sdk_state == "starting":
             report.debug(f"{module.__name__} imported by the SDK's set-up: {record.name} runs once it is up")
-        state.when_sdk_ready(lambda: activate_now(record), start=start)
+        state.when_instrumentable(lambda: activate_now(record), start=start)
 
     activate.__name__ = f"activate_{record.name}"
     return activate

@@ -51,26 +51,41 @@ class LoggingInstrumentor(Instrumentor):
     options: ClassVar[dict[str, Any]] = {}
     supersedes = (_OTEL_INSTRUMENTOR,)
 
+    #: Between `_instrument` and `_uninstrument`: a capture deferred to the SDK's start starts only then.
+    active = False
+
     def _instrument(self, **kwargs: Any) -> None:
+        self.active = True
         log_capture.install(logging)
         log_capture.set_level(state.config().log_level)
-        tracing = state.sdk()
-        pipeline = tracing.start_logs() if tracing is not None else None
-        provider = tracing.provider if tracing is not None else None
-        attributes = getattr(getattr(provider, "resource", None), "attributes", None) or {}
-        service_name = str(attributes.get("service.name", "") or "")
-
-        def sink(record: logging.LogRecord, trace_id: int, span_id: int, flags: int) -> None:
-            logs = tracing.logs if tracing is not None else None  # rebuilt when configure() changes it
-            if logs is not None:
-                logs.capture(record, trace_id, span_id, flags)
-
-        log_capture.start_capture(sink if pipeline is not None else None, current_span(), service_name)
-        report.debug(f"logging: ids on every record; capture {'on' if pipeline else 'off'}")
+        # Now when the SDK is up; else (it is held: a preloading gunicorn master) when it comes up.
+        state.when_sdk_ready(self._start_capture, start=False)
 
     def _uninstrument(self, **kwargs: Any) -> None:
+        self.active = False
         log_capture.stop_capture()
         log_capture.uninstall(logging)
+
+    def _start_capture(self) -> None:
+        if self.active:
+            start_capture()
+
+
+def start_capture() -> None:
+    """Hand the records to the SDK's log pipeline (started here, with the SDK)."""
+    tracing = state.sdk()
+    pipeline = tracing.start_logs() if tracing is not None else None
+    provider = tracing.provider if tracing is not None else None
+    attributes = getattr(getattr(provider, "resource", None), "attributes", None) or {}
+    service_name = str(attributes.get("service.name", "") or "")
+
+    def sink(record: logging.LogRecord, trace_id: int, span_id: int, flags: int) -> None:
+        logs = tracing.logs if tracing is not None else None  # rebuilt when configure() changes it
+        if logs is not None:
+            logs.capture(record, trace_id, span_id, flags)
+
+    log_capture.start_capture(sink if pipeline is not None else None, current_span(), service_name)
+    report.debug(f"logging: ids on every record; capture {'on' if pipeline else 'off'}")
 
 
 def current_span() -> Any:

@@ -182,8 +182,11 @@ def _make_call_handlers(wrapped: Callable[..., Any]) -> Callable[..., Any]:
     """`Logger.callHandlers`, capturing the record first: the one point every record reaches once,
     after the logger's level check and its filters (which may drop a record or rewrite it, as a
     redacting filter does) and before any handler."""
-    get_ident = threading.get_ident
     getpid = os.getpid
+    # `threading.get_ident` is looked up at each record, as `LogRecord` does to stamp it: under gevent
+    # or eventlet monkey-patching it names the greenlet, and a copy taken before the patching would
+    # name the OS thread (no record would be captured).
+    module = threading
 
     def callHandlers(self: Any, record: Any) -> Any:
         sink, threshold = _sink, _threshold
@@ -195,7 +198,7 @@ def _make_call_handlers(wrapped: Callable[..., Any]) -> Callable[..., Any]:
                     and level >= threshold
                     # Made on this thread of this process: a record handed on by a queue listener or
                     # received from another process was captured (or not) where it was made.
-                    and record.thread in (None, get_ident())
+                    and record.thread in (None, module.get_ident())
                     and record.process in (None, getpid())
                     and not _excluded(record)
                 ):

@@ -100,6 +100,7 @@ class LogPipeline:
         #: Records of the export running now (counted as unsent if the process exits meanwhile).
         self.in_flight = 0
         self._held_for_fork = False
+        self._restart = False
         _pipelines.add(self)
 
     # A fork waits (a bounded time) for an export in flight, as `exporters.ForkSafeExporter` does for
@@ -116,15 +117,23 @@ class LogPipeline:
             self._export_lock.release()
 
     def after_fork_in_child(self) -> None:
-        # The parent exports what it had queued; the child starts empty, with a thread of its own.
+        # The parent exports what it had queued; the child starts empty, with a thread of its own
+        # (`restart_after_fork`, as the SDK's own batch processors restart theirs).
         self._queue.clear()
         self._held_for_fork = False
         self._export_lock = threading.Lock()
         self._start_lock = threading.Lock()
         self._wake = threading.Event()
-        self._thread = None
+        self._restart, self._thread = self._thread is not None, None
         self._pid = os.getpid()
         self.in_flight = 0
+
+    def restart_after_fork(self) -> None:
+        """The child's thread, if the parent had one: started by `process.fork` once `threading` has
+        forgotten the parent's threads (started before that, `threading` would forget it too)."""
+        restart, self._restart = self._restart, False
+        if restart and not self._closed:
+            self.start()
 
     def capture(self, record: Any, trace_id: int, span_id: int, flags: int) -> None:
         """Keep one record (on the thread that logged it): read what it holds now, queue it."""
@@ -156,12 +165,14 @@ class LogPipeline:
                 (record.pathname, record.lineno, record.funcName, record.threadName),
             )
         )
-        if self._thread is None or self._pid != os.getpid():
-            self._start_thread()
-        elif len(self._queue) >= self.batch_size:
+        if len(self._queue) >= self.batch_size:
             self._wake.set()
 
-    def _start_thread(self) -> None:
+    def start(self) -> None:
+        """Start the export thread (once per process), with the SDK: never at the first record, in the
+        middle of the app's life, where a test suite's leaked-thread check would see it born."""
+        if not self.names:
+            return  # nothing to export to: no thread
         with self._start_lock:
             if self._thread is not None and self._pid == os.getpid():
                 return
@@ -170,6 +181,16 @@ class LogPipeline:
             self._thread = thread
         with contextlib.suppress(RuntimeError):  # interpreter shutdown: the exit flush exports the queue
             thread.start()
+
+    def replace_exporters(self, exporters: Sequence[LogExporter]) -> None:
+        """New exporters (`configure()` changed them): what is queued goes to the old ones first; the
+        thread stays the same."""
+        self.force_flush()
+        with self._export_lock:
+            old, self._exporters = self._exporters, tuple(exporters)
+            self.names = tuple(exporter.name for exporter in self._exporters)
+        for exporter in old:
+            exporter.shutdown()
 
     def _run(self) -> None:
         while not self._closed:
@@ -236,6 +257,11 @@ def after_fork_in_parent() -> None:
 def after_fork_in_child() -> None:
     for pipeline in list(_pipelines):
         pipeline.after_fork_in_child()
+
+
+def restart_after_fork() -> None:
+    for pipeline in list(_pipelines):
+        pipeline.restart_after_fork()
 
 
 class StoreLogExporter(LogExporter):

@@ -22,7 +22,7 @@ import os
 
 from logfire_run.agent import report
 from logfire_run.agent.patching import Patches
-from logfire_run.agent.process import signals, state
+from logfire_run.agent.process import green, signals, state
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -270,7 +270,8 @@ def watch_sigterm() -> None:
 
     For processes whose main thread waits in locks that only SIGTERM ends: pool workers and
     multiprocessing children. Only from the main thread, only while the SIGTERM handler is the
-    agent's, and only if no one else uses the signal wakeup fd (asyncio's loop does); else nothing.
+    agent's, only if no one else uses the signal wakeup fd (asyncio's loop does), and not in a
+    process gevent or eventlet patched; else nothing.
     """
     global _watch
     if _watch is not None and _watch[0] == os.getpid():
@@ -280,6 +281,8 @@ def watch_sigterm() -> None:
 
     if threading.current_thread() is not threading.main_thread():
         return
+    if green.patched() is not None:
+        return  # its thread would be a greenlet, and its blocking read would stop every other one
     if _signal.getsignal(_signal.SIGTERM) is not _flush_on_sigterm or not hasattr(_signal, "pthread_kill"):
         return
     read, write = os.pipe()

@@ -17,13 +17,16 @@ in the child:
      writers' threads (each `export` module's
      `after_fork_in_child`, for every instance of the process);
   4. what the instrumentors registered with `in_child()` (pool workers set themselves up again);
-  5. the exit flusher thread, the SIGTERM watch of the parent (`exits.after_fork_in_child`);
+  5. the threads: the log pipelines' (`export.logs.restart_after_fork`), the exit flusher, the
+     SIGTERM watch of the parent (`exits.after_fork_in_child`);
   6. SIGTERM is unblocked, last: a SIGTERM that came meanwhile is delivered now.
 in the parent: the exporters resume, SIGTERM is unblocked.
 
 Steps 1-4 are registered when the agent starts; SIGTERM's steps and step 5 when the SDK is up, after
 the SDK's own hooks (OpenTelemetry's batch processors restart their threads in the child in theirs),
-because at-fork hooks run in the order they were registered, and "before" ones in reverse.
+because at-fork hooks run in the order they were registered, and "before" ones in reverse. Threads
+are started in step 5 only: the agent starts before `threading` is imported, and `threading`'s own
+hook, which forgets every thread but the forking one, runs after steps 1-4 and before step 5.
 
 Also here: on Python 3.12+, `os.fork` without the DeprecationWarning that the agent's own threads
 would cause (`install_quiet_fork`).
@@ -134,6 +137,7 @@ def _unblock_sigterm_after_fork() -> None:
 
 
 def _last_in_child() -> None:
+    _each_export_module("restart_after_fork")
     exits.after_fork_in_child()
     _unblock_sigterm_after_fork()
 

@@ -27,6 +27,7 @@ from opentelemetry.util.types import Attributes
 from logfire_run.agent import report
 from logfire_run.agent.config import Config
 from logfire_run.agent.export.exporters import ExportingSpanProcessor, route_export_logs
+from logfire_run.agent.process.signals import SigtermBlocked
 from logfire_run.agent.propagation.policy import (
     REFUSED_PARENT_KEY,
     DistributedTracingPolicy,
@@ -133,10 +134,14 @@ class TracingSdk:
 
         provider, config = self.provider, self.config
         names = log_exporter_names(config)
-        old = self.logs
-        self.logs = LogPipeline(build_log_exporters(config, lambda: provider.resource))
-        if old is not None:
-            old.shutdown()
+        exporters = build_log_exporters(config, lambda: provider.resource)
+        if self.logs is None:
+            self.logs = LogPipeline(exporters)
+        else:
+            self.logs.replace_exporters(exporters)
+        # Its thread starts now, with the SDK, and SIGTERM blocked like every thread of the agent.
+        with SigtermBlocked():
+            self.logs.start()
         report.debug(f"log exporters: {', '.join(names) or 'none'}")
         return self.logs
 

@@ -7,7 +7,9 @@ modules ask through these functions and never keep a copy.
 - The policy: one `DistributedTracingPolicy`, built from the config; its mode is written here only.
 - The SDK lifecycle: off -> starting -> on | failed | disabled. `start_sdk()` moves it;
   `when_sdk_ready(action)` is the one way to run something that needs the SDK: now if it is up,
-  else as soon as it comes up (never, if it cannot).
+  else as soon as it comes up (never, if it cannot). `hold_sdk(why)` keeps it off until
+  `release_sdk()` (a process that gevent or eventlet will monkey-patch: see `green`); a start asked
+  for meanwhile happens at the release.
 - Flushing and shutting down on request (`flush`, `shutdown`: the public API's).
 
 First-party extraction (`extract(carrier, third_party=False)`) needs only OpenTelemetry's API: it
@@ -50,6 +52,11 @@ _policy: DistributedTracingPolicy | None = None
 _sdk: TracingSdk | None = None
 _sdk_state = "off"  # off -> starting -> on | failed | disabled
 _deferred: list[Callable[[], object]] = []
+#: Why the SDK must not start yet ("" while nothing holds it), and whether a start was asked for since.
+_held = ""
+_start_at_release = False
+#: While held, instrumentors run without the SDK (their spans wait for it: `when_instrumentable`).
+_instrument_while_held = False
 
 
 # The agent in this process
@@ -192,23 +199,62 @@ def sdk_state() -> str:
     return _sdk_state
 
 
+def hold_sdk(why: str, *, instrumentors: bool = False) -> bool:
+    """Keep the SDK off until `release_sdk()`; False (and nothing held) when it has started already.
+
+    With `instrumentors`, the instrumentors of libraries imported meanwhile run at once, without the
+    SDK (see `when_instrumentable`); a hold that is already on keeps its own choice.
+    """
+    global _held, _instrument_while_held
+    with _lock:
+        if _sdk_state != "off":
+            return False
+        if not _held:
+            report.debug(f"the SDK waits: {why}")
+            _instrument_while_held = instrumentors
+        _held = why
+        return True
+
+
+def sdk_held() -> str:
+    """Why the SDK waits for `release_sdk()`, or "" when it does not."""
+    return _held
+
+
+def release_sdk(why: str) -> None:
+    """End `hold_sdk()`; the SDK starts now if something asked for it meanwhile."""
+    global _held, _start_at_release
+    with _lock:
+        if not _held:
+            return
+        _held = ""
+        start, _start_at_release = _start_at_release, False
+    report.debug(f"the SDK may start: {why}" + ("" if start else " (nothing has asked for it yet)"))
+    if start:
+        start_sdk()
+
+
 def start_sdk() -> bool:
     """Set the OpenTelemetry SDK up if it is not yet; False when tracing is off, failed or must wait.
 
-    It must wait (False, nothing changed) while an OpenTelemetry module is half-imported (the app
+    It waits (False) while the SDK is held (`hold_sdk`): it starts at the release. It must wait
+    (False, nothing changed) while an OpenTelemetry module is half-imported (the app
     imported `opentelemetry.sdk.trace`, which imported `opentelemetry.trace`, whose hook called us):
     setting up then would read half-initialized modules. The next trigger tries again. So it must
     while a library that the set-up imports is half-imported (requests imports urllib.request, whose
     instrumentor starts the SDK, whose OTLP exporter imports requests): that library's own hook, at
     the end of its import, is the next trigger.
     """
-    global _sdk_state, _sdk
+    global _sdk_state, _sdk, _start_at_release
     if _sdk_state == "on":
         return True
     with _lock:
         if _sdk_state != "off":
             # "starting": our own imports during setup fired a hook; the SDK is not ready yet.
             return _sdk_state == "on"
+        if _held:
+            _start_at_release = True
+            return False
         if sdk_disabled():
             _sdk_state = "disabled"
             _deferred.clear()
@@ -278,6 +324,23 @@ def when_sdk_ready(action: Callable[[], object], *, start: bool = True) -> None:
         _run(action)
     elif state == "off" and start:
         start_sdk()
+
+
+def when_instrumentable(action: Callable[[], object], *, start: bool = True) -> None:
+    """Run an instrumentor's activation: as `when_sdk_ready`, except while the SDK is held with
+    instrumentors allowed, when one whose library starts the SDK (`start`) runs now, and the SDK
+    starts at the release.
+
+    For a process that loads the app and forks the processes that patch (a preloading gunicorn
+    master): its instrumentors must patch Flask or Django before the app is built from them, and
+    their tracers are OpenTelemetry's proxies, which reach the SDK once it is set up in the workers.
+    The others (standard-library targets, imported anywhere, our own imports included) wait.
+    """
+    if start and _held and _instrument_while_held:
+        start_sdk()  # held: only remembers that it must start at the release
+        _run(action)
+    else:
+        when_sdk_ready(action, start=start)
 
 
 def _run_deferred() -> None:
