@@ -90,6 +90,13 @@ SUITES = {
         # Its pyproject adds --doctest-modules, which would collect the installed package's docstrings.
         ("-o", "addopts="),
         fast=True,
+        expected={
+            "tests/test_requests.py::TestRequests::test_response_iter_lines_reentrant": (
+                "xfail -> pass: httpbin's stream/N echoes the request's headers in every line, and the "
+                "request now carries traceparent; the longer lines move where iter_lines' 512-byte "
+                "chunks end, so the second iter_lines happens to find all 3 remaining lines"
+            ),
+        },
     ),
     "httpx": Suite(
         "httpx",
