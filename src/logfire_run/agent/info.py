@@ -265,6 +265,8 @@ def _state(
         conflict = f"its requirements could not be checked ({error})"
     if conflict:
         return "skipped", f"{conflict}  {origin}"
+    if not instrumentor.modules:
+        return "enabled", f"when the SDK starts (no target library)  {origin}"
     targets = []
     for module in instrumentor.modules:
         try:
