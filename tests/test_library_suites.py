@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import OtlpReceiver, agent_env, assert_clean_stderr, run_launcher
+from conftest import ROOT, OtlpReceiver, agent_env, assert_clean_stderr, run_launcher
 
 UNPREPARED_SEND = """
 import requests
@@ -162,3 +162,22 @@ def test_celery_publish_handlers_never_raise_into_celery(tmp_path: Path, receive
         ("PRODUCER", "apply_async/celery.tests.add"),
         ("PRODUCER", "apply_async/other.task"),
     ]
+
+
+@pytest.mark.slow
+def test_the_fast_suites_show_no_unexpected_difference(tmp_path: Path) -> None:
+    """Flask's, requests' and httpx's own suites, plain and under LOGFIRE_RUN=1 (scripts/library_suites.py).
+
+    The rest (Starlette, FastAPI, Celery, Django) take longer: `library_suites.py --heavy`.
+    """
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "library_suites.py"), "--fast", "--work", str(tmp_path)],
+        env=agent_env(),
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    if result.returncode == 3:
+        pytest.skip(f"the suites could not be set up here: {result.stderr[-300:]}")
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+    assert "== 3 of 3 suites as expected" in result.stdout, result.stdout[-3000:]
