@@ -347,7 +347,8 @@ def make_venv(suite: Suite, source: Path, work: Path) -> Path:
     venv = work / f"venv-{suite.name}"
     python = venv / "bin" / "python"
     stamp = venv / ".requirements"
-    wanted = repr((str(source), suite.test_requirements))
+    # logfire-run is installed editable: its entry points change with its pyproject.toml.
+    wanted = repr((str(source), suite.test_requirements, (ROOT / "pyproject.toml").read_text()))
     if python.exists() and stamp.exists() and stamp.read_text() == wanted:
         return python
     if not python.exists():

@@ -415,28 +415,40 @@ def _hook_for(record: EntryPointRecord) -> importhooks.Hook:
     return activate
 
 
-#: Instrumentors whose activation came while wrapt was half-way through its import (see _activation).
-_waiting_for_wrapt: list[EntryPointRecord] = []
+#: Instrumentors whose activation came while a module they import was half-imported (see _activation).
+_waiting: list[EntryPointRecord] = []
 
 
 def _activation(record: EntryPointRecord) -> Callable[[], None]:
-    """`activate_now(record)`, or later when wrapt is half-imported: wrapt imports asyncio, so the
-    asyncio hook fires inside wrapt's import (when the app, or a Patches.wrap, imports wrapt first),
-    and OpenTelemetry's instrumentors import wrapt; run then, they failed with a circular import."""
+    """`activate_now(record)`, or later when a module it imports is half-way through its import.
+
+    A hook fires inside another module's import: wrapt imports asyncio, so the asyncio hook fires
+    inside wrapt's import (when the app, or a Patches.wrap, imports wrapt first); OpenTelemetry's
+    httpx instrumentation imports httpx, so with httpx2 imported first the httpx hook fires inside
+    the import of that very instrumentation. Run then, the instrumentor failed with a circular import.
+    It runs when the activation that imported them ends (as a rule, that is what imported them).
+    """
 
     def activate() -> None:
-        if importhooks.initializing("wrapt"):
-            report.debug(f"{record.name} waits for wrapt's import to finish")
-            _waiting_for_wrapt.append(record)
+        if _blocked(record):
+            report.debug(f"{record.name} waits for the import of wrapt or its own module to finish")
+            _waiting.append(record)
             return
         activate_now(record)
 
     return activate
 
 
+def _blocked(record: EntryPointRecord) -> bool:
+    own_module = record.value.partition(":")[0]
+    return importhooks.initializing("wrapt") or importhooks.initializing(own_module)
+
+
 def _run_waiting() -> None:
-    while _waiting_for_wrapt and not importhooks.initializing("wrapt"):
-        activate_now(_waiting_for_wrapt.pop(0))
+    for record in list(_waiting):
+        if record in _waiting and not _blocked(record):
+            _waiting.remove(record)
+            activate_now(record)
 
 
 _activated: set[str] = set()
@@ -466,7 +478,7 @@ def activate_now(record: EntryPointRecord) -> bool:
         )
         return False
     finally:
-        # What waited for wrapt: this activation's own patches are what imported it, as a rule.
+        # What waited for a module this activation was importing.
         _run_waiting()
 
 
