@@ -164,6 +164,7 @@ SUITES = {
             "typer",
             "a2wsgi",
             "pytest-timeout",
+            "pytest-xdist",  # its tests use the xdist_group mark (they run serially here)
             "fastapi[standard]==0.165.0",
         ),
         # Its docs' tests drive a browser or the CLI of other tools; the library's own tests are tests/.

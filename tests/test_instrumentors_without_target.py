@@ -5,7 +5,8 @@ the import of a module called `exceptions`, which never comes, and `--info` call
 It now runs when the SDK starts. The asyncio instrumentor failed with a circular import of wrapt
 whenever wrapt was imported before asyncio (wrapt imports asyncio: the asyncio hook fired inside
 wrapt's import, and the instrumentor imports wrapt); `import requests` was enough, since the agent's
-requests instrumentor imports wrapt. It now waits for wrapt's import to finish.
+requests instrumentor imports wrapt. It now waits for wrapt's import to finish; so does the httpx
+instrumentor when httpx2's activation is importing their shared module.
 
 Both packages are installed for these tests only (`--target`, on PYTHONPATH), at the release of the
 installed opentelemetry-instrumentation: in the shared venv they would add spans to every other test.
@@ -32,6 +33,8 @@ def extra_instrumentors(tmp_path_factory: pytest.TempPathFactory) -> str:
     target = tmp_path_factory.mktemp("instrumentors")
     release = metadata.version("opentelemetry-instrumentation")
     packages = [f"opentelemetry-instrumentation-{name}=={release}" for name in ("asyncio", "exceptions")]
+    # httpx2 (with httpx already in the venv): the httpx instrumentation registers an entry point for each.
+    packages += ["httpx2==2.16.2", "httpcore2==2.16.2", "truststore==0.10.5"]
     completed = subprocess.run(
         [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), *packages],
         capture_output=True,
@@ -115,3 +118,22 @@ def test_info_lists_the_exceptions_instrumentor_as_running_with_the_sdk(extra_in
     assert "when the SDK starts (no target library)" in rows["exceptions"], rows["exceptions"]
     assert "not installed" not in rows["exceptions"]
     assert os.path.basename(extra_instrumentors)  # the fixture's folder, not the venv's
+
+
+HTTPX2_APP = """
+import httpx2  # its activation imports OpenTelemetry's httpx instrumentation, which imports httpx
+
+import httpx
+
+print(httpx2.__name__, httpx.__name__)
+"""
+
+
+def test_httpx_is_instrumented_when_httpx2_was_imported_first(
+    extra_instrumentors: str, tmp_path: Path
+) -> None:
+    app = tmp_path / "app.py"
+    app.write_text(HTTPX2_APP)
+    env = agent_env(PYTHONPATH=extra_instrumentors, LOGFIRE_STORE=str(tmp_path / "traces.db"))
+    traced = run_launcher(["python", str(app)], env)  # no "instrumentor httpx failed" line
+    assert (traced.returncode, traced.stdout) == (0, "httpx2 httpx\n")
