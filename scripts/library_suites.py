@@ -167,8 +167,13 @@ SUITES = {
             "pytest-xdist",  # its tests use the xdist_group mark (they run serially here)
             "fastapi[standard]==0.165.0",
         ),
-        # Its docs' tests drive a browser or the CLI of other tools; the library's own tests are tests/.
-        ("-p", "no:cacheprovider"),
+        expected={
+            "tests/test_telemetry/test_runtime.py::test_concurrent_provider_owner_wins[[]*[]]": (
+                "the point of the agent: the test expects no global tracer provider in the process, so "
+                "that FastAPI's auto-configuration makes its own; under the agent one is set (FastAPI's "
+                "spans go to the agent's exporters), and FastAPI adds its exporter to it instead"
+            ),
+        },
     ),
     "celery": Suite(
         "celery",
