@@ -400,6 +400,9 @@ def run_tests(
 ) -> Outcome:
     env = {key: value for key, value in os.environ.items() if not key.startswith(("LOGFIRE_", "OTEL_"))}
     env.pop("PYTHONPATH", None)
+    # The agent's instrumentor cache (and a default store) in the work folder, not the user's home.
+    env["XDG_CACHE_HOME"] = str(report.parent / "cache")
+    env["XDG_DATA_HOME"] = str(report.parent / "data")
     env.update(suite.env)
     if agent:
         env["LOGFIRE_RUN"] = "1"
