@@ -72,28 +72,24 @@ def decoded_wsgi_path(path: Any) -> Any:
 
 def guard_wsgi(patches: Patches) -> None:
     """Guard `opentelemetry.instrumentation.wsgi`'s collection and its middleware (Flask uses both)."""
-    wsgi = _module("opentelemetry.instrumentation.wsgi")
-    if wsgi is None or not callable(getattr(wsgi, "collect_request_attributes", None)):
-        return
-    patches.replace(
-        wsgi, "collect_request_attributes", guarded_collect(wsgi.collect_request_attributes, "WSGI")
-    )
-    middleware = getattr(wsgi, "OpenTelemetryMiddleware", None)
-    if middleware is not None and not _guarded_call(middleware):
-        patches.wrap(middleware, "__call__", _wsgi_untraced)
+    _guard(patches, "opentelemetry.instrumentation.wsgi", "WSGI", _wsgi_untraced)
 
 
 def guard_asgi(patches: Patches) -> None:
     """Guard `opentelemetry.instrumentation.asgi`'s collection and its middleware."""
-    asgi = _module("opentelemetry.instrumentation.asgi")
-    if asgi is None or not callable(getattr(asgi, "collect_request_attributes", None)):
+    _guard(patches, "opentelemetry.instrumentation.asgi", "ASGI", _asgi_untraced)
+
+
+def _guard(patches: Patches, module_name: str, what: str, untraced: Callable[..., Any]) -> None:
+    module = _module(module_name)
+    if module is None or not callable(getattr(module, "collect_request_attributes", None)):
         return
     patches.replace(
-        asgi, "collect_request_attributes", guarded_collect(asgi.collect_request_attributes, "ASGI")
+        module, "collect_request_attributes", guarded_collect(module.collect_request_attributes, what)
     )
-    middleware = getattr(asgi, "OpenTelemetryMiddleware", None)
+    middleware = getattr(module, "OpenTelemetryMiddleware", None)
     if middleware is not None and not _guarded_call(middleware):
-        patches.wrap(middleware, "__call__", _asgi_untraced)
+        patches.wrap(middleware, "__call__", untraced)
 
 
 def _module(name: str) -> Any:
