@@ -43,7 +43,7 @@ from django.urls import path
 
 
 def hello(request, name):
-    print("serving", name, file=sys.stderr)
+    print("serving", ascii(name), file=sys.stderr)
     return HttpResponse(f"hello {name}")
 
 
@@ -56,7 +56,7 @@ class QuietHandler(WSGIRequestHandler):
 
 
 server = make_server("127.0.0.1", 0, get_wsgi_application(), handler_class=QuietHandler)
-url = f"http://127.0.0.1:{server.server_port}/hello/world"
+url = f"http://127.0.0.1:{server.server_port}" + os.environ.get("APP_PATH", "/hello/world")
 answers = []
 
 
@@ -73,7 +73,7 @@ client.start()
 server.handle_request()
 client.join()
 server.server_close()
-print(answers[0])
+print(ascii(answers[0]))
 """
 
 
@@ -85,7 +85,7 @@ def test_a_single_file_app_configuring_its_own_settings_is_traced_and_unchanged(
     app.write_text(APP)
     plain = run_process([sys.executable, str(app)], child_env(), expect_stderr=None)
     assert plain.returncode == 0, plain.stderr
-    assert plain.stdout == "hello world\n"
+    assert plain.stdout == "'hello world'\n"
     # The app calls itself (urllib.request, instrumented too): that inbound context is its own.
     env = agent_env(receiver, LOGFIRE_DISTRIBUTED_TRACING="true")
     if activation == "launcher":
@@ -115,9 +115,35 @@ def test_a_host_outside_allowed_hosts_is_answered_as_the_app_answers_it(
     app.write_text(APP)
     extra = {"APP_HOST": "elsewhere.example", "APP_MIDDLEWARE": middleware}
     plain = run_process([sys.executable, str(app)], child_env(**extra), expect_stderr=None)
-    assert plain.stdout == ("HTTP 400\n" if middleware else "hello world\n"), plain.stderr
+    assert plain.stdout == ("'HTTP 400'\n" if middleware else "'hello world'\n"), plain.stderr
     traced = run_launcher(["python", str(app)], agent_env(receiver, **extra), expect_stderr=plain.stderr)
     assert (traced.returncode, traced.stdout) == (plain.returncode, plain.stdout)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("path", "answer", "status"),
+    [
+        ("/hello/%E2%99%A5", "'hello \\u2665'", 200),  # outside latin-1: a 500 from the instrumentation
+        ("/hello/%C3%A9", "'hello \\xe9'", 200),  # inside latin-1: recorded as /hello/%E9 before
+        ("/nowhere/%E2%99%A5", "'HTTP 404'", 404),
+    ],
+)
+def test_a_non_ascii_path_is_answered_as_without_the_agent_and_traced(
+    receiver: OtlpReceiver, tmp_path: Path, path: str, answer: str, status: int
+) -> None:
+    app = tmp_path / "app.py"
+    app.write_text(APP)
+    plain = run_process([sys.executable, str(app)], child_env(APP_PATH=path), expect_stderr=None)
+    assert (plain.returncode, plain.stdout) == (0, answer + "\n"), plain.stderr
+    env = agent_env(receiver, APP_PATH=path, LOGFIRE_DISTRIBUTED_TRACING="true")
+    traced = run_launcher(["python", str(app)], env, expect_stderr=plain.stderr)
+    assert (traced.returncode, traced.stdout) == (0, plain.stdout)
+    spans = receiver.wait_for(lambda spans: any(span.kind == "SERVER" for span in spans), timeout=10)
+    server = next(span for span in spans if span.kind == "SERVER")
+    # The URL as the request line had it, percent-encoded, as the semantic conventions ask.
+    assert server.attributes["http.url"].endswith(path), server.attributes
+    assert server.attributes["http.status_code"] == status
 
 
 # A project with a settings module: it is imported when the app first reads a setting, not before.

@@ -7,6 +7,7 @@ PYTHONPATH, found through their `opentelemetry_instrumentor` entry points like a
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -163,3 +164,21 @@ def test_info_lists_enabled_disabled_skipped_and_missing_instrumentors(tmp_path:
     ]
     starred = run_launcher(["--info"], _env(None, tmp_path, site, OTEL_PYTHON_DISABLED_INSTRUMENTATIONS="*"))
     assert "disabled  by OTEL_PYTHON_DISABLED_INSTRUMENTATIONS ('*')" in starred.stdout
+
+
+def test_info_recommends_only_what_the_app_itself_installed(tmp_path: Path, site: Path) -> None:
+    # tornado installed only because a tool needs it; aiohttp on its own (what the app uses).
+    _distribution(site, "tornado", "6.4")
+    _distribution(site, "notebook-tool", "1.0", "tornado>=6")
+    _distribution(site, "aiohttp", "3.9.0")
+    result = run_launcher(["--info"], _env(None, tmp_path, site))
+    listed = result.stdout.partition("installed libraries without an instrumentor:")[2]
+    recommended = [line.split()[0] for line in listed.splitlines() if line.startswith("  ")]
+    assert "aiohttp" in recommended
+    # Dependencies of other packages: click (of Flask, Celery), grpcio (of the gRPC exporter), tornado.
+    for library in ("tornado", "click", "grpcio"):
+        assert library not in recommended, listed
+        assert re.search(rf"dependency: .*\b{library} by ", result.stdout), result.stdout
+    assert "tornado by notebook-tool" in result.stdout
+    # httpx2: an entry point of the httpx instrumentation, for a library that is not installed here.
+    assert not [line for line in result.stdout.splitlines() if line.split()[:1] == ["httpx2"]], result.stdout

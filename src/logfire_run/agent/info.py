@@ -76,15 +76,27 @@ def print_info(
     disabled_by = _disabled_source(config, flag_settings)
     replaced = loader.superseded(instrumentors, config)
     for instrumentor in sorted(instrumentors, key=lambda item: (item.name, item.group != GROUPS[1])):
+        if _library_missing(instrumentor):
+            continue  # httpx2, registered by the httpx instrumentation beside httpx: nothing to show
         state, detail = _state(instrumentor, config, disabled_by, replaced)
         out.write(f"  {instrumentor.name:<16} {state:<9} {detail}\n")
     if not instrumentors:
         out.write("  none found: pip install 'logfire-run[http,celery]'\n")
     missing = libraries_without_instrumentor({_normalize(item.dist) for item in instrumentors})
-    if missing:
+    required = required_by_others()
+    recommended = [row for row in missing if _normalize(row[0]) not in required]
+    if recommended:
         out.write("\ninstalled libraries without an instrumentor:\n")
-        for library, version, package in missing:
+        for library, version, package in recommended:
             out.write(f"  {library + ' ' + version:<28} pip install '{package}'\n")
+    left_out = [row[0] for row in missing if _normalize(row[0]) in required]
+    if left_out:
+        # A dependency of another package is that package's business (click of Flask and Celery,
+        # grpcio of the gRPC exporter): its instrumentor would trace the tool, not the app.
+        because = "; ".join(
+            f"{name} by {', '.join(sorted(required[_normalize(name)])[:3])}" for name in left_out
+        )
+        out.write(f"\nnot recommended, installed as another package's dependency: {because}\n")
     return 0
 
 
@@ -289,6 +301,8 @@ def _state(
         conflict = f"its requirements could not be checked ({error})"
     if conflict:
         return "skipped", f"{conflict}  {origin}"
+    if not instrumentor.modules:
+        return "enabled", f"when the SDK starts (no target library)  {origin}"
     targets = []
     for module in instrumentor.modules:
         try:
@@ -305,6 +319,60 @@ def _state(
 
 def _normalize(name: str) -> str:
     return name.lower().replace("_", "-").replace(".", "-")
+
+
+def _library_missing(instrumentor: EntryPointRecord) -> bool:
+    """An OpenTelemetry entry point named after a library that is not installed (`httpx2` of the httpx
+    instrumentation, whose other entry point is `httpx`): it can never run here."""
+    from importlib import metadata
+
+    if instrumentor.group != GROUPS[0] or not (instrumentor.requires or instrumentor.requires_any):
+        return False
+    named = [
+        text
+        for text in (*instrumentor.requires, *instrumentor.requires_any)
+        if _requirement_name(text) == _normalize(instrumentor.name)
+    ]
+    if not named:
+        return False
+    try:
+        metadata.version(instrumentor.name)
+    except metadata.PackageNotFoundError:
+        return True
+    return False
+
+
+def _requirement_name(text: str) -> str:
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    try:
+        return _normalize(Requirement(text).name)
+    except InvalidRequirement:
+        return ""
+
+
+def required_by_others() -> dict[str, set[str]]:
+    """Normalized distribution name -> the installed distributions that require it.
+
+    Requirements of an extra do not count: which extras were installed is not recorded, and counting
+    them all would count nearly everything (a test tool's optional `redis` extra, say)."""
+    from importlib import metadata
+
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    required: dict[str, set[str]] = {}
+    for dist in metadata.distributions():
+        name = dist.metadata["Name"] or ""
+        for line in dist.requires or ():
+            try:
+                requirement = Requirement(line)
+            except InvalidRequirement:
+                continue
+            marker = requirement.marker
+            if marker is not None and not marker.evaluate({"extra": ""}):
+                continue
+            required.setdefault(_normalize(requirement.name), set()).add(name)
+    return required
 
 
 #: Libraries OpenTelemetry's list names only beside another one (pydantic for tortoise-orm): having them

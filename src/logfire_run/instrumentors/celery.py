@@ -4,7 +4,7 @@ OpenTelemetry's Celery instrumentor (opentelemetry-instrumentation-celery) does 
 PRODUCER span around each publish (the `before_task_publish`/`after_task_publish` signals) that
 injects `traceparent` into the message headers, and a CONSUMER span around each run
 (`task_prerun`/`task_postrun`) whose parent it extracts from the task request. This one supersedes
-it under the same entry-point name, `celery`, corrects three things, then runs it.
+it under the same entry-point name, `celery`, corrects four things, then runs it.
 
 What it patches:
     Module-level names OpenTelemetry's instrumentor looks up when a signal fires: `extract` in its
@@ -29,6 +29,13 @@ What it patches:
        gevent) pool it can start before the attempt that published it has finished, so the runs
        would end each other's spans. The signals of one run all fire in the thread that runs it, so
        the key also names that thread.
+
+    4. Never raising into Celery. The instrumentor's signal handlers (`_trace_before_publish` and the
+       five others) raised into Celery's signal dispatch, which logs an error for each: on every
+       publish when `current_app` is unusable (Celery's own test helpers make it raise), because the
+       task of a publish signal was looked up there. The task is looked up in the registries of the
+       process's apps instead (none is finalized by it), and a handler that raises anyway is left
+       untraced with one `--debug` line.
 
 When it is enabled:
     When the app first imports `celery`, for the versions OpenTelemetry's instrumentor supports.
@@ -124,6 +131,10 @@ class CeleryContextInstrumentor(PatchingInstrumentor):
             )
             return
         self._patches.replace(otel_celery, "extract", _task_context_extract(otel_celery.extract))
+        instrumentor = getattr(otel_celery, "CeleryInstrumentor", None)
+        for handler in _HANDLERS:
+            if callable(getattr(instrumentor, handler, None)):
+                self._patches.wrap(instrumentor, handler, _never_raises)
         retrieve = utils.retrieve_task_from_sender
         self._patches.replace(utils, "retrieve_task_from_sender", self._with_stand_ins(retrieve))
         for name in _KEYED_BY_TASK_ID:
@@ -134,11 +145,16 @@ class CeleryContextInstrumentor(PatchingInstrumentor):
         stand_ins, lock = self._stand_ins, self._stand_ins_lock
 
         def retrieve_task_from_sender(kwargs: Any) -> Any:
-            task = retrieve(kwargs)
             sender = kwargs.get("sender") if hasattr(kwargs, "get") else None
-            if task is not None or not isinstance(sender, str) or not sender:
+            if not isinstance(sender, str) or not sender:
+                return retrieve(kwargs)  # a Task object (retry, failure): no lookup
+            # Publish signals name the task. OpenTelemetry looked it up in `current_app`, which may
+            # not be usable (Celery's own test helpers make it raise, and print): the apps of this
+            # process are searched instead, without finalizing any of them.
+            task = _registered_task(sender)
+            if task is not None:
                 return task
-            # Publish signals name the task; this process does not define it (send_task by name).
+            # This process does not define it (send_task by name).
             with lock:
                 stand_in = stand_ins.get(sender)
                 if stand_in is None:
@@ -146,6 +162,39 @@ class CeleryContextInstrumentor(PatchingInstrumentor):
             return stand_in
 
         return retrieve_task_from_sender
+
+
+def _registered_task(name: str) -> Any:
+    """The task called `name` in an app of this process (its registry as it is), or None."""
+    try:
+        state_module: Any = importlib.import_module("celery._state")
+        for app in list(state_module._get_active_apps()):
+            task = getattr(app, "_tasks", {}).get(name)
+            if task is not None:
+                return task
+    except Exception as error:
+        report.debug(f"Celery: task {name!r} not looked up ({type(error).__name__}: {error})")
+    return None
+
+
+#: OpenTelemetry's signal handlers (methods of its instrumentor): an exception from one would reach
+#: Celery's signal dispatch, which logs an error for it at every publish or run.
+_HANDLERS = (
+    "_trace_before_publish",
+    "_trace_after_publish",
+    "_trace_prerun",
+    "_trace_postrun",
+    "_trace_failure",
+    "_trace_retry",
+)
+
+
+def _never_raises(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    try:
+        return wrapped(*args, **kwargs)
+    except Exception as error:
+        report.debug(f"Celery: {wrapped.__name__} raised {type(error).__name__}: {error}; not traced")
+        return None
 
 
 #: The instrumentor's helpers that file a span under (task object, task id): (task, task_id, ...).

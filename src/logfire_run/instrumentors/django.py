@@ -12,10 +12,18 @@ What it patches:
     them, and the middleware is in place before the first request handler is built.
 
     The hooks of OpenTelemetry's middleware (`_DjangoMiddleware.process_request`, `process_view`,
-    `process_exception`, `process_response`): each builds the request's absolute URL, which makes
-    Django validate the host, so a request for a host outside `ALLOWED_HOSTS` got a 400 from the
-    instrumentation in an app that checks no host. A `DisallowedHost` from those hooks now leaves
-    the request untraced, and the app answers (or refuses) it as it would without the agent.
+    `process_exception`, `process_response`): one that raises leaves the request untraced (one
+    `--debug` line) and Django's handler goes on as if the middleware were not there, so the
+    instrumentation's own failure never changes a response. Each hook builds the request's absolute
+    URL, which makes Django validate the host: a request for a host outside `ALLOWED_HOSTS` got a 400
+    from the instrumentation in an app that checks no host.
+
+    The attribute collection that middleware calls (`wsgi_collect_request_attributes`,
+    `asgi_collect_request_attributes` in its module), guarded as `_http_server` says. Django puts the
+    decoded path back in `request.META` where WSGI has its bytes as latin-1, and OpenTelemetry's WSGI
+    collection re-encoded it as latin-1: `/%E2%99%A5/` answered 500 (`UnicodeEncodeError`), and
+    `/%C3%A9/` was recorded as `/%E9/`. It gets the WSGI form of the path, so `http.url` holds the
+    request's percent-encoded path and `url.path` the decoded one.
 
 When it is enabled:
     When the app first imports `django`, for the versions OpenTelemetry's instrumentor supports; it
@@ -32,11 +40,12 @@ Where it stops:
     Everything else is OpenTelemetry's: span names, attributes, where its middleware goes in the
     list, excluded URLs (`OTEL_PYTHON_DJANGO_EXCLUDED_URLS`). A request handler built without
     `django.setup()` having run is not traced, and neither is a request for a host outside
-    `ALLOWED_HOSTS`.
+    `ALLOWED_HOSTS` nor one whose attributes cannot be collected.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from logfire_run.agent import report
@@ -45,6 +54,7 @@ from logfire_run.instrumentors._base import (
     run_opentelemetry_instrumentor,
     stop_opentelemetry_instrumentor,
 )
+from logfire_run.instrumentors._http_server import guarded_collect
 
 __all__ = ["DjangoInstrumentor"]
 
@@ -87,35 +97,58 @@ class DjangoInstrumentor(PatchingInstrumentor):
         try:
             self._otel = run_opentelemetry_instrumentor(_OTEL_INSTRUMENTOR, **self._options)
             if self._otel is not None:
-                self._keep_host_checks_to_the_app()
+                self._never_change_a_response()
         except Exception as error:  # inside the app's own django.setup(): never raise into it
             report.problem("django", f"Django could not be instrumented ({error}); the app runs on")
 
-    def _keep_host_checks_to_the_app(self) -> None:
-        """A host outside `ALLOWED_HOSTS` is the app's to refuse (or not): OpenTelemetry's middleware
-        builds the request's URL (`build_absolute_uri`, which validates the host) in each of its
-        hooks, so its `DisallowedHost` turned an app that checks no host into one answering 400."""
+    def _never_change_a_response(self) -> None:
+        """OpenTelemetry's middleware must not be what answers: a hook of it that raises (its
+        `DisallowedHost` from building the URL, attribute collection of a non-ASCII path) leaves the
+        request untraced, and Django's handler goes on as if the middleware were not there."""
         import importlib
 
-        from django.core.exceptions import DisallowedHost
-
-        middleware = getattr(importlib.import_module(_OTEL_MIDDLEWARE), "_DjangoMiddleware", None)
+        module = importlib.import_module(_OTEL_MIDDLEWARE)
+        middleware = getattr(module, "_DjangoMiddleware", None)
         if middleware is None:
             report.debug(f"Django: {_OTEL_MIDDLEWARE} has no _DjangoMiddleware; run as it is")
             return
+        for name, what in (
+            ("wsgi_collect_request_attributes", "WSGI"),
+            ("asgi_collect_request_attributes", "ASGI"),
+        ):
+            collect = getattr(module, name, None)
+            if callable(collect):
+                guarded = guarded_collect(collect, f"Django {what}")
+                self._patches.replace(module, name, _with_wsgi_path(guarded) if what == "WSGI" else guarded)
 
-        def untraced_for_a_disallowed_host(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        def untraced_when_it_raises(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
             try:
                 return wrapped(*args, **kwargs)
-            except DisallowedHost:
+            except Exception as error:
+                report.debug(f"Django: {wrapped.__name__} raised {type(error).__name__}: {error}; untraced")
                 # As if the middleware were not there: process_response hands the response on.
                 return args[1] if wrapped.__name__ == "process_response" else None
 
         for hook in ("process_request", "process_view", "process_exception", "process_response"):
             if callable(getattr(middleware, hook, None)):
-                self._patches.wrap(middleware, hook, untraced_for_a_disallowed_host)
+                self._patches.wrap(middleware, hook, untraced_when_it_raises)
 
     def _uninstrument(self, **kwargs: Any) -> None:
         self._patches.restore()
         stop_opentelemetry_instrumentor(self._otel)
         self._otel = None
+
+
+def _with_wsgi_path(collect: Callable[..., Any]) -> Callable[..., Any]:
+    """Django's `request.META` holds the decoded path (`/♥/`) where WSGI has its bytes as latin-1;
+    OpenTelemetry's WSGI collection, reading it as WSGI, raised `UnicodeEncodeError` (a 500 for any
+    path outside latin-1) or recorded the wrong bytes. It gets the WSGI form."""
+
+    def collect_request_attributes(environ: Any, *args: Any, **kwargs: Any) -> Any:
+        path = environ.get("PATH_INFO")
+        if isinstance(path, str) and not path.isascii():
+            wsgi_path = path.encode("utf-8", "surrogateescape").decode("latin-1")
+            environ = {**environ, "PATH_INFO": wsgi_path}
+        return collect(environ, *args, **kwargs)
+
+    return collect_request_attributes

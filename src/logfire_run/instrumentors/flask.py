@@ -11,7 +11,10 @@ What it patches:
     `_InstrumentedFlask.__init__`, which keeps the app's own bound `wsgi_app` twice (as
     `_original_wsgi_app` and inside the WSGI wrapper it sets on the app): a reference cycle, so an
     app was freed only by the cycle collector, never when its last reference went. After it runs,
-    both places hold a callable that reaches the app through a weak reference instead.
+    both places hold a callable that reaches the app through a weak reference instead. The WSGI
+    wrapper and `before_request` hook that `__init__` adds then leave a request untraced when its
+    attributes cannot be collected, and `opentelemetry.instrumentation.wsgi`'s collection raises
+    `UntracedRequest` then, with the decoded `url.path` for a non-ASCII path (`_http_server`).
 
     `get_default_span_name` of OpenTelemetry's instrumentor: a request no rule matched (a 404, or a
     405 for a method the rule does not allow: Flask matches neither) was named after its URL path
@@ -48,6 +51,7 @@ from logfire_run.instrumentors._base import (
     run_opentelemetry_instrumentor,
     stop_opentelemetry_instrumentor,
 )
+from logfire_run.instrumentors._http_server import UNTRACED_KEY, UntracedRequest, guard_wsgi, mark_untraced
 
 __all__ = ["FlaskInstrumentor"]
 
@@ -78,6 +82,7 @@ class FlaskInstrumentor(PatchingInstrumentor):
             self._patches.replace(instrumented, "_excluded_urls", None, copy_metadata=False)
         self._patches.wrap(instrumented, "__init__", _init_without_self_reference)
         self._name_unmatched_by_method(importlib.import_module(_OTEL_MODULE))
+        guard_wsgi(self._patches)
 
     def _name_unmatched_by_method(self, otel_flask: Any) -> None:
         named = getattr(otel_flask, "get_default_span_name", None)
@@ -125,6 +130,11 @@ class _WeakWsgiApp:
 
 def _init_without_self_reference(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> None:
     wrapped(*args, **kwargs)
+    _without_self_reference(instance)
+    _untraced_when_collection_fails(instance)
+
+
+def _without_self_reference(instance: Any) -> None:
     own = instance.__dict__
     original, wrapper = own.get("_original_wsgi_app"), own.get("wsgi_app")
     if not isinstance(original, types.MethodType) or original.__self__ is not instance:
@@ -140,3 +150,40 @@ def _init_without_self_reference(wrapped: Any, instance: Any, args: Any, kwargs:
         return
     cells[0].cell_contents = weak
     own["_original_wsgi_app"] = weak
+
+
+class _UntracedOnFailure:
+    """OpenTelemetry's `wsgi_app` wrapper; the app's own `wsgi_app` when it cannot collect the request's
+    attributes (nothing has started then: the request runs untraced)."""
+
+    __slots__ = ("_plain", "_traced")
+
+    def __init__(self, traced: Any, plain: Any) -> None:
+        self._traced = traced
+        self._plain = plain
+
+    def __call__(self, environ: Any, start_response: Any) -> Any:
+        try:
+            return self._traced(environ, start_response)
+        except UntracedRequest:
+            mark_untraced(environ)
+            return self._plain(environ, start_response)
+
+
+def _untraced_when_collection_fails(instance: Any) -> None:
+    own = instance.__dict__
+    traced, plain, before = own.get("wsgi_app"), own.get("_original_wsgi_app"), own.get("_before_request")
+    functions = getattr(instance, "before_request_funcs", {}).get(None)
+    if not (callable(traced) and callable(plain) and isinstance(functions, list) and before in functions):
+        report.debug("Flask: OpenTelemetry's app has an unknown shape; a collection failure is a 500")
+        return
+    own["wsgi_app"] = _UntracedOnFailure(traced, plain)
+
+    def before_request() -> Any:
+        import flask
+
+        if flask.request.environ.get(UNTRACED_KEY):
+            return None  # its attributes could not be collected: no span for it
+        return before()
+
+    functions[functions.index(before)] = before_request

@@ -30,13 +30,14 @@ from logfire_run.files import cache_dir, make_private_dirs
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from types import ModuleType
     from typing import Any
 
     from logfire_run.agent.config import Config
 
 GROUPS = ("opentelemetry_instrumentor", "logfire_run_instrumentor")
-_CACHE_FORMAT = 3
+_CACHE_FORMAT = 4
 #: Entry points whose value starts with this are this project's: their declarations are read.
 _OWN_PREFIX = "logfire_run."
 #: What this project's instrumentors declare, next to their class (see instrumentors._base).
@@ -323,10 +324,14 @@ def _targets(
     for name in names:
         installed = module_names.get(name)
         modules.extend(sorted(installed) if installed else [name.replace("-", "_")])
-    if not modules:
+    if not modules and entry_name in _STDLIB_TARGETS:
+        modules.extend(_STDLIB_TARGETS[entry_name])
+    elif not modules and entry_name.partition(".")[0] in getattr(sys, "stdlib_module_names", ()):
         # Standard-library targets declare no requirement: the entry point's name is the module
-        # (threading, sqlite3), or names a package whose one module it patches.
-        modules.extend(_STDLIB_TARGETS.get(entry_name, (entry_name,)))
+        # (threading, sqlite3, asyncio).
+        modules.append(entry_name)
+    # Anything else without a requirement has no target library (`exceptions` hooks the process's
+    # excepthooks): it runs when the SDK starts.
     return tuple(dict.fromkeys(modules))
 
 
@@ -376,6 +381,9 @@ def register_hooks(config: Config) -> list[EntryPointRecord]:
             continue
         for module_name in record.modules:
             importhooks.register(module_name, _hook_for(record))
+        if not record.modules:
+            # No target library: it runs when the SDK starts, whatever starts it.
+            state.when_sdk_ready(_activation(record), start=False)
         registered.append(record)
     return registered
 
@@ -425,10 +433,46 @@ def _hook_for(record: EntryPointRecord) -> importhooks.Hook:
             report.debug(f"{module.__name__} imported: {record.name} {what}")
         elif sdk_state == "starting":
             report.debug(f"{module.__name__} imported by the SDK's set-up: {record.name} runs once it is up")
-        state.when_instrumentable(lambda: activate_now(record), start=start)
+        state.when_instrumentable(_activation(record), start=start)
 
     activate.__name__ = f"activate_{record.name}"
     return activate
+
+
+#: Instrumentors whose activation came while a module they import was half-imported (see _activation).
+_waiting: list[EntryPointRecord] = []
+
+
+def _activation(record: EntryPointRecord) -> Callable[[], None]:
+    """`activate_now(record)`, or later when a module it imports is half-way through its import.
+
+    A hook fires inside another module's import: wrapt imports asyncio, so the asyncio hook fires
+    inside wrapt's import (when the app, or a Patches.wrap, imports wrapt first); OpenTelemetry's
+    httpx instrumentation imports httpx, so with httpx2 imported first the httpx hook fires inside
+    the import of that very instrumentation. Run then, the instrumentor failed with a circular import.
+    It runs when the activation that imported them ends (as a rule, that is what imported them).
+    """
+
+    def activate() -> None:
+        if _blocked(record):
+            report.debug(f"{record.name} waits for the import of wrapt or its own module to finish")
+            _waiting.append(record)
+            return
+        activate_now(record)
+
+    return activate
+
+
+def _blocked(record: EntryPointRecord) -> bool:
+    own_module = record.value.partition(":")[0]
+    return importhooks.initializing("wrapt") or importhooks.initializing(own_module)
+
+
+def _run_waiting() -> None:
+    for record in list(_waiting):
+        if record in _waiting and not _blocked(record):
+            _waiting.remove(record)
+            activate_now(record)
 
 
 _activated: set[str] = set()
@@ -448,7 +492,7 @@ def activate_now(record: EntryPointRecord) -> bool:
         instance = target()
         # Its requirements were checked just above, with a debug line instead of OpenTelemetry's error.
         instance.instrument(skip_dep_check=True, **record.options)
-        report.debug(f"instrumented {', '.join(record.modules)} with {record.name}")
+        report.debug(f"instrumented {', '.join(record.modules) or 'the process'} with {record.name}")
         return True
     except Exception as error:
         report.problem(
@@ -457,6 +501,9 @@ def activate_now(record: EntryPointRecord) -> bool:
             f"{type(error).__name__}: {error}; the app runs on without it",
         )
         return False
+    finally:
+        # What waited for a module this activation was importing.
+        _run_waiting()
 
 
 def version_conflict(record: EntryPointRecord) -> str | None:
