@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import OtlpReceiver, agent_env
+from conftest import OtlpReceiver, agent_env, without_fastapi_operations
 from http_services import raw_response, running
 
 STATUS_ERROR = 2  # OTLP Status.STATUS_CODE_ERROR
@@ -35,12 +35,16 @@ def test_raising_endpoint_is_unchanged_and_recorded(
     traced_env = agent_env(receiver, LOGFIRE_DISTRIBUTED_TRACING="true")
     with running(server, traced_env, tmp_path / "agent", expect_stderr=app_error_log_only) as traced:
         with_agent = raw_response(f"{traced.url}/boom")
-        spans = receiver.wait_count(1)
+        receiver.wait_for(lambda found: any(span.kind == "SERVER" for span in found))
+    spans = receiver.spans  # the server has stopped (and flushed): every span it made is here
 
     assert without_agent[0] == 500
     assert with_agent == without_agent  # status, body and headers (Date and Server aside)
 
-    (span,) = spans
+    (span,) = without_fastapi_operations(spans)
     assert (span.kind, span.name) == ("SERVER", "GET /boom")
     assert span.status == STATUS_ERROR
-    assert "exception" in span.events
+    if "exception" not in span.events:
+        # FastAPI's own telemetry (0.165+) records the exception as a log record, not a span event, and
+        # marks the span with the exception's type (docs/http.md).
+        assert server == "uvicorn" and span.attributes.get("error.type") == "RuntimeError", span
