@@ -185,17 +185,17 @@ def parse_tracestate(values: Sequence[str]) -> list[tuple[str, str]]:
     if len(header) > MAX_TRACESTATE_HEADER_BYTES:
         return []
     entries: dict[str, str] = {}
-    members = 0
+    keys: list[str] = []  # of every member, duplicates included: the list's size
     for match in _LIST_MEMBER.finditer(header):
         member = match.group(1)
         if member is None:
             break  # the end
-        if members == MAX_TRACESTATE_MEMBERS:
+        if len(keys) == MAX_TRACESTATE_MEMBERS:
             return []
         key, equals, value = member.partition("=")
         if not equals or not valid_tracestate_member(key, value):
             return []
-        members += 1
+        keys.append(key)
         # A key seen already: Trace Context lets a vendor discard the duplicate (the list stays valid).
         entries.setdefault(key, value)
     return truncate_tracestate(list(entries.items()))
