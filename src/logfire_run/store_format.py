@@ -20,7 +20,12 @@ from collections.abc import Callable, Mapping
 from itertools import chain
 from typing import Any, TypeVar
 
-from logfire_run.files import create_private_file, default_store_path, make_private_dirs
+from logfire_run.files import (
+    check_own_file,
+    create_private_file,
+    default_store_path,
+    make_private_dirs,
+)
 
 __all__ = [
     "COLUMNS",
@@ -181,14 +186,21 @@ def open_store(
     """A connection to the store at `path` (autocommit; transactions are explicit), schema in place.
 
     With `create=False` a missing file raises FileNotFoundError instead of creating an empty store.
-    Writers pass `busy_timeout=0` and retry themselves (`with_retries`): SQLite's own busy handler
-    sleeps in steps growing to 100 ms, long enough to leave the lock idle while writers queue up.
+    With `create=True` (a writer) the store and its -wal and -shm files must be regular files, and the
+    user's own in a folder anyone can write to: else `files.UnsafeFileError` (SQLite would follow a
+    link to the database, and create the file it points to). Writers pass `busy_timeout=0` and retry
+    themselves (`with_retries`): SQLite's own busy handler sleeps in steps growing to 100 ms, long
+    enough to leave the lock idle while writers queue up.
     """
     if create:
         make_private_dirs(os.path.dirname(os.path.abspath(path)))
         # SQLite creates a database 0644 (less the umask), and its -wal and -shm files with the mode
         # of the database: made here 0600 first, all three are private. Spans hold URLs and user data.
+        # Made with O_EXCL | O_NOFOLLOW, or checked when it exists: SQLite follows a link to the
+        # database (and opens -wal and -shm without following, failing on a planted link).
         create_private_file(path)
+        check_own_file(f"{path}-wal")
+        check_own_file(f"{path}-shm")
     elif not os.path.exists(path):
         raise FileNotFoundError(path)
     # The class, not sqlite3.connect: an instrumentor of sqlite3 (OpenTelemetry's wraps connect) would

@@ -11,7 +11,13 @@ Where it stops:
 - Writes happen in the BatchSpanProcessor's worker thread, never on the request path; when the
   store cannot keep up, the processor's bounded queue drops spans (OpenTelemetry's own behaviour).
 - A store that cannot be opened (bad path, read-only disk) is reported once per process on stderr
-  and this process's spans are dropped; the app runs on.
+  and this process's spans are dropped; the app runs on. So is a store path that is a symbolic link,
+  or that has a -wal or -shm link beside it, or a store of another user's in a folder anyone can
+  write to (`files.check_own_file`): the agent writes only files it created itself.
+- A store deleted while the process writes to it is noticed at the next batch (a stat of the path)
+  and said once: SQLite would go on writing into the deleted file. It is not made again under the
+  same name, because the connections of other processes still hold the deleted file's -wal and
+  -shm, which SQLite removes by name when it closes them.
 - The connection belongs to one process: a forked child opens its own and never touches (nor
   closes) the one it inherited, which SQLite forbids.
 - Retention: the newest `DEFAULT_MAX_SPANS` spans written less than `DEFAULT_MAX_AGE_SECONDS` ago
@@ -38,6 +44,7 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import SpanKind, StatusCode
 
 from logfire_run.agent import report
+from logfire_run.files import UnsafeFileError
 from logfire_run.store_format import (
     DEFAULT_MAX_AGE_SECONDS,
     DEFAULT_MAX_LOGS,
@@ -249,6 +256,8 @@ class StoreExporter(SpanExporter):
         self._unusable = False
         self._since_prune = 0
         self._shutdown = False
+        #: (device, inode) of the store file this process's connection writes to.
+        self._identity: tuple[int, int] | None = None
         _store_exporters.add(self)
 
     def after_fork_in_child(self) -> None:
@@ -269,6 +278,16 @@ class StoreExporter(SpanExporter):
             return None
         try:
             connection = open_store(self.path, busy_timeout=0)
+            found = os.lstat(self.path)
+        except UnsafeFileError as error:
+            self._unusable = True
+            report.problem(
+                "store:open",
+                f"the trace store is refused: {error}; the agent writes only files it created itself, "
+                "never through a link: spans from this process are not stored, the app runs on (set "
+                "--store or LOGFIRE_STORE to a path in a folder of your own)",
+            )
+            return None
         except Exception as error:
             self._unusable = True
             report.problem(
@@ -278,8 +297,30 @@ class StoreExporter(SpanExporter):
             )
             return None
         self._connection = connection
+        self._identity = (found.st_dev, found.st_ino)
         self._prune(connection)
         return connection
+
+    def _deleted(self) -> bool:
+        """Whether the store file was deleted (or replaced) since this process opened it; said once."""
+        try:
+            found = os.lstat(self.path)
+            if (found.st_dev, found.st_ino) == self._identity:
+                return False
+        except OSError:
+            pass
+        # Not closed: SQLite would remove the -wal and -shm by name, which may be a new store's by now.
+        if self._connection is not None:
+            _INHERITED.append(self._connection)
+        self._connection = None
+        self._unusable = True
+        report.problem(
+            "store:deleted",
+            f"the trace store {self.path} was deleted while this process wrote to it: spans from this "
+            "process are no longer stored (SQLite would write them into the deleted file); the app runs "
+            "on, and stores spans again when restarted",
+        )
+        return True
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         if self._shutdown or self._unusable:
@@ -291,7 +332,7 @@ class StoreExporter(SpanExporter):
             return SpanExportResult.FAILURE
         with self._lock:
             connection = self._connect()
-            if connection is None:
+            if connection is None or self._deleted():
                 return SpanExportResult.FAILURE
             try:
                 with_retries(lambda: insert_batch(connection, rows))
@@ -316,7 +357,7 @@ class StoreExporter(SpanExporter):
             return True
         with self._lock:
             connection = self._connect()
-            if connection is None:
+            if connection is None or self._deleted():
                 return False
             try:
                 with_retries(lambda: insert_logs(connection, rows))
@@ -352,7 +393,8 @@ class StoreExporter(SpanExporter):
         return True  # every export is committed before it returns
 
 
-#: Connections inherited through fork: never used, never closed (see StoreExporter.after_fork_in_child).
+#: Connections inherited through fork, or to a store deleted meanwhile: never used, never closed (see
+#: StoreExporter.after_fork_in_child and `_deleted`).
 _INHERITED: list[sqlite3.Connection] = []
 
 
