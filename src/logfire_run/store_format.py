@@ -347,22 +347,41 @@ def _insert_statement(count: int) -> str:
     return _INSERT_HEAD + ",".join([_ROW_PLACEHOLDERS] * count)
 
 
+def statement_sizes(count: int, step: int) -> list[int]:
+    """How many rows each INSERT of a `count`-row batch carries: full statements of `step` rows, then
+    the rest as powers of two, largest first (300 rows: 256, 32, 8, 4).
+
+    Python's sqlite3 keeps every statement it prepared (128 per connection), and an INSERT of N rows
+    is a statement of its own, a large one (a 512-row span INSERT binds 8,192 values): one statement
+    per batch size grew a writing process by about 100 MB. Powers of two bound the statements of
+    each table to about a dozen, whatever the batch sizes, for a few more statements per batch.
+    """
+    sizes = [step] * (count // step)
+    rest = count % step
+    while rest:
+        size = 1 << (rest.bit_length() - 1)
+        sizes.append(size)
+        rest -= size
+    return sizes
+
+
 def insert_batch(connection: sqlite3.Connection, rows: list[Row]) -> None:
     """Write `rows` (in `COLUMNS` order) and their batch record, in one transaction.
 
-    The rows go in as one multi-row INSERT (a few for a batch past the bound-parameter limit), not
-    one statement per row: Python's sqlite3 releases and retakes the GIL around every statement
-    step, and behind a busy application thread each retake waits, so `executemany` of a 512-span
-    batch took hundreds of milliseconds of wall time while the bounded span queue overflowed.
+    The rows go in as a few multi-row INSERTs (`statement_sizes`), not one statement per row: Python's
+    sqlite3 releases and retakes the GIL around every statement step, and behind a busy application
+    thread each retake waits, so `executemany` of a 512-span batch took hundreds of milliseconds of
+    wall time while the bounded span queue overflowed.
     """
     step = _rows_per_statement(connection)
     connection.execute("BEGIN IMMEDIATE")
     try:
         offset = 0
         while offset < len(rows):
-            chunk = rows[offset : offset + step]
+            size = statement_sizes(len(rows) - offset, step)[0]
+            chunk = rows[offset : offset + size]
             try:
-                connection.execute(_insert_statement(len(chunk)), list(chain.from_iterable(chunk)))
+                connection.execute(_insert_statement(size), list(chain.from_iterable(chunk)))
             except sqlite3.OperationalError as error:
                 # Python 3.10 cannot ask for the limit: a build compiled with a lower one than its
                 # version's default says so here, and the batch goes on in statements of 999 values.
@@ -371,7 +390,7 @@ def insert_batch(connection: sqlite3.Connection, rows: list[Row]) -> None:
                     raise
                 step = floor
                 continue
-            offset += len(chunk)
+            offset += size
         connection.execute(_RECORD_BATCH, (time.time_ns(),))
         connection.execute("COMMIT")
     except BaseException:
@@ -384,14 +403,17 @@ _LOG_PLACEHOLDERS = f"({', '.join('?' * len(LOG_COLUMNS))})"
 
 
 def insert_logs(connection: sqlite3.Connection, rows: list[Row]) -> None:
-    """Write log `rows` (in `LOG_COLUMNS` order) in one transaction, a multi-row INSERT per chunk."""
+    """Write log `rows` (in `LOG_COLUMNS` order) in one transaction, a few multi-row INSERTs
+    (`statement_sizes`)."""
     step = max(999 // len(LOG_COLUMNS), 1)
     connection.execute("BEGIN IMMEDIATE")
     try:
-        for offset in range(0, len(rows), step):
-            chunk = rows[offset : offset + step]
-            statement = _INSERT_LOGS_HEAD + ",".join([_LOG_PLACEHOLDERS] * len(chunk))
+        offset = 0
+        for size in statement_sizes(len(rows), step):
+            chunk = rows[offset : offset + size]
+            statement = _INSERT_LOGS_HEAD + ",".join([_LOG_PLACEHOLDERS] * size)
             connection.execute(statement, list(chain.from_iterable(chunk)))
+            offset += size
         connection.execute("COMMIT")
     except BaseException:
         _rollback(connection)
