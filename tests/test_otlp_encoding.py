@@ -206,7 +206,7 @@ def test_an_attribute_that_cannot_be_encoded_is_left_out_as_opentelemetry_leaves
     span = ReadableSpan(
         name="bad values",
         context=SpanContext(5, 6, is_remote=False),
-        attributes={"too big": 2**64, "kept": "yes", "lone surrogate": "\ud800", "object": object()},
+        attributes={"too big": 2**64, "kept": "yes", "object": object()},
         resource=Resource({}),
     )
     decoded = ExportTraceServiceRequest.FromString(encode_export_request([span]))
@@ -214,6 +214,32 @@ def test_an_attribute_that_cannot_be_encoded_is_left_out_as_opentelemetry_leaves
     assert kept.key == "kept"
     assert encode_export_request([span]) == encode_spans([span]).SerializeToString()
     assert "could not be encoded" in capsys.readouterr().err
+
+
+def test_text_utf8_cannot_encode_is_kept_with_replacement_where_opentelemetry_fails() -> None:
+    # A lone surrogate (os.fsdecode of a name that is not UTF-8) in a name, a key, a value, an event,
+    # the status or the resource: OpenTelemetry's encoder drops the attribute or fails the batch.
+    bad = "caf\udce9"
+    span = ReadableSpan(
+        name=bad,
+        context=SpanContext(5, 6, is_remote=False),
+        attributes={bad: bad, "list": ("x", bad), "pair": "\ud83d\ude00"},
+        events=[Event(bad, {"k": bad}, timestamp=1)],
+        status=Status(StatusCode.ERROR, bad),
+        resource=Resource({"service.name": bad}),
+    )
+    fixed = "caf\ufffd"
+    same_replaced = ReadableSpan(
+        name=fixed,
+        context=SpanContext(5, 6, is_remote=False),
+        attributes={fixed: fixed, "list": ("x", fixed), "pair": "\U0001f600"},
+        events=[Event(fixed, {"k": fixed}, timestamp=1)],
+        status=Status(StatusCode.ERROR, fixed),
+        resource=Resource({"service.name": fixed}),
+    )
+    with pytest.raises(UnicodeEncodeError):
+        encode_spans([span]).SerializeToString()
+    assert encode_export_request([span]) == encode_spans([same_replaced]).SerializeToString()
 
 
 attribute_values = st.one_of(

@@ -309,6 +309,8 @@ def readable_records(batch: Sequence[Captured], resource: Any) -> list[Any]:
     from opentelemetry.sdk.util.instrumentation import InstrumentationScope
     from opentelemetry.trace import TraceFlags
 
+    from logfire_run.agent.export.otlp_encoding import encodable
+
     try:
         from opentelemetry.sdk._logs import ReadableLogRecord as Readable
     except ImportError:  # OpenTelemetry before 1.39
@@ -317,9 +319,14 @@ def readable_records(batch: Sequence[Captured], resource: Any) -> list[Any]:
     records = []
     observed = time.time_ns()
     for when, levelno, levelname, logger, message, exception, trace_id, span_id, flags, site in batch:
-        extra = site_attributes(site)
+        # Protobuf refuses text that UTF-8 cannot encode (a lone surrogate), failing the whole batch.
+        extra = {
+            key: encodable(value) if type(value) is str else value
+            for key, value in site_attributes(site).items()
+        }
         if exception is not None:
-            extra["exception.stacktrace"] = exception
+            extra["exception.stacktrace"] = encodable(exception)
+        logger, message = encodable(logger), encodable(message)
         scope = scopes.get(logger)
         if scope is None:
             scope = scopes[logger] = InstrumentationScope(logger)

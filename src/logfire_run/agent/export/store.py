@@ -44,6 +44,7 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import SpanKind, StatusCode
 
 from logfire_run.agent import report
+from logfire_run.agent.export.otlp_encoding import encodable
 from logfire_run.files import UnsafeFileError
 from logfire_run.store_format import (
     DEFAULT_MAX_AGE_SECONDS,
@@ -335,7 +336,7 @@ class StoreExporter(SpanExporter):
             if connection is None or self._deleted():
                 return SpanExportResult.FAILURE
             try:
-                with_retries(lambda: insert_batch(connection, rows))
+                _insert(connection, insert_batch, rows)
             except Exception as error:
                 report.problem(
                     "store:write",
@@ -360,7 +361,7 @@ class StoreExporter(SpanExporter):
             if connection is None or self._deleted():
                 return False
             try:
-                with_retries(lambda: insert_logs(connection, rows))
+                _insert(connection, insert_logs, rows)
             except Exception as error:
                 report.problem(
                     "store:write-logs",
@@ -391,6 +392,23 @@ class StoreExporter(SpanExporter):
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         return True  # every export is committed before it returns
+
+
+def _insert(
+    connection: sqlite3.Connection, insert: Callable[[sqlite3.Connection, list[Row]], None], rows: list[Row]
+) -> None:
+    """`insert(connection, rows)` in one transaction, tried again while another process holds the lock.
+
+    SQLite takes any `str` but one that UTF-8 cannot encode (a lone surrogate: what `os.fsdecode`
+    gives for a file name that is not UTF-8), which fails the whole transaction. Then the batch is
+    written again with U+FFFD in place of each lone surrogate, in the values that hold one: the
+    JSON of attributes too, which stays valid JSON. Rows are checked only then, not on every batch.
+    """
+    try:
+        with_retries(lambda: insert(connection, rows))
+    except UnicodeEncodeError:
+        cleaned = [tuple(encodable(value) if type(value) is str else value for value in row) for row in rows]
+        with_retries(lambda: insert(connection, cleaned))
 
 
 #: Connections inherited through fork, or to a store deleted meanwhile: never used, never closed (see
