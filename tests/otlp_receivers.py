@@ -44,13 +44,22 @@ class _Collecting(OtlpReceiver):
         self._lock = threading.Lock()
         self.headers: list[dict[str, str]] = []
         self.paths: list[str] = []
+        #: Each span request's client address (gRPC's peer, HTTP's host:port: the connection it came
+        #: on) and the `process.pid` of its spans.
+        self.peers: list[tuple[str, int | None]] = []
         #: Log records received (OTLP logs), decoded: see `collect_logs`.
         self.logs: list[dict[str, Any]] = []
 
-    def collect(self, request: ExportTraceServiceRequest, headers: dict[str, str], path: str = "") -> None:
+    def collect(
+        self, request: ExportTraceServiceRequest, headers: dict[str, str], path: str = "", peer: str = ""
+    ) -> None:
+        from conftest import _attrs
+
         with self._lock:
             self.headers.append({key.lower(): value for key, value in headers.items()})
             self.paths.append(path)
+            for resource_spans in request.resource_spans:
+                self.peers.append((peer, _attrs(resource_spans.resource.attributes).get("process.pid")))
         self._add(request)
 
     def collect_logs(self, request: Any) -> None:
@@ -154,7 +163,7 @@ class GrpcReceiver(_Collecting):
         class Servicer(trace_service_pb2_grpc.TraceServiceServicer):  # type: ignore[misc]
             def Export(self, request: Any, context: Any) -> Any:
                 receiver.released.wait(60)
-                receiver.collect(request, dict(context.invocation_metadata()))
+                receiver.collect(request, dict(context.invocation_metadata()), peer=context.peer())
                 return trace_service_pb2.ExportTraceServiceResponse()
 
         class LogsServicer(logs_service_pb2_grpc.LogsServiceServicer):  # type: ignore[misc]
@@ -186,14 +195,26 @@ class GrpcReceiver(_Collecting):
 
 class HttpReceiver(_Collecting):
     """OTLP/HTTP protobuf on 127.0.0.1: any path, gzip or deflate bodies, HTTPS when given a certificate
-    (mutual TLS when given a client CA)."""
+    (mutual TLS when given a client CA); connections kept alive between requests (HTTP/1.1), as a
+    collector keeps them. `hold` seconds pass between a request's arrival and its answer."""
 
-    def __init__(self, certificate: Certificates | None = None, client_ca: Path | None = None) -> None:
+    def __init__(
+        self, certificate: Certificates | None = None, client_ca: Path | None = None, hold: float = 0.0
+    ) -> None:
         super().__init__()
         receiver = self
+        #: (monotonic time of arrival, of the answer, path) of each request.
+        self.timeline: list[tuple[float, float, str]] = []
+        #: Request bodies that were not an OTLP message (two requests written into one connection).
+        self.corrupt = 0
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
             def do_POST(self) -> None:
+                import time
+
+                arrived = time.monotonic()
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 encoding = self.headers.get("Content-Encoding", "")
                 if encoding == "gzip":
@@ -206,8 +227,21 @@ class HttpReceiver(_Collecting):
                     receiver.collect_logs(logs_request)
                 else:
                     request = ExportTraceServiceRequest()
-                    request.ParseFromString(body)
-                    receiver.collect(request, dict(self.headers.items()), self.path)
+                    try:
+                        request.ParseFromString(body)
+                    except Exception:
+                        with receiver._lock:
+                            receiver.corrupt += 1
+                        self.send_response(400)
+                        self.send_header("Content-Length", "0")
+                        self.end_headers()
+                        return
+                    peer = f"{self.client_address[0]}:{self.client_address[1]}"
+                    receiver.collect(request, dict(self.headers.items()), self.path, peer)
+                if hold:
+                    time.sleep(hold)
+                with receiver._lock:
+                    receiver.timeline.append((arrived, time.monotonic(), self.path))
                 self.send_response(200)
                 self.send_header("Content-Type", "application/x-protobuf")
                 self.send_header("Content-Length", "0")

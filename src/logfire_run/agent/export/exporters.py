@@ -1,9 +1,11 @@
 """The way out: building the configured exporters, each behind its own bounded batch processor.
 
 `ExportingSpanProcessor` holds one `BatchSpanProcessor` per exporter and can swap them when
-`configure()` changes the exporters. `ForkSafeExporter` keeps a fork from landing in the middle of an
-export. Exporter problems (a backend that is down) reach stderr once per process, through
-`route_export_logs`, instead of once per batch.
+`configure()` changes the exporters. `ForkSafeExporter` keeps a fork from catching an export in a
+state a forked child could not go on from, without ever making the fork wait for the network
+(`ForkGuard`), and gives the child connections of its own (`renew_connections`). Exporter problems
+(a backend that is down) reach stderr once per process, through `route_export_logs`, instead of once
+per batch.
 
 Imported with the SDK, never at start-up.
 """
@@ -14,9 +16,10 @@ import logging
 import os
 import sys
 import threading
+import time
 import weakref
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
@@ -27,6 +30,8 @@ from logfire_run.agent.destination import OtlpDestination
 
 if TYPE_CHECKING:
     import requests
+
+_T = TypeVar("_T")
 
 
 class ExportingSpanProcessor(SpanProcessor):
@@ -80,33 +85,127 @@ class ExportingSpanProcessor(SpanProcessor):
         return total
 
 
-class ForkSafeExporter(SpanExporter):
-    """Keeps `fork()` from landing in the middle of an export.
+class ForkGuard:
+    """What a fork waits for while an export is running in another thread: never the network.
 
-    The batch processor exports from its own thread, and exporting may import a module lazily
-    (requests imports `netrc` on every request). A fork at that moment copies the module's import lock
-    held by a thread that does not exist in the child, and the child's first import of that module
-    hangs for ever. So a fork waits for the export in flight, a bounded time: an export stuck retrying
-    against a dead backend sleeps rather than imports, and the fork goes ahead after the wait.
+    A fork copies the process at one instant, with only the forking thread. Two things the exporting
+    thread may hold then would hang the child:
+
+    - a module's import lock, while it imports a module lazily: the child's first import of that
+      module waits for ever for a thread it does not have. The export path's own lazy imports are
+      done before the first export (requests' `netrc`: `otlp_exporter_options`); for any other, a
+      fork waits while the exporting thread is inside an import (`importing`), a bounded time;
+    - the store's SQLite locks, while a local exporter writes (milliseconds of disk, never the
+      network): a fork waits for that export (`local=True`), a bounded time.
+
+    A request on the wire holds nothing the child needs: the child gets connections of its own
+    (`renew_connections`), so a fork goes ahead at once, whatever the collector does.
     """
 
-    FORK_WAIT_SECONDS = 2.0
+    WAIT_SECONDS = 2.0
+
+    def __init__(self) -> None:
+        self._local = threading.Lock()
+        self._held = False
+        #: The thread running an export now, if any.
+        self.thread: int | None = None
+
+    def run(self, export: Callable[[], _T], *, local: bool) -> _T:
+        """`export()`, known to a fork as running in this thread (held off the fork if `local`)."""
+        self.thread = threading.get_ident()
+        try:
+            if local:
+                with self._local:
+                    return export()
+            return export()
+        finally:
+            self.thread = None
+
+    def before_fork(self) -> None:
+        deadline = time.monotonic() + self.WAIT_SECONDS
+        self._held = self._local.acquire(timeout=self.WAIT_SECONDS)
+        thread = self.thread
+        while thread is not None and importing(thread) and time.monotonic() < deadline:
+            time.sleep(0.001)
+
+    def after_fork_in_parent(self) -> None:
+        if self._held:
+            self._held = False
+            self._local.release()
+
+    def after_fork_in_child(self) -> None:
+        self._held = False
+        self.thread = None
+        self._local = threading.Lock()
+
+
+def importing(thread: int) -> bool:
+    """Whether `thread` holds a module's import lock now: it is inside an import."""
+    bootstrap = sys.modules.get("_frozen_importlib") or sys.modules.get("importlib._bootstrap")
+    locks = getattr(bootstrap, "_module_locks", None)
+    if not isinstance(locks, dict):
+        return False
+    for reference in list(locks.values()):
+        lock = reference() if callable(reference) else None
+        if lock is not None and getattr(lock, "owner", None) == thread:
+            return True
+    return False
+
+
+def renew_connections(exporter: object) -> None:
+    """Give a forked child's copy of an OpenTelemetry OTLP exporter connections of its own.
+
+    The child's copy of the HTTP session holds the parent's keep-alive connections: a request of the
+    child's written into one of them lands in the parent's stream (two requests in one body, both
+    refused). The session is replaced by a copy with new connection pools (its settings, class and
+    certificates kept), and the gRPC channel by a new one. The parent's are left untouched: their
+    locks may be held by the parent's exporting thread, and closing a connection here could end it
+    for the parent.
+    """
+    holders = [exporter, getattr(getattr(exporter, "_client", None), "_transport", None)]
+    for holder in holders:
+        session = getattr(holder, "_session", None)
+        if session is not None and hasattr(session, "adapters"):
+            setattr(holder, "_session", _fresh_session(session))  # noqa: B010 (a private attribute)
+    if hasattr(exporter, "_channel") and hasattr(exporter, "_initialize_channel_and_stub"):
+        try:
+            exporter._initialize_channel_and_stub()
+        except Exception as error:  # the child then retries through OpenTelemetry's reconnection
+            report.debug(f"after fork: no new gRPC channel ({type(error).__name__}: {error})")
+
+
+def _fresh_session(session: Any) -> Any:
+    import copy
+    from collections import OrderedDict
+
+    # requests' Session and HTTPAdapter copy through their pickling state: a copied adapter builds
+    # a new pool manager (and no proxy managers), sharing no connection with the original.
+    fresh = copy.copy(session)
+    fresh.adapters = OrderedDict((prefix, copy.copy(adapter)) for prefix, adapter in session.adapters.items())
+    return fresh
+
+
+class ForkSafeExporter(SpanExporter):
+    """A span exporter that a fork never catches in a state its child could not go on from.
+
+    Exports run under a `ForkGuard` (a fork waits for an import in progress, or for a local
+    exporter's write, never for the network), and a forked child gets connections of its own.
+    """
 
     def __init__(self, inner: SpanExporter) -> None:
         self.inner = inner
-        self._lock = threading.Lock()
-        self._held_for_fork = False
+        self.guard = ForkGuard()
+        self._local = bool(getattr(inner, "local", False))
         #: Spans of the export running now (counted as unsent if the process exits meanwhile).
         self.in_flight = 0
         _fork_safe_exporters.add(self)
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        with self._lock:
-            self.in_flight = len(spans)
-            try:
-                return self.inner.export(spans)
-            finally:
-                self.in_flight = 0
+        self.in_flight = len(spans)
+        try:
+            return self.guard.run(lambda: self.inner.export(spans), local=self._local)
+        finally:
+            self.in_flight = 0
 
     def shutdown(self) -> None:
         self.inner.shutdown()
@@ -115,17 +214,15 @@ class ForkSafeExporter(SpanExporter):
         return self.inner.force_flush(timeout_millis)
 
     def before_fork(self) -> None:
-        self._held_for_fork = self._lock.acquire(timeout=self.FORK_WAIT_SECONDS)
+        self.guard.before_fork()
 
     def after_fork_in_parent(self) -> None:
-        if self._held_for_fork:
-            self._held_for_fork = False
-            self._lock.release()
+        self.guard.after_fork_in_parent()
 
     def after_fork_in_child(self) -> None:
-        self._held_for_fork = False
+        self.guard.after_fork_in_child()
         self.in_flight = 0
-        self._lock = threading.Lock()
+        renew_connections(self.inner)
 
 
 #: Every ForkSafeExporter of the process, for the module's fork functions below.
@@ -232,6 +329,10 @@ def otlp_exporter_options(where: OtlpDestination) -> dict[str, Any]:
                 where.compression, grpc.Compression.NoCompression
             ),
         }
+    # requests imports `netrc` lazily at its first request, in the exporting thread: imported here,
+    # no import runs during an export that a fork could catch half-done (`ForkGuard`).
+    import netrc  # noqa: F401
+
     from opentelemetry.exporter.otlp.proto.http import Compression
 
     return {

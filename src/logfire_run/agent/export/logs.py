@@ -32,6 +32,7 @@ from typing import Any
 
 from logfire_run.agent import destination, report
 from logfire_run.agent.config import Config
+from logfire_run.agent.export.exporters import ForkGuard, renew_connections
 from logfire_run.store_format import site_attributes
 
 #: One captured record, as the pipeline keeps it until it is exported: (time_ns, levelno, levelname,
@@ -65,12 +66,17 @@ class LogExporter:
     """Where a batch of captured records goes (store, OTLP, console)."""
 
     name = ""
+    #: Writes to a local file (the store): a fork waits for its export in flight (`ForkGuard`).
+    local = False
 
     def export(self, batch: Sequence[Captured]) -> None:
         raise NotImplementedError
 
     def shutdown(self) -> None:
         pass
+
+    def after_fork_in_child(self) -> None:
+        """A forked child's copy: connections of its own (OTLP)."""
 
 
 #: Every LogPipeline of the process, for the module's fork functions below.
@@ -99,26 +105,23 @@ class LogPipeline:
         self._closed = False
         #: Records of the export running now (counted as unsent if the process exits meanwhile).
         self.in_flight = 0
-        self._held_for_fork = False
+        # What a fork waits for, as for spans: an import in progress, a store write; never the network.
+        self._guard = ForkGuard()
         _pipelines.add(self)
 
-    # A fork waits (a bounded time) for an export in flight, as `exporters.ForkSafeExporter` does for
-    # spans: exporting imports modules lazily, and a child forked while another thread holds an import
-    # lock hangs on its first import of that module.
-    FORK_WAIT_SECONDS = 2.0
-
     def before_fork(self) -> None:
-        self._held_for_fork = self._export_lock.acquire(timeout=self.FORK_WAIT_SECONDS)
+        self._guard.before_fork()
 
     def after_fork_in_parent(self) -> None:
-        if self._held_for_fork:
-            self._held_for_fork = False
-            self._export_lock.release()
+        self._guard.after_fork_in_parent()
 
     def after_fork_in_child(self) -> None:
-        # The parent exports what it had queued; the child starts empty, with a thread of its own.
+        # The parent exports what it had queued; the child starts empty, with a thread and connections
+        # of its own.
+        self._guard.after_fork_in_child()
+        for exporter in self._exporters:
+            exporter.after_fork_in_child()
         self._queue.clear()
-        self._held_for_fork = False
         self._export_lock = threading.Lock()
         self._start_lock = threading.Lock()
         self._wake = threading.Event()
@@ -186,7 +189,7 @@ class LogPipeline:
                 try:
                     for exporter in self.exporters():
                         try:
-                            exporter.export(batch)
+                            self._guard.run(lambda: exporter.export(batch), local=exporter.local)  # noqa: B023
                         except Exception as error:
                             report.problem(
                                 f"logs:{exporter.name}",
@@ -242,6 +245,7 @@ class StoreLogExporter(LogExporter):
     """Writes captured records made inside a span into the store's `logs` table."""
 
     name = "store"
+    local = True
 
     def __init__(self, path: str, service: Callable[[], str]) -> None:
         from logfire_run.agent.export.store import StoreExporter
@@ -300,6 +304,9 @@ class OpenTelemetryLogExporter(LogExporter):
 
     def shutdown(self) -> None:
         self._exporter.shutdown()
+
+    def after_fork_in_child(self) -> None:
+        renew_connections(self._exporter)
 
 
 def readable_records(batch: Sequence[Captured], resource: Any) -> list[Any]:

@@ -239,6 +239,10 @@ def log_rows(batch: Sequence[Any], pid: int, service: str) -> list[Row]:
 class StoreExporter(SpanExporter):
     """Writes each batch of spans into the SQLite store at `path`, in one transaction."""
 
+    #: A fork waits for a batch being written (milliseconds of disk): a child forked while SQLite
+    #: holds its own locks in the writing thread could not open the store (`exporters.ForkGuard`).
+    local = True
+
     def __init__(
         self,
         path: str,
