@@ -20,6 +20,7 @@ import ipaddress
 import ssl
 import threading
 import zlib
+from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -151,8 +152,13 @@ class GrpcReceiver(_Collecting):
     """An OTLP/gRPC server on 127.0.0.1, TLS when given certificates (mutual when given a client CA)."""
 
     def __init__(
-        self, certificate: Certificates | None = None, client_ca: Path | None = None, stall: bool = False
+        self,
+        certificate: Certificates | None = None,
+        client_ca: Path | None = None,
+        stall: bool = False,
+        logs: bool = True,
     ) -> None:
+        """`logs=False`: the server has no LogsService (a backend that takes traces only)."""
         super().__init__()
         receiver = self
         #: With `stall`, every export waits (until the receiver closes) before it is answered.
@@ -173,7 +179,8 @@ class GrpcReceiver(_Collecting):
 
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
         trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Servicer(), self.server)
-        logs_service_pb2_grpc.add_LogsServiceServicer_to_server(LogsServicer(), self.server)
+        if logs:
+            logs_service_pb2_grpc.add_LogsServiceServicer_to_server(LogsServicer(), self.server)
         if certificate is None:
             self.port = self.server.add_insecure_port("127.0.0.1:0")
             scheme = "http"
@@ -199,10 +206,17 @@ class HttpReceiver(_Collecting):
     collector keeps them. `hold` seconds pass between a request's arrival and its answer."""
 
     def __init__(
-        self, certificate: Certificates | None = None, client_ca: Path | None = None, hold: float = 0.0
+        self,
+        certificate: Certificates | None = None,
+        client_ca: Path | None = None,
+        hold: float = 0.0,
+        answer: Callable[[str, int], int] | None = None,
     ) -> None:
+        """`answer(path, number)` is the HTTP status of the `number`th request (from 0) to `path`;
+        200 by default. Only the spans of requests answered 2xx are kept."""
         super().__init__()
         receiver = self
+        counts: dict[str, int] = {}
         #: (monotonic time of arrival, of the answer, path) of each request.
         self.timeline: list[tuple[float, float, str]] = []
         #: Request bodies that were not an OTLP message (two requests written into one connection).
@@ -221,6 +235,14 @@ class HttpReceiver(_Collecting):
                     body = gzip.decompress(body)
                 elif encoding == "deflate":
                     body = zlib.decompress(body)
+                with receiver._lock:
+                    number = counts[self.path] = counts.get(self.path, -1) + 1
+                status = answer(self.path, number) if answer is not None else 200
+                if status >= 300:
+                    self.send_response(status)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 if self.path.endswith("/v1/logs"):
                     logs_request = ExportLogsServiceRequest()
                     logs_request.ParseFromString(body)

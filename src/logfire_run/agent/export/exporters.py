@@ -3,16 +3,15 @@
 `ExportingSpanProcessor` holds one `BatchSpanProcessor` per exporter and can swap them when
 `configure()` changes the exporters. `ForkSafeExporter` keeps a fork from catching an export in a
 state a forked child could not go on from, without ever making the fork wait for the network
-(`ForkGuard`), and gives the child connections of its own (`renew_connections`). Exporter problems
-(a backend that is down) reach stderr once per process, through `route_export_logs`, instead of once
-per batch.
+(`ForkGuard`), and gives the child connections of its own (`renew_connections`). What the exporters
+drop is counted here (exports that failed, spans past the full queue), and said by `delivery`: a
+problem once per process and signal as it happens, the counts at exit.
 
 Imported with the SDK, never at start-up.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 import threading
@@ -27,6 +26,16 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 from logfire_run.agent import destination, report
 from logfire_run.agent.config import Config
 from logfire_run.agent.destination import OtlpDestination
+from logfire_run.agent.export.delivery import exporting, last_transient_error, route_export_logs
+
+__all__ = [
+    "ExportingSpanProcessor",
+    "ForkGuard",
+    "ForkSafeExporter",
+    "last_transient_error",
+    "renew_connections",
+    "route_export_logs",
+]
 
 if TYPE_CHECKING:
     import requests
@@ -44,7 +53,13 @@ class ExportingSpanProcessor(SpanProcessor):
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._processors: tuple[SpanProcessor, ...] = ()
+        #: Each processor's bounded queue (OpenTelemetry's deque), where it can be read, else None.
+        self._queues: tuple[Any, ...] = ()
         self.names: tuple[str, ...] = ()
+        #: Spans a full queue dropped in this process (OpenTelemetry's processor drops the oldest).
+        self.queue_dropped = 0
+        #: What exporters replaced by `configure()` failed to send (their counts go on here).
+        self._retired_refused = 0
 
     def set_exporters(self, config: Config) -> None:
         names = config.resolved_exporters()
@@ -55,16 +70,41 @@ class ExportingSpanProcessor(SpanProcessor):
                 processors.append(BatchSpanProcessor(ForkSafeExporter(exporter)))
         with self._lock:
             old, self._processors, self.names = self._processors, tuple(processors), names
+            self._queues = tuple(_queue_of(processor) for processor in processors)
         for processor in old:
             processor.shutdown()
+            self._retired_refused += getattr(getattr(processor, "span_exporter", None), "refused", 0)
         report.debug(f"exporters: {', '.join(names) or 'none'}")
 
     def on_start(self, span: Span, parent_context: object = None) -> None:
         pass
 
     def on_end(self, span: ReadableSpan) -> None:
-        for processor in self._processors:
+        for processor, queue in zip(self._processors, self._queues, strict=False):
+            if queue is not None and len(queue) == queue.maxlen:
+                self.queue_dropped += 1  # the processor makes room by dropping its oldest span
             processor.on_end(span)
+
+    def refused(self) -> int:
+        """Spans of exports that failed for good in this process (all exporters)."""
+        return self._retired_refused + sum(
+            getattr(getattr(processor, "span_exporter", None), "refused", 0) for processor in self._processors
+        )
+
+    def queued(self) -> int:
+        """Spans waiting in the batch processors' queues."""
+        return sum(len(queue) for queue in self._queues if queue is not None)
+
+    def in_flight(self) -> int:
+        """Spans of the exports running now."""
+        return sum(
+            getattr(getattr(processor, "span_exporter", None), "in_flight", 0)
+            for processor in self._processors
+        )
+
+    def after_fork_in_child(self) -> None:
+        """A forked child counts its own drops."""
+        self.queue_dropped = self._retired_refused = 0
 
     def shutdown(self) -> None:
         for processor in self._processors:
@@ -75,14 +115,16 @@ class ExportingSpanProcessor(SpanProcessor):
 
     def unsent(self) -> int:
         """Spans not exported yet: queued in the batch processors, or in an export still running."""
-        total = 0
-        for processor in self._processors:
-            # OpenTelemetry keeps the queue in its shared batch processor; read it where it is, else 0.
-            queue = getattr(getattr(processor, "_batch_processor", None), "_queue", ())
-            total += len(queue)
-            exporter = getattr(processor, "span_exporter", None)
-            total += getattr(exporter, "in_flight", 0)
-        return total
+        return self.queued() + self.in_flight()
+
+
+def _queue_of(processor: SpanProcessor) -> Any:
+    """The bounded deque a batch processor queues spans in (OpenTelemetry 1.27 to now), else None."""
+    # Since 1.33 it is in the processor's shared `_batch_processor`; before, on the processor itself.
+    queue = getattr(getattr(processor, "_batch_processor", None), "_queue", None)
+    if queue is None:
+        queue = getattr(processor, "queue", None)
+    return queue if getattr(queue, "maxlen", None) else None
 
 
 class ForkGuard:
@@ -198,14 +240,22 @@ class ForkSafeExporter(SpanExporter):
         self._local = bool(getattr(inner, "local", False))
         #: Spans of the export running now (counted as unsent if the process exits meanwhile).
         self.in_flight = 0
+        #: Spans of exports that failed for good in this process: the batch processor does not retry.
+        self.refused = 0
         _fork_safe_exporters.add(self)
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         self.in_flight = len(spans)
+        result = SpanExportResult.FAILURE
         try:
-            return self.guard.run(lambda: self.inner.export(spans), local=self._local)
+            with exporting("spans"):
+                result = self.guard.run(lambda: self.inner.export(spans), local=self._local)
+            return result
         finally:
             self.in_flight = 0
+            # A store refused or deleted said so once for all this process's spans: not counted.
+            if result is not SpanExportResult.SUCCESS and not getattr(self.inner, "unusable", False):
+                self.refused += len(spans)
 
     def shutdown(self) -> None:
         self.inner.shutdown()
@@ -221,7 +271,7 @@ class ForkSafeExporter(SpanExporter):
 
     def after_fork_in_child(self) -> None:
         self.guard.after_fork_in_child()
-        self.in_flight = 0
+        self.in_flight = self.refused = 0
         renew_connections(self.inner)
 
 
@@ -389,61 +439,3 @@ def _entry_point_exporter(name: str) -> SpanExporter:
                 raise TypeError(f"{entry.value} did not make a SpanExporter")
             return exporter
     raise ExporterNotInstalled(f"no installed package provides the exporter {name!r}")
-
-
-class _ExportProblemHandler(logging.Handler):
-    """Turns exporter log records into one stderr line per process instead of one per batch.
-
-    Attached to the exporters' loggers, it also stops Python's last-resort handler from printing every
-    retry when the app has not configured logging; an app that has keeps receiving the records.
-    An exporter's warnings are retries ("transient error ..., retrying"): a retry that succeeds is not
-    a problem, so they are kept, and named as the cause when the export fails for good (an error) or
-    when the exit budget drops what they held up.
-    """
-
-    def emit(self, record: logging.LogRecord) -> None:
-        global _last_transient
-        try:
-            message = record.getMessage()
-        except Exception:
-            message = str(record.msg)
-        report.debug(f"{record.name}: {message}")
-        if record.levelno < logging.WARNING:
-            return
-        if record.levelno < logging.ERROR and record.name.startswith("opentelemetry.exporter"):
-            _last_transient = message
-            return
-        cause = f" (last error: {_last_transient})" if _last_transient and _last_transient != message else ""
-        # One line per backend, not per signal: the log exporter of the same protocol (`_log_exporter`,
-        # docs/logs.md) fails with the trace exporter, and says the same.
-        key = record.name.replace("._log_exporter", ".trace_exporter")
-        report.problem(
-            f"export:{key}",
-            f"exporting spans failed: {destination.explain(message + cause)} (reported once per process; "
-            "the app runs on, "
-            "spans beyond the bounded queue are dropped; LOGFIRE_DEBUG=1 shows every occurrence)",
-        )
-
-
-_last_transient: str | None = None
-
-
-def last_transient_error() -> str | None:
-    """The last retry an exporter logged in this process, if any: why spans are still unsent."""
-    return _last_transient
-
-
-EXPORT_LOGGERS = (
-    "opentelemetry.exporter",
-    "opentelemetry.sdk.trace.export",
-    "opentelemetry.sdk._shared_internal",
-)
-
-
-def route_export_logs() -> None:
-    """Send the exporters' log records through `report` (once per process), not to the app's log."""
-    handler = _ExportProblemHandler(logging.DEBUG)
-    for name in EXPORT_LOGGERS:
-        logger = logging.getLogger(name)
-        if not any(isinstance(existing, _ExportProblemHandler) for existing in logger.handlers):
-            logger.addHandler(handler)

@@ -28,10 +28,12 @@ import traceback
 import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 from logfire_run.agent import destination, report
 from logfire_run.agent.config import Config
+from logfire_run.agent.export.delivery import exporting
 from logfire_run.agent.export.exporters import ForkGuard, renew_connections
 from logfire_run.store_format import site_attributes
 
@@ -69,7 +71,8 @@ class LogExporter:
     #: Writes to a local file (the store): a fork waits for its export in flight (`ForkGuard`).
     local = False
 
-    def export(self, batch: Sequence[Captured]) -> None:
+    def export(self, batch: Sequence[Captured]) -> bool:
+        """Send `batch`; False when it was not taken (the records are dropped and counted)."""
         raise NotImplementedError
 
     def shutdown(self) -> None:
@@ -95,7 +98,9 @@ class LogPipeline:
         self.max_queue = _int_env("OTEL_BLRP_MAX_QUEUE_SIZE", 2048)
         self.batch_size = min(_int_env("OTEL_BLRP_MAX_EXPORT_BATCH_SIZE", 512), self.max_queue)
         self.delay = _int_env("OTEL_BLRP_SCHEDULE_DELAY", 1000) / 1000
+        #: Records dropped in this process: past the full queue, and of exports not taken.
         self.dropped = 0
+        self.refused = 0
         self._queue: deque[Captured] = deque()
         self._export_lock = threading.Lock()
         self._start_lock = threading.Lock()
@@ -121,6 +126,7 @@ class LogPipeline:
         self._guard.after_fork_in_child()
         for exporter in self._exporters:
             exporter.after_fork_in_child()
+        self.dropped = self.refused = 0
         self._queue.clear()
         self._export_lock = threading.Lock()
         self._start_lock = threading.Lock()
@@ -186,18 +192,25 @@ class LogPipeline:
                 count = min(len(self._queue), self.batch_size)
                 batch = [self._queue.popleft() for _ in range(count)]
                 self.in_flight = len(batch)
+                taken = True
                 try:
                     for exporter in self.exporters():
                         try:
-                            self._guard.run(lambda: exporter.export(batch), local=exporter.local)  # noqa: B023
+                            with exporting("logs"):
+                                sent = self._guard.run(partial(exporter.export, batch), local=exporter.local)
+                            taken = sent and taken
                         except Exception as error:
+                            taken = False
                             report.problem(
                                 f"logs:{exporter.name}",
                                 f"log records could not be exported to {exporter.name} "
-                                f"({type(error).__name__}: {error}); they are dropped, the app runs on",
+                                f"({type(error).__name__}: {error}); they are dropped and counted at "
+                                "exit, the app runs on",
                             )
                 finally:
                     self.in_flight = 0
+                    if not taken:
+                        self.refused += len(batch)
                 if not everything and len(self._queue) < self.batch_size:
                     return
 
@@ -211,6 +224,9 @@ class LogPipeline:
 
     def unsent(self) -> int:
         return len(self._queue) + self.in_flight
+
+    def queued(self) -> int:
+        return len(self._queue)
 
     def shutdown(self) -> None:
         self.force_flush()
@@ -254,8 +270,8 @@ class StoreLogExporter(LogExporter):
         self._store = StoreExporter(path)
         self._service = service
 
-    def export(self, batch: Sequence[Captured]) -> None:
-        self._store.export_logs(batch, self._service())
+    def export(self, batch: Sequence[Captured]) -> bool:
+        return self._store.export_logs(batch, self._service())
 
     def shutdown(self) -> None:
         self._store.shutdown()
@@ -273,14 +289,14 @@ class OpenTelemetryLogExporter(LogExporter):
         #: OTLP/HTTP: the request written by `otlp_logs`, sent by OpenTelemetry's exporter.
         self._direct = direct
 
-    def export(self, batch: Sequence[Captured]) -> None:
+    def export(self, batch: Sequence[Captured]) -> bool:
         from opentelemetry.instrumentation.utils import suppress_instrumentation
 
         # Its HTTP client (requests) is instrumented too: the export itself must not become spans.
         with suppress_instrumentation():
-            self._export(batch)
+            return self._export(batch)
 
-    def _export(self, batch: Sequence[Captured]) -> None:
+    def _export(self, batch: Sequence[Captured]) -> bool:
         if self._direct:
             from logfire_run.agent.export.otlp_logs import encode_logs_request, send_encoded
 
@@ -291,16 +307,17 @@ class OpenTelemetryLogExporter(LogExporter):
                     "otlp-logs-encode", f"the OTLP log encoder failed ({type(error).__name__}: {error})"
                 )
                 body = None
-            if body is None:
-                self._exporter.export(readable_records(batch, self._resource()))
-                return
-            if send_encoded(self._exporter, body) is not None:
-                return
-            self._direct = False  # an OpenTelemetry without the seam: its own path from now on
-            report.fallback(
-                "otlp-logs-seam", "OpenTelemetry's OTLP/HTTP log exporter has no client to send bytes"
-            )
-        self._exporter.export(readable_records(batch, self._resource()))
+            if body is not None:
+                sent = send_encoded(self._exporter, body)
+                if sent is not None:
+                    return sent
+                self._direct = False  # an OpenTelemetry without the seam: its own path from now on
+                report.fallback(
+                    "otlp-logs-seam", "OpenTelemetry's OTLP/HTTP log exporter has no client to send bytes"
+                )
+        result = self._exporter.export(readable_records(batch, self._resource()))
+        # OpenTelemetry's LogExportResult (LogRecordExportResult since 1.39): SUCCESS is 0.
+        return getattr(result, "value", 1) == 0
 
     def shutdown(self) -> None:
         self._exporter.shutdown()
@@ -369,8 +386,25 @@ def log_exporter_names(config: Config, environ: Any = None) -> tuple[str, ...]:
             )
         names.extend(name for name in chosen if name in ("otlp", "console"))
     elif "otlp" in span_exporters:
-        names.append("otlp")
+        if only_traces_endpoint(environ):
+            # OpenTelemetry's rule: a signal's own endpoint is for that signal alone. Logs have none
+            # (neither theirs nor the general one): there is no logs destination to default to.
+            report.debug(
+                "OTLP logs are not sent: only OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is set (set "
+                "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT, or OTEL_EXPORTER_OTLP_ENDPOINT for both)"
+            )
+        else:
+            names.append("otlp")
     return tuple(dict.fromkeys(names))
+
+
+def only_traces_endpoint(environ: Any) -> bool:
+    """Whether the traces endpoint is set and neither the logs nor the general one is."""
+    own, general = destination.variables("logs", "ENDPOINT")
+    traces, _ = destination.variables("traces", "ENDPOINT")
+    return bool(environ.get(traces, "").strip()) and not (
+        environ.get(own, "").strip() or environ.get(general, "").strip()
+    )
 
 
 def build_log_exporters(config: Config, resource: Callable[[], Any]) -> list[LogExporter]:
@@ -393,9 +427,7 @@ def build_log_exporters(config: Config, resource: Callable[[], Any]) -> list[Log
                     OpenTelemetryLogExporter(name, ConsoleLogRecordExporter(out=sys.stderr), resource)
                 )
             else:
-                exporter = build_otlp_log_exporter(config)
-                direct = type(exporter).__module__.startswith("opentelemetry.exporter.otlp.proto.http")
-                exporters.append(OpenTelemetryLogExporter(name, exporter, resource, direct=direct))
+                exporters.append(otlp_log_exporter(config, resource))
         except Exception as error:
             # The key of the span exporter's own line: the same cause (a missing package, a bad
             # certificate) is said once, not once per signal.
@@ -405,6 +437,13 @@ def build_log_exporters(config: Config, resource: Callable[[], Any]) -> list[Log
                 "log records are not sent there, the app runs on",
             )
     return exporters
+
+
+def otlp_log_exporter(config: Config, resource: Callable[[], Any]) -> OpenTelemetryLogExporter:
+    """The `otlp` log exporter: OpenTelemetry's, sending the direct encoding over HTTP."""
+    exporter = build_otlp_log_exporter(config)
+    direct = type(exporter).__module__.startswith("opentelemetry.exporter.otlp.proto.http")
+    return OpenTelemetryLogExporter("otlp", exporter, resource, direct=direct)
 
 
 def otlp_log_destination(config: Config, environ: Any = None) -> destination.OtlpDestination:

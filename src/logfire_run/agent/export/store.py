@@ -306,6 +306,11 @@ class StoreExporter(SpanExporter):
         self._prune(connection)
         return connection
 
+    @property
+    def unusable(self) -> bool:
+        """Refused, unopenable or deleted: said once, and this process's spans are not stored."""
+        return self._unusable
+
     def _deleted(self) -> bool:
         """Whether the store file was deleted (or replaced) since this process opened it; said once."""
         try:
