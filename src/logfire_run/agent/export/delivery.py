@@ -7,8 +7,9 @@
   backend in a process.
 - `Drops` are a process's counts for one signal: what an export that failed for good carried (the
   backend refused it, did not answer, timed out: the batch processor does not try again), what did
-  not fit the bounded queue, what was not sent within the exit budget, and what was on the wire when
-  the process exited (sent, unanswered: the backend may have it, so it is not counted as dropped).
+  not fit the bounded queue, what was not sent within the exit budget (an export waiting to try again
+  included: its last attempt failed), and what was on the wire when the process exited (sent,
+  unanswered: the backend may have it, so it is not counted as dropped, only said).
   Exports to a store that was refused or deleted are not counted: that line said already that the
   process's spans are not stored. `drop_line` is the one line a process
   says at exit when anything was dropped; `exits` says it.
@@ -33,14 +34,18 @@ _current = threading.local()
 
 
 @contextmanager
-def exporting(signal: str) -> Iterator[None]:
-    """Mark the current thread as exporting `signal` (for the lines said about its failures)."""
-    previous = getattr(_current, "signal", None)
-    _current.signal = signal
+def exporting(signal: str, export: object = None) -> Iterator[None]:
+    """Mark the current thread as exporting `signal` (for the lines said about its failures). A retry
+    the exporter logs meanwhile sets `export.retrying`: its last attempt failed, so what it carries
+    has not arrived (at exit it is dropped, not "on the wire")."""
+    previous = getattr(_current, "signal", None), getattr(_current, "export", None)
+    _current.signal, _current.export = signal, export
+    if export is not None:
+        export.retrying = False  # type: ignore[attr-defined]
     try:
         yield
     finally:
-        _current.signal = previous
+        _current.signal, _current.export = previous
 
 
 def _signal_of(record: logging.LogRecord) -> str:
@@ -91,6 +96,9 @@ class _ExportProblemHandler(logging.Handler):
             return
         if record.levelno < logging.ERROR and record.name.startswith("opentelemetry.exporter"):
             _last_transient = message
+            export = getattr(_current, "export", None)
+            if export is not None:
+                export.retrying = True
             return
         cause = f" (last error: {_last_transient})" if _last_transient and _last_transient != message else ""
         report.problem(
@@ -151,11 +159,13 @@ def drop_line(counts: dict[str, Drops], budget: float, reason: str) -> str | Non
     `counts` maps a signal ("spans", "logs") to its `Drops`; `reason` is how the process ends.
     """
     dropped = {signal: drops for signal, drops in counts.items() if drops.dropped}
-    if not dropped:
+    on_the_wire = [
+        _count(drops.on_the_wire, _NOUNS.get(signal, signal))
+        for signal, drops in counts.items()
+        if drops.on_the_wire
+    ]
+    if not dropped and not on_the_wire:
         return None
-    what = " and ".join(
-        _count(drops.dropped, _NOUNS.get(signal, signal)) for signal, drops in dropped.items()
-    )
     details = []
     for signal, drops in dropped.items():
         parts = []
@@ -167,19 +177,22 @@ def drop_line(counts: dict[str, Drops], budget: float, reason: str) -> str | Non
             parts.append(f"{drops.at_exit:,} not sent within the exit budget ({budget:g} s, at {reason})")
         prefix = f"{_NOUNS.get(signal, signal)}: " if len(dropped) > 1 else ""
         details.append(prefix + ", ".join(parts))
-    line = f"{what} dropped in this process: {'; '.join(details)}"
-    on_the_wire = [
-        _count(drops.on_the_wire, _NOUNS.get(signal, signal))
-        for signal, drops in counts.items()
-        if drops.on_the_wire
-    ]
-    if on_the_wire:
-        line += (
-            f"; {' and '.join(on_the_wire)} sent at exit got no answer in time (the backend may have them)"
+    unanswered = (
+        f"{' and '.join(on_the_wire)} sent at exit got no answer within the exit budget ({budget:g} s, at "
+        f"{reason}): the backend may have them"
+    )
+    if dropped:
+        what = " and ".join(
+            _count(drops.dropped, _NOUNS.get(signal, signal)) for signal, drops in dropped.items()
         )
+        line = f"{what} dropped in this process: {'; '.join(details)}"
+        if on_the_wire:
+            line += f"; {unanswered}"
+    else:
+        line = unanswered
     cause = last_transient_error()
-    if cause and any(drops.refused or drops.at_exit for drops in dropped.values()):
+    if cause and (on_the_wire or any(drops.refused or drops.at_exit for drops in dropped.values())):
         line += f"; the backend: {destination.explain(cause)}"
-    if any(drops.at_exit for drops in dropped.values()):
+    if on_the_wire or any(drops.at_exit for drops in dropped.values()):
         line += "; LOGFIRE_EXIT_BUDGET (--exit-budget) sets the budget"
     return line

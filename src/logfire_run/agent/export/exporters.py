@@ -95,12 +95,15 @@ class ExportingSpanProcessor(SpanProcessor):
         """Spans waiting in the batch processors' queues."""
         return sum(len(queue) for queue in self._queues if queue is not None)
 
-    def in_flight(self) -> int:
-        """Spans of the exports running now."""
-        return sum(
-            getattr(getattr(processor, "span_exporter", None), "in_flight", 0)
-            for processor in self._processors
-        )
+    def in_flight(self, *, retrying: bool | None = None) -> int:
+        """Spans of the exports running now: all, or those whose last attempt failed (`retrying=True`),
+        or those on the wire (`retrying=False`)."""
+        total = 0
+        for processor in self._processors:
+            exporter = getattr(processor, "span_exporter", None)
+            if retrying is None or bool(getattr(exporter, "retrying", False)) == retrying:
+                total += getattr(exporter, "in_flight", 0)
+        return total
 
     def after_fork_in_child(self) -> None:
         """A forked child counts its own drops."""
@@ -242,13 +245,15 @@ class ForkSafeExporter(SpanExporter):
         self.in_flight = 0
         #: Spans of exports that failed for good in this process: the batch processor does not retry.
         self.refused = 0
+        #: The export running now logged a retry: its last attempt failed (`delivery.exporting`).
+        self.retrying = False
         _fork_safe_exporters.add(self)
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         self.in_flight = len(spans)
         result = SpanExportResult.FAILURE
         try:
-            with exporting("spans"):
+            with exporting("spans", self):
                 result = self.guard.run(lambda: self.inner.export(spans), local=self._local)
             return result
         finally:

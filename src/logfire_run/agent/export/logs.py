@@ -101,6 +101,8 @@ class LogPipeline:
         #: Records dropped in this process: past the full queue, and of exports not taken.
         self.dropped = 0
         self.refused = 0
+        #: The export running now logged a retry: its last attempt failed (`delivery.exporting`).
+        self.retrying = False
         self._queue: deque[Captured] = deque()
         self._export_lock = threading.Lock()
         self._start_lock = threading.Lock()
@@ -196,7 +198,7 @@ class LogPipeline:
                 try:
                     for exporter in self.exporters():
                         try:
-                            with exporting("logs"):
+                            with exporting("logs", self):
                                 sent = self._guard.run(partial(exporter.export, batch), local=exporter.local)
                             taken = sent and taken
                         except Exception as error:
