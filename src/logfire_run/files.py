@@ -87,11 +87,10 @@ class UnsafeFileError(PermissionError):
     """A file the agent would write through is a link, not a regular file, or someone else's."""
 
 
-def create_private_file(path: str) -> bool:
-    """Create `path` empty and 0600 whatever the umask, unless it exists; True when this call made it.
-
-    A name that exists already is checked by `check_own_file` (which raises for a link planted there).
-    """
+def create_private_file(path: str, content: bytes = b"") -> bool:
+    """Create `path` 0600 whatever the umask, holding `content`, unless it exists; True when this call
+    made it. A name that exists already is checked by `check_own_file` (which raises for a link
+    planted there), and left as it is."""
     try:
         descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o600)
     except FileExistsError:
@@ -99,9 +98,21 @@ def create_private_file(path: str) -> bool:
         return False
     try:
         os.fchmod(descriptor, 0o600)
+        view = memoryview(content)
+        while view:
+            view = view[os.write(descriptor, view) :]
     finally:
         os.close(descriptor)
     return True
+
+
+def read_own_file(path: str) -> bytes:
+    """The content of `path`, a regular file of this user's, opened without following a link."""
+    descriptor = os.open(path, os.O_RDONLY | _NOFOLLOW)
+    with open(descriptor, "rb") as file:
+        if os.fstat(file.fileno()).st_uid != os.geteuid():
+            raise UnsafeFileError(f"{path} belongs to another user")
+        return file.read()
 
 
 def check_own_file(path: str) -> bool:

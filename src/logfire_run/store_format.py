@@ -39,6 +39,7 @@ __all__ = [
     "has_logs",
     "insert_batch",
     "insert_logs",
+    "lock_taken",
     "open_store",
     "prune",
     "prune_logs",
@@ -304,6 +305,11 @@ def _rollback(connection: sqlite3.Connection) -> None:
             connection.execute("ROLLBACK")
 
 
+def lock_taken(error: sqlite3.OperationalError) -> bool:
+    """Whether `error` says another connection holds the lock (SQLITE_BUSY or SQLITE_LOCKED)."""
+    return _is_busy(error)
+
+
 def _is_busy(error: sqlite3.OperationalError) -> bool:
     code = getattr(error, "sqlite_errorcode", None)
     if code is not None:
@@ -312,15 +318,16 @@ def _is_busy(error: sqlite3.OperationalError) -> bool:
     return "locked" in text or "busy" in text
 
 
-def with_retries(action: Callable[[], _T]) -> _T:
-    """Run `action` (a whole transaction), again while another process holds the lock."""
+def with_retries(action: Callable[[], _T], *, give_up: Callable[[], bool] | None = None) -> _T:
+    """Run `action` (a whole transaction), again while another process holds the lock (until
+    `give_up()` says to stop waiting: the lock error is raised then)."""
     deadline = time.monotonic() + WRITE_PATIENCE_SECONDS
     delay, longest = _RETRY_DELAYS
     while True:
         try:
             return action()
         except sqlite3.OperationalError as error:
-            if not _is_busy(error) or time.monotonic() > deadline:
+            if not _is_busy(error) or time.monotonic() > deadline or (give_up is not None and give_up()):
                 raise
         # Short, jittered waits: a batch holds the lock for milliseconds, and jitter keeps the
         # waiting writers from retrying in lockstep.

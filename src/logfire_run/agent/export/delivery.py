@@ -20,6 +20,7 @@ Imported with the SDK, never at start-up.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,7 +28,32 @@ from dataclasses import dataclass
 
 from logfire_run.agent import destination, report
 
-__all__ = ["Drops", "drop_line", "exporting", "last_transient_error", "route_export_logs"]
+__all__ = [
+    "Drops",
+    "drop_line",
+    "exit_begins",
+    "exit_deadline",
+    "exporting",
+    "last_transient_error",
+    "route_export_logs",
+]
+
+#: (pid, monotonic deadline) of the exit flush under way: what remains of the exit budget.
+_exit: tuple[int, float] | None = None
+
+
+def exit_begins(deadline: float) -> None:
+    """The process is ending: exporters must be done by `deadline` (monotonic; `exits` says it).
+    The store then writes without waiting for other processes' locks (`store`, `spool`)."""
+    global _exit
+    _exit = (os.getpid(), deadline)
+
+
+def exit_deadline() -> float | None:
+    """The exit budget's deadline while this process's exit flush runs, else None."""
+    current = _exit
+    return current[1] if current is not None and current[0] == os.getpid() else None
+
 
 #: Which signal the current thread is exporting ("spans", "logs", "metrics"), while it does.
 _current = threading.local()

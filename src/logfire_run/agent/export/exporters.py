@@ -95,13 +95,15 @@ class ExportingSpanProcessor(SpanProcessor):
         """Spans waiting in the batch processors' queues."""
         return sum(len(queue) for queue in self._queues if queue is not None)
 
-    def in_flight(self, *, retrying: bool | None = None) -> int:
-        """Spans of the exports running now: all, or those whose last attempt failed (`retrying=True`),
-        or those on the wire (`retrying=False`)."""
+    def in_flight(self, *, lost: bool | None = None) -> int:
+        """Spans of the exports running now: all; or (`lost=True`) those that cannot arrive if the
+        process ends now (the last attempt failed, or a store write, rolled back); or (`lost=False`)
+        those on the wire, which the backend may have."""
         total = 0
         for processor in self._processors:
             exporter = getattr(processor, "span_exporter", None)
-            if retrying is None or bool(getattr(exporter, "retrying", False)) == retrying:
+            gone = bool(getattr(exporter, "retrying", False) or getattr(exporter, "local", False))
+            if lost is None or gone == lost:
                 total += getattr(exporter, "in_flight", 0)
         return total
 
@@ -240,7 +242,8 @@ class ForkSafeExporter(SpanExporter):
     def __init__(self, inner: SpanExporter) -> None:
         self.inner = inner
         self.guard = ForkGuard()
-        self._local = bool(getattr(inner, "local", False))
+        #: A local exporter (the store): what a fork waits for, and lost if the process ends mid-export.
+        self.local = bool(getattr(inner, "local", False))
         #: Spans of the export running now (counted as unsent if the process exits meanwhile).
         self.in_flight = 0
         #: Spans of exports that failed for good in this process: the batch processor does not retry.
@@ -254,7 +257,7 @@ class ForkSafeExporter(SpanExporter):
         result = SpanExportResult.FAILURE
         try:
             with exporting("spans", self):
-                result = self.guard.run(lambda: self.inner.export(spans), local=self._local)
+                result = self.guard.run(lambda: self.inner.export(spans), local=self.local)
             return result
         finally:
             self.in_flight = 0

@@ -95,6 +95,8 @@ class LogPipeline:
         # would leave.
         self._exporters = tuple(exporters)
         self.names = tuple(exporter.name for exporter in self._exporters)
+        #: Only local exporters (the store): what is in flight at exit is lost, not on the wire.
+        self.local = all(exporter.local for exporter in self._exporters)
         self.max_queue = _int_env("OTEL_BLRP_MAX_QUEUE_SIZE", 2048)
         self.batch_size = min(_int_env("OTEL_BLRP_MAX_EXPORT_BATCH_SIZE", 512), self.max_queue)
         self.delay = _int_env("OTEL_BLRP_SCHEDULE_DELAY", 1000) / 1000

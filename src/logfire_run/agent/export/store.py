@@ -14,6 +14,10 @@ Where it stops:
   and this process's spans are dropped; the app runs on. So is a store path that is a symbolic link,
   or that has a -wal or -shm link beside it, or a store of another user's in a folder anyone can
   write to (`files.check_own_file`): the agent writes only files it created itself.
+- At exit, a batch that finds another process holding the store's lock goes into a spool of this
+  process's own instead of waiting (`spool`): the exit budget is never spent in that queue. Spools
+  are moved into the store by the next process that writes (when it opens the store, at most once a
+  second as it writes, and at its exit if the lock was free then).
 - A store deleted while the process writes to it is noticed at the next batch (a stat of the path)
   and said once: SQLite would go on writing into the deleted file. It is not made again under the
   same name, because the connections of other processes still hold the deleted file's -wal and
@@ -33,6 +37,7 @@ import json.encoder
 import os
 import sqlite3
 import threading
+import time
 import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -44,6 +49,7 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import SpanKind, StatusCode
 
 from logfire_run.agent import report
+from logfire_run.agent.export import delivery, spool
 from logfire_run.agent.export.otlp_encoding import encodable
 from logfire_run.files import UnsafeFileError
 from logfire_run.store_format import (
@@ -53,6 +59,7 @@ from logfire_run.store_format import (
     Row,
     insert_batch,
     insert_logs,
+    lock_taken,
     open_store,
     prune,
     prune_logs,
@@ -255,6 +262,7 @@ class StoreExporter(SpanExporter):
         self.max_spans = max_spans
         self.max_age_seconds = max_age_seconds
         self.prune_every = prune_every
+        self._next_spool_check = 0.0
         self._lock = threading.Lock()
         self._connection: sqlite3.Connection | None = None
         self._pid = os.getpid()
@@ -303,7 +311,8 @@ class StoreExporter(SpanExporter):
             return None
         self._connection = connection
         self._identity = (found.st_dev, found.st_ino)
-        self._prune(connection)
+        if delivery.exit_deadline() is None:  # at exit, nothing but this process's own rows
+            self._prune(connection)
         return connection
 
     @property
@@ -340,51 +349,79 @@ class StoreExporter(SpanExporter):
         except Exception as error:
             report.problem("store:convert", f"spans could not be stored ({type(error).__name__}: {error})")
             return SpanExportResult.FAILURE
-        with self._lock:
-            connection = self._connect()
-            if connection is None or self._deleted():
-                return SpanExportResult.FAILURE
-            try:
-                _insert(connection, insert_batch, rows)
-            except Exception as error:
-                report.problem(
-                    "store:write",
-                    f"spans could not be written to the trace store {self.path} "
-                    f"({type(error).__name__}: {error}); they are dropped, the app runs on",
-                )
-                return SpanExportResult.FAILURE
-            self._since_prune += len(rows)
-            if self._since_prune >= self.prune_every:
-                self._prune(connection)
-        return SpanExportResult.SUCCESS
+        written = self._write(rows, insert_batch, "spans")
+        return SpanExportResult.SUCCESS if written else SpanExportResult.FAILURE
 
     def export_logs(self, batch: Sequence[Any], service: str = "") -> bool:
         """Write captured log records (see `log_rows`) in one transaction; False when they are dropped."""
         if self._shutdown or self._unusable:
             return False
         rows = log_rows(batch, self._pid, service)
-        if not rows:
-            return True
+        return not rows or self._write(rows, insert_logs, "log records")
+
+    def _write(
+        self, rows: list[Row], insert: Callable[[sqlite3.Connection, list[Row]], None], what: str
+    ) -> bool:
+        exiting = delivery.exit_deadline() is not None
         with self._lock:
             connection = self._connect()
             if connection is None or self._deleted():
                 return False
             try:
-                _insert(connection, insert_logs, rows)
+                if exiting:
+                    return self._write_at_exit(connection, rows, insert)
+                try:
+                    _insert(connection, insert, rows, give_up=_exit_began)
+                except sqlite3.OperationalError as error:
+                    # The process began to exit while this write waited for the lock: a spool, now.
+                    if not (lock_taken(error) and _exit_began()):
+                        raise
+                    return self._write_at_exit(connection, rows, insert)
             except Exception as error:
                 report.problem(
-                    "store:write-logs",
-                    f"log records could not be written to the trace store {self.path} "
+                    f"store:write:{what}",
+                    f"{what} could not be written to the trace store {self.path} "
                     f"({type(error).__name__}: {error}); they are dropped, the app runs on",
                 )
                 return False
             self._since_prune += len(rows)
             if self._since_prune >= self.prune_every:
                 self._prune(connection)
+            elif time.monotonic() >= self._next_spool_check:
+                self._merge_spools(connection)
         return True
+
+    def _write_at_exit(
+        self,
+        connection: sqlite3.Connection,
+        rows: list[Row],
+        insert: Callable[[sqlite3.Connection, list[Row]], None],
+    ) -> bool:
+        """At exit: the store's lock if it is free at once, else a spool of this process's own
+        (`spool`): the exit budget is never spent waiting for other writers."""
+        try:
+            _insert(connection, insert, rows, wait=False)
+        except sqlite3.OperationalError as error:
+            if not lock_taken(error):
+                raise
+            _cleaned_if_needed(lambda clean: spool.write(self.path, **{_TABLE[insert]: clean}), rows)
+            return True
+        # The lock was free: the spools other processes left meanwhile go in now, within the budget.
+        self._merge_spools(connection, deadline=delivery.exit_deadline())
+        return True
+
+    def _merge_spools(self, connection: sqlite3.Connection, deadline: float | None = None) -> None:
+        self._next_spool_check = time.monotonic() + spool.MERGE_EVERY_SECONDS
+        try:
+            if spool.due(self.path):
+                moved = spool.merge(connection, self.path, deadline=deadline)
+                report.debug(f"moved {moved} spans from spools into the trace store")
+        except Exception as error:
+            report.debug(f"trace store spools could not be merged: {type(error).__name__}: {error}")
 
     def _prune(self, connection: sqlite3.Connection) -> None:
         self._since_prune = 0
+        self._merge_spools(connection)
         try:
             prune_logs(connection, DEFAULT_MAX_LOGS, self.max_age_seconds)
             prune(connection, self.max_spans, self.max_age_seconds)
@@ -403,10 +440,36 @@ class StoreExporter(SpanExporter):
         return True  # every export is committed before it returns
 
 
+_TABLE: dict[Callable[[sqlite3.Connection, list[Row]], None], str] = {
+    insert_batch: "spans",
+    insert_logs: "logs",
+}
+
+
 def _insert(
-    connection: sqlite3.Connection, insert: Callable[[sqlite3.Connection, list[Row]], None], rows: list[Row]
+    connection: sqlite3.Connection,
+    insert: Callable[[sqlite3.Connection, list[Row]], None],
+    rows: list[Row],
+    *,
+    wait: bool = True,
+    give_up: Callable[[], bool] | None = None,
 ) -> None:
-    """`insert(connection, rows)` in one transaction, tried again while another process holds the lock.
+    """`insert(connection, rows)` in one transaction, tried again while another process holds the lock
+    (`wait`, until `give_up()`), or tried once."""
+    if wait:
+        _cleaned_if_needed(
+            lambda clean: with_retries(lambda: insert(connection, clean), give_up=give_up), rows
+        )
+    else:
+        _cleaned_if_needed(lambda clean: insert(connection, clean), rows)
+
+
+def _exit_began() -> bool:
+    return delivery.exit_deadline() is not None
+
+
+def _cleaned_if_needed(write: Callable[[list[Row]], object], rows: list[Row]) -> None:
+    """`write(rows)`, and again with clean text if SQLite refused some.
 
     SQLite takes any `str` but one that UTF-8 cannot encode (a lone surrogate: what `os.fsdecode`
     gives for a file name that is not UTF-8), which fails the whole transaction. Then the batch is
@@ -414,10 +477,9 @@ def _insert(
     JSON of attributes too, which stays valid JSON. Rows are checked only then, not on every batch.
     """
     try:
-        with_retries(lambda: insert(connection, rows))
+        write(rows)
     except UnicodeEncodeError:
-        cleaned = [tuple(encodable(value) if type(value) is str else value for value in row) for row in rows]
-        with_retries(lambda: insert(connection, cleaned))
+        write([tuple(encodable(value) if type(value) is str else value for value in row) for row in rows])
 
 
 #: Connections inherited through fork, or to a store deleted meanwhile: never used, never closed (see
@@ -427,6 +489,21 @@ _INHERITED: list[sqlite3.Connection] = []
 
 #: Every StoreExporter of the process, for `after_fork_in_child` below.
 _store_exporters: weakref.WeakSet[StoreExporter] = weakref.WeakSet()
+
+
+def merge_spools_at_exit() -> None:
+    """At exit, move the spools other processes left into the store, if its lock is free and the exit
+    budget allows (`exits` calls it after the flush): the last process of a group that exited together
+    (a pool's parent, a server's master) leaves none behind."""
+    deadline = delivery.exit_deadline()
+    for exporter in list(_store_exporters):
+        connection = exporter._connection
+        if connection is None or exporter._pid != os.getpid() or not exporter._lock.acquire(blocking=False):
+            continue
+        try:
+            exporter._merge_spools(connection, deadline=deadline)
+        finally:
+            exporter._lock.release()
 
 
 def after_fork_in_child() -> None:

@@ -94,6 +94,10 @@ def exit_flush(reason: str, *, children: Iterable[int] = ()) -> None:
     if _exit_deadline is None or _exit_deadline[0] != pid:
         _exit_deadline = (pid, now + budget)
     held = signals.hold_stop_signals()
+    if tracing is not None:
+        from logfire_run.agent.export import delivery
+
+        delivery.exit_begins(_exit_deadline[1])
     try:
         if children:
             # Each child's own exit budget starts when it gets the SIGTERM, a moment after ours did:
@@ -112,6 +116,13 @@ def exit_flush(reason: str, *, children: Iterable[int] = ()) -> None:
             finished = flusher is not None and flusher.flush(tracing, remaining, reason)
     finally:
         signals.restore_signals(held)
+    if finished:
+        # The spools of processes that exited meanwhile, moved into the store while budget remains.
+        import sys
+
+        store = sys.modules.get("logfire_run.agent.export.store")
+        if store is not None:
+            store.merge_spools_at_exit()
     # One line for what this process dropped, whenever it was (`delivery.drop_line`): exports the
     # backend did not take, the full queue, and what the exit budget left unsent.
     from logfire_run.agent.export.delivery import drop_line

@@ -167,15 +167,15 @@ class TracingSdk:
         if self.owns_provider:
             spans.refused, spans.queue_full = self.exporting.refused(), self.exporting.queue_dropped
             if exiting:
-                spans.at_exit = self.exporting.queued() + self.exporting.in_flight(retrying=True)
-                spans.on_the_wire = self.exporting.in_flight(retrying=False)
+                spans.at_exit = self.exporting.queued() + self.exporting.in_flight(lost=True)
+                spans.on_the_wire = self.exporting.in_flight(lost=False)
         logs = Drops()
         if self.logs is not None:
             logs.refused, logs.queue_full = self.logs.refused, self.logs.dropped
             if exiting:
-                retrying = self.logs.retrying
-                logs.at_exit = self.logs.queued() + (self.logs.in_flight if retrying else 0)
-                logs.on_the_wire = 0 if retrying else self.logs.in_flight
+                lost = self.logs.retrying or self.logs.local
+                logs.at_exit = self.logs.queued() + (self.logs.in_flight if lost else 0)
+                logs.on_the_wire = 0 if lost else self.logs.in_flight
         return {"spans": spans, "logs": logs}
 
     def shutdown(self) -> None:
