@@ -20,7 +20,7 @@ import ipaddress
 import ssl
 import threading
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import pytest
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2, logs_service_pb2_grpc
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
@@ -286,6 +287,16 @@ class HttpReceiver(_Collecting):
         self.endpoint = f"{scheme}://127.0.0.1:{self.port}"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self._thread.start()
+
+
+@pytest.fixture(params=["http/protobuf", "grpc"])
+def otlp(request: pytest.FixtureRequest) -> Iterator[tuple[str, Any]]:
+    """(protocol, receiver): an `HttpReceiver` and a `GrpcReceiver`, one test each."""
+    receiver: Any = HttpReceiver() if request.param == "http/protobuf" else GrpcReceiver()
+    try:
+        yield request.param, receiver
+    finally:
+        receiver.close()
 
 
 @dataclass

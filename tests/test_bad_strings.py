@@ -10,14 +10,13 @@ Spans and the app's log records alike.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from conftest import agent_env, run_launcher, write_app
-from otlp_receivers import GrpcReceiver, HttpReceiver
+from otlp_receivers import HttpReceiver, otlp  # noqa: F401 (the fixture)
 
 SPANS = 1000
 BIG = 1_000_000
@@ -56,17 +55,8 @@ REPLACED = "caf\ufffd"
 APP_STDERR = "opened caf\\udce9\n"
 
 
-@pytest.fixture(params=["http/protobuf", "grpc"])
-def otlp(request: pytest.FixtureRequest) -> Iterator[tuple[str, Any]]:
-    receiver: Any = HttpReceiver() if request.param == "http/protobuf" else GrpcReceiver()
-    try:
-        yield request.param, receiver
-    finally:
-        receiver.close()
-
-
 @pytest.mark.slow  # a receiver, and 1,000 spans with a 1 MB one
-def test_every_span_and_record_arrives_over_otlp(tmp_path: Path, otlp: tuple[str, Any]) -> None:
+def test_every_span_and_record_arrives_over_otlp(tmp_path: Path, otlp: tuple[str, Any]) -> None:  # noqa: F811 (the fixture imported above)
     protocol, receiver = otlp
     write_app(tmp_path, APP)
     env = agent_env(

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from conftest import FORK_WARNINGS, agent_env, run_launcher, write_app
-from otlp_receivers import GrpcReceiver, HttpReceiver
+from otlp_receivers import HttpReceiver, otlp  # noqa: F401 (the fixture)
 
 FORKING_APP = """
 import os
@@ -42,15 +41,6 @@ with logfire_run.span("parent after"):
 """
 
 
-@pytest.fixture(params=["http/protobuf", "grpc"])
-def otlp(request: pytest.FixtureRequest) -> Iterator[tuple[str, Any]]:
-    receiver: Any = HttpReceiver() if request.param == "http/protobuf" else GrpcReceiver()
-    try:
-        yield request.param, receiver
-    finally:
-        receiver.close()
-
-
 def _env(protocol: str, endpoint: str, **extra: str) -> dict[str, str]:
     return agent_env(
         None,
@@ -63,7 +53,8 @@ def _env(protocol: str, endpoint: str, **extra: str) -> dict[str, str]:
 
 @pytest.mark.slow  # a receiver and four processes
 def test_a_forked_child_never_sends_over_its_parents_connection(
-    tmp_path: Path, otlp: tuple[str, Any]
+    tmp_path: Path,
+    otlp: tuple[str, Any],  # noqa: F811 (the fixture imported above)
 ) -> None:
     protocol, receiver = otlp
     write_app(tmp_path, FORKING_APP)

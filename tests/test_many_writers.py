@@ -8,13 +8,13 @@ spent their 2 s budget there: 38,584 and 33,096 of 50,000 spans kept.
 
 from __future__ import annotations
 
+import runpy
 import sqlite3
-import textwrap
 from pathlib import Path
 
 import pytest
 
-from conftest import agent_env, run_launcher, write_app
+from conftest import ROOT, agent_env, run_launcher, write_app
 
 SPANS_THEN_EXIT = """
 import logfire_run
@@ -63,31 +63,9 @@ def test_a_process_exiting_while_another_holds_the_lock_loses_nothing(tmp_path: 
     assert names == {"the store exists", *(f"span {index}" for index in range(1000))}
 
 
-MANY = textwrap.dedent(
-    """
-    import os, sys
-    import logfire_run
-
-    with logfire_run.span("parent"):
-        pass
-    read, write = os.pipe()
-    children = []
-    for number in range(int(sys.argv[1])):
-        pid = os.fork()
-        if pid == 0:
-            os.close(write)
-            os.read(read, 1)                  # every child starts at once, and ends at once
-            for index in range(int(sys.argv[2])):
-                with logfire_run.span("work", child=number, index=index):
-                    pass
-            os._exit(0)
-        children.append(pid)
-    os.close(read)
-    os.close(write)
-    for pid in children:
-        os.waitpid(pid, 0)
-    """
-)
+#: The app of bench/store/many_writers.py: forked children that start together, make spans, and
+#: leave by os._exit at once.
+MANY = runpy.run_path(str(ROOT / "bench" / "store" / "many_writers.py"))["APP"]
 
 
 @pytest.mark.slow  # fifty processes

@@ -219,24 +219,18 @@ def test_an_attribute_that_cannot_be_encoded_is_left_out_as_opentelemetry_leaves
 def test_text_utf8_cannot_encode_is_kept_with_replacement_where_opentelemetry_fails() -> None:
     # A lone surrogate (os.fsdecode of a name that is not UTF-8) in a name, a key, a value, an event,
     # the status or the resource: OpenTelemetry's encoder drops the attribute or fails the batch.
-    bad = "caf\udce9"
-    span = ReadableSpan(
-        name=bad,
-        context=SpanContext(5, 6, is_remote=False),
-        attributes={bad: bad, "list": ("x", bad), "pair": "\ud83d\ude00"},
-        events=[Event(bad, {"k": bad}, timestamp=1)],
-        status=Status(StatusCode.ERROR, bad),
-        resource=Resource({"service.name": bad}),
-    )
-    fixed = "caf\ufffd"
-    same_replaced = ReadableSpan(
-        name=fixed,
-        context=SpanContext(5, 6, is_remote=False),
-        attributes={fixed: fixed, "list": ("x", fixed), "pair": "\U0001f600"},
-        events=[Event(fixed, {"k": fixed}, timestamp=1)],
-        status=Status(StatusCode.ERROR, fixed),
-        resource=Resource({"service.name": fixed}),
-    )
+    def span_of(text: str, pair: str) -> ReadableSpan:
+        return ReadableSpan(
+            name=text,
+            context=SpanContext(5, 6, is_remote=False),
+            attributes={text: text, "list": ("x", text), "pair": pair},
+            events=[Event(text, {"k": text}, timestamp=1)],
+            status=Status(StatusCode.ERROR, text),
+            resource=Resource({"service.name": text}),
+        )
+
+    span = span_of("caf\udce9", "\ud83d\ude00")
+    same_replaced = span_of("caf\ufffd", "\U0001f600")
     with pytest.raises(UnicodeEncodeError):
         encode_spans([span]).SerializeToString()
     assert encode_export_request([span]) == encode_spans([same_replaced]).SerializeToString()

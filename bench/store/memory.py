@@ -18,19 +18,12 @@ import os
 import tempfile
 from pathlib import Path
 
+from ingest import Keep
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace import TracerProvider
 from spans import make_server_spans
 
 from logfire_run.agent.export.store import StoreExporter
-
-
-class Keep(SpanProcessor):
-    def __init__(self) -> None:
-        self.spans: list[ReadableSpan] = []
-
-    def on_end(self, span: ReadableSpan) -> None:
-        self.spans.append(span)
 
 
 def rss_mb() -> float:
