@@ -159,3 +159,63 @@ print("netrc" in sys.modules)
         receiver.close()
     assert result.stdout == "True\n"
     assert os.path.exists(sys.executable)
+
+
+STORE_WAITING_APP = """
+import os, threading, time
+import logfire_run
+with logfire_run.span("before the fork"):
+    pass
+threading.Thread(target=logfire_run.force_flush, daemon=True).start()
+time.sleep(0.3)                           # the export waits for the lock another process holds
+print("exporting", flush=True)
+pid = os.fork()
+if pid == 0:
+    os._exit(0)
+print(time.monotonic(), flush=True)       # when os.fork() returned in the parent
+os.waitpid(pid, 0)
+"""
+
+
+@pytest.mark.slow  # another writer holds the store's lock for 1.5 s
+def test_fork_does_not_wait_for_a_store_write_waiting_for_another_writer(tmp_path: Path) -> None:
+    import sqlite3
+    import subprocess
+    import threading
+    import time
+
+    from conftest import LAUNCHER
+
+    store = tmp_path / "traces.db"
+    write_app(tmp_path, "import logfire_run\nlogfire_run.info('the store exists')\n", name="first.py")
+    run_launcher(["python", "first.py"], agent_env(None, LOGFIRE_STORE=str(store)), cwd=tmp_path)
+    write_app(tmp_path, STORE_WAITING_APP)
+    holder = sqlite3.connect(store, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")
+    released: list[float] = []
+
+    def release() -> None:
+        released.append(time.monotonic())
+        holder.execute("ROLLBACK")
+
+    process = subprocess.Popen(
+        [LAUNCHER, "python", "app.py"],
+        cwd=tmp_path,
+        env=agent_env(None, LOGFIRE_STORE=str(store)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline() == "exporting\n"
+        timer = threading.Timer(1.5, release)
+        timer.start()
+        forked_at = float(process.stdout.readline())
+        process.communicate(timeout=60)
+        timer.join()
+    finally:
+        if process.poll() is None:
+            process.kill()
+        holder.close()
+    assert forked_at < released[0], "os.fork() waited for another process's lock on the store"

@@ -135,15 +135,12 @@ def _queue_of(processor: SpanProcessor) -> Any:
 class ForkGuard:
     """What a fork waits for while an export is running in another thread: never the network.
 
-    A fork copies the process at one instant, with only the forking thread. Two things the exporting
-    thread may hold then would hang the child:
-
-    - a module's import lock, while it imports a module lazily: the child's first import of that
-      module waits for ever for a thread it does not have. The export path's own lazy imports are
-      done before the first export (requests' `netrc`: `otlp_exporter_options`); for any other, a
-      fork waits while the exporting thread is inside an import (`importing`), a bounded time;
-    - the store's SQLite locks, while a local exporter writes (milliseconds of disk, never the
-      network): a fork waits for that export (`local=True`), a bounded time.
+    A fork copies the process at one instant, with only the forking thread. A module's import lock
+    held by the exporting thread then (it imports a module lazily) would hang the child: its first
+    import of that module waits for ever for a thread it does not have. The export path's own lazy
+    imports are done before the first export (requests' `netrc`: `otlp_exporter_options`); for any
+    other, a fork waits while the exporting thread is inside an import (`importing`), a bounded time.
+    (The store's SQLite calls are held off a fork by the store itself, call by call: `store`.)
 
     A request on the wire holds nothing the child needs: the child gets connections of its own
     (`renew_connections`), so a fork goes ahead at once, whatever the collector does.
@@ -152,38 +149,28 @@ class ForkGuard:
     WAIT_SECONDS = 2.0
 
     def __init__(self) -> None:
-        self._local = threading.Lock()
-        self._held = False
         #: The thread running an export now, if any.
         self.thread: int | None = None
 
-    def run(self, export: Callable[[], _T], *, local: bool) -> _T:
-        """`export()`, known to a fork as running in this thread (held off the fork if `local`)."""
+    def run(self, export: Callable[[], _T]) -> _T:
+        """`export()`, known to a fork as running in this thread."""
         self.thread = threading.get_ident()
         try:
-            if local:
-                with self._local:
-                    return export()
             return export()
         finally:
             self.thread = None
 
     def before_fork(self) -> None:
         deadline = time.monotonic() + self.WAIT_SECONDS
-        self._held = self._local.acquire(timeout=self.WAIT_SECONDS)
         thread = self.thread
         while thread is not None and importing(thread) and time.monotonic() < deadline:
             time.sleep(0.001)
 
     def after_fork_in_parent(self) -> None:
-        if self._held:
-            self._held = False
-            self._local.release()
+        pass
 
     def after_fork_in_child(self) -> None:
-        self._held = False
         self.thread = None
-        self._local = threading.Lock()
 
 
 def importing(thread: int) -> bool:
@@ -235,14 +222,14 @@ def _fresh_session(session: Any) -> Any:
 class ForkSafeExporter(SpanExporter):
     """A span exporter that a fork never catches in a state its child could not go on from.
 
-    Exports run under a `ForkGuard` (a fork waits for an import in progress, or for a local
-    exporter's write, never for the network), and a forked child gets connections of its own.
+    Exports run under a `ForkGuard` (a fork waits for an import in progress, never for the network),
+    and a forked child gets connections of its own.
     """
 
     def __init__(self, inner: SpanExporter) -> None:
         self.inner = inner
         self.guard = ForkGuard()
-        #: A local exporter (the store): what a fork waits for, and lost if the process ends mid-export.
+        #: A local exporter (the store): what it writes when the process ends is lost, not on the wire.
         self.local = bool(getattr(inner, "local", False))
         #: Spans of the export running now (counted as unsent if the process exits meanwhile).
         self.in_flight = 0
@@ -257,7 +244,7 @@ class ForkSafeExporter(SpanExporter):
         result = SpanExportResult.FAILURE
         try:
             with exporting("spans", self):
-                result = self.guard.run(lambda: self.inner.export(spans), local=self.local)
+                result = self.guard.run(lambda: self.inner.export(spans))
             return result
         finally:
             self.in_flight = 0

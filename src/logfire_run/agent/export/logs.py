@@ -68,7 +68,7 @@ class LogExporter:
     """Where a batch of captured records goes (store, OTLP, console)."""
 
     name = ""
-    #: Writes to a local file (the store): a fork waits for its export in flight (`ForkGuard`).
+    #: Writes to a local file (the store): what it writes when the process ends is lost, not on the wire.
     local = False
 
     def export(self, batch: Sequence[Captured]) -> bool:
@@ -114,7 +114,7 @@ class LogPipeline:
         self._closed = False
         #: Records of the export running now (counted as unsent if the process exits meanwhile).
         self.in_flight = 0
-        # What a fork waits for, as for spans: an import in progress, a store write; never the network.
+        # What a fork waits for, as for spans: an import in progress, never the network.
         self._guard = ForkGuard()
         _pipelines.add(self)
 
@@ -201,7 +201,7 @@ class LogPipeline:
                     for exporter in self.exporters():
                         try:
                             with exporting("logs", self):
-                                sent = self._guard.run(partial(exporter.export, batch), local=exporter.local)
+                                sent = self._guard.run(partial(exporter.export, batch))
                             taken = sent and taken
                         except Exception as error:
                             taken = False

@@ -106,7 +106,13 @@ def due(store: str) -> bool:
     return bool(_spools(store))
 
 
-def merge(connection: sqlite3.Connection, store: str, *, deadline: float | None = None) -> int:
+def merge(
+    connection: sqlite3.Connection,
+    store: str,
+    *,
+    deadline: float | None = None,
+    call: Callable[..., object] = lambda function, *args: function(*args),
+) -> int:
     """Move every spool beside `store` into it through `connection`; the number of spans moved.
 
     With a `deadline` (monotonic: at exit) the store's lock is tried once per spool, never waited for,
@@ -131,7 +137,7 @@ def merge(connection: sqlite3.Connection, store: str, *, deadline: float | None 
         except OSError:
             continue
         try:
-            moved += _move(connection, claimed, wait=deadline is None)
+            moved += _move(connection, claimed, wait=deadline is None, call=call)
         except sqlite3.OperationalError as error:
             if deadline is not None and lock_taken(error):
                 with contextlib.suppress(OSError):
@@ -147,17 +153,17 @@ def merge(connection: sqlite3.Connection, store: str, *, deadline: float | None 
     return moved
 
 
-def _move(connection: sqlite3.Connection, spool: str, *, wait: bool) -> int:
+def _move(connection: sqlite3.Connection, spool: str, *, wait: bool, call: Callable[..., object]) -> int:
     form, columns, log_columns, spans, logs = marshal.loads(read_own_file(spool))
     if form != _FORMAT or tuple(columns) != COLUMNS or tuple(log_columns) != LOG_COLUMNS:
         raise ValueError(f"{spool} was written by another version of logfire-run")
-    run: Callable[[Callable[[], None]], object] = with_retries if wait else _once
+    run: Callable[[Callable[[], object]], object] = with_retries if wait else _once
     if spans:
-        run(partial(insert_batch, connection, spans))
+        run(partial(call, insert_batch, connection, spans))
     if logs and has_logs(connection):
-        run(partial(insert_logs, connection, logs))
+        run(partial(call, insert_logs, connection, logs))
     return len(spans)
 
 
-def _once(action: Callable[[], None]) -> None:
+def _once(action: Callable[[], object]) -> None:
     action()

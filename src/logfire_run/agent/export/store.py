@@ -40,7 +40,8 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Sequence
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.sdk.resources import Resource
@@ -246,8 +247,7 @@ def log_rows(batch: Sequence[Any], pid: int, service: str) -> list[Row]:
 class StoreExporter(SpanExporter):
     """Writes each batch of spans into the SQLite store at `path`, in one transaction."""
 
-    #: A fork waits for a batch being written (milliseconds of disk): a child forked while SQLite
-    #: holds its own locks in the writing thread could not open the store (`exporters.ForkGuard`).
+    #: Writes a local file: a batch being written when the process ends is lost, not on the wire.
     local = True
 
     def __init__(
@@ -290,7 +290,7 @@ class StoreExporter(SpanExporter):
         if self._unusable:
             return None
         try:
-            connection = open_store(self.path, busy_timeout=0)
+            connection = in_sqlite(partial(open_store, self.path, busy_timeout=0))
             found = os.lstat(self.path)
         except UnsafeFileError as error:
             self._unusable = True
@@ -414,7 +414,7 @@ class StoreExporter(SpanExporter):
         self._next_spool_check = time.monotonic() + spool.MERGE_EVERY_SECONDS
         try:
             if spool.due(self.path):
-                moved = spool.merge(connection, self.path, deadline=deadline)
+                moved = spool.merge(connection, self.path, deadline=deadline, call=in_sqlite)
                 report.debug(f"moved {moved} spans from spools into the trace store")
         except Exception as error:
             report.debug(f"trace store spools could not be merged: {type(error).__name__}: {error}")
@@ -423,8 +423,8 @@ class StoreExporter(SpanExporter):
         self._since_prune = 0
         self._merge_spools(connection)
         try:
-            prune_logs(connection, DEFAULT_MAX_LOGS, self.max_age_seconds)
-            prune(connection, self.max_spans, self.max_age_seconds)
+            in_sqlite(prune_logs, connection, DEFAULT_MAX_LOGS, self.max_age_seconds)
+            in_sqlite(prune, connection, self.max_spans, self.max_age_seconds)
         except Exception as error:
             report.debug(f"trace store pruning failed: {error}")
 
@@ -491,6 +491,33 @@ _INHERITED: list[sqlite3.Connection] = []
 _store_exporters: weakref.WeakSet[StoreExporter] = weakref.WeakSet()
 
 
+# A fork waits while this process is inside SQLite (milliseconds: one attempt at a transaction, an
+# open, a prune), never while a write waits for another process's lock: a child forked while the
+# writing thread holds one of SQLite's own mutexes (its allocator's, its file table's) would hang at
+# its first SQLite call. `process.fork` calls the functions below.
+_sqlite_calls = threading.Lock()
+_held_for_fork = False
+_R = TypeVar("_R")
+
+
+def in_sqlite(call: Callable[..., _R], *args: Any) -> _R:
+    """`call(*args)`, a fork held off meanwhile."""
+    with _sqlite_calls:
+        return call(*args)
+
+
+def before_fork() -> None:
+    global _held_for_fork
+    _held_for_fork = _sqlite_calls.acquire(timeout=2.0)
+
+
+def after_fork_in_parent() -> None:
+    global _held_for_fork
+    if _held_for_fork:
+        _held_for_fork = False
+        _sqlite_calls.release()
+
+
 def merge_spools_at_exit() -> None:
     """At exit, move the spools other processes left into the store, if its lock is free and the exit
     budget allows (`exits` calls it after the flush): the last process of a group that exited together
@@ -508,5 +535,7 @@ def merge_spools_at_exit() -> None:
 
 def after_fork_in_child() -> None:
     """What a fork does to the store's writers (`process.fork` calls it, the only caller)."""
+    global _sqlite_calls, _held_for_fork
+    _sqlite_calls, _held_for_fork = threading.Lock(), False
     for exporter in list(_store_exporters):
         exporter.after_fork_in_child()
