@@ -12,6 +12,7 @@ Imported with the SDK, never at start-up.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import threading
@@ -213,9 +214,12 @@ def _fresh_session(session: Any) -> Any:
     from collections import OrderedDict
 
     # requests' Session and HTTPAdapter copy through their pickling state: a copied adapter builds
-    # a new pool manager (and no proxy managers), sharing no connection with the original.
+    # a new pool manager (and no proxy managers), sharing no connection with the original. The
+    # cookie jar is new too: its lock, taken at every request, may be held by the parent's thread.
     fresh = copy.copy(session)
     fresh.adapters = OrderedDict((prefix, copy.copy(adapter)) for prefix, adapter in session.adapters.items())
+    with contextlib.suppress(Exception):
+        fresh.cookies = type(session.cookies)()
     return fresh
 
 
