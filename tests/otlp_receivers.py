@@ -22,6 +22,7 @@ import socket
 import ssl
 import threading
 import zlib
+from collections.abc import Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import pytest
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2, logs_service_pb2_grpc
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
@@ -46,13 +48,22 @@ class _Collecting(OtlpReceiver):
         self._lock = threading.Lock()
         self.headers: list[dict[str, str]] = []
         self.paths: list[str] = []
+        #: Each span request's client address (gRPC's peer, HTTP's host:port: the connection it came
+        #: on) and the `process.pid` of its spans.
+        self.peers: list[tuple[str, int | None]] = []
         #: Log records received (OTLP logs), decoded: see `collect_logs`.
         self.logs: list[dict[str, Any]] = []
 
-    def collect(self, request: ExportTraceServiceRequest, headers: dict[str, str], path: str = "") -> None:
+    def collect(
+        self, request: ExportTraceServiceRequest, headers: dict[str, str], path: str = "", peer: str = ""
+    ) -> None:
+        from conftest import _attrs
+
         with self._lock:
             self.headers.append({key.lower(): value for key, value in headers.items()})
             self.paths.append(path)
+            for resource_spans in request.resource_spans:
+                self.peers.append((peer, _attrs(resource_spans.resource.attributes).get("process.pid")))
         self._add(request)
 
     def collect_logs(self, request: Any) -> None:
@@ -154,8 +165,13 @@ class GrpcReceiver(_Collecting):
     """An OTLP/gRPC server on 127.0.0.1, TLS when given certificates (mutual when given a client CA)."""
 
     def __init__(
-        self, certificate: Certificates | None = None, client_ca: Path | None = None, stall: bool = False
+        self,
+        certificate: Certificates | None = None,
+        client_ca: Path | None = None,
+        stall: bool = False,
+        logs: bool = True,
     ) -> None:
+        """`logs=False`: the server has no LogsService (a backend that takes traces only)."""
         super().__init__()
         receiver = self
         #: With `stall`, every export waits (until the receiver closes) before it is answered.
@@ -166,7 +182,7 @@ class GrpcReceiver(_Collecting):
         class Servicer(trace_service_pb2_grpc.TraceServiceServicer):  # type: ignore[misc]
             def Export(self, request: Any, context: Any) -> Any:
                 receiver.released.wait(60)
-                receiver.collect(request, dict(context.invocation_metadata()))
+                receiver.collect(request, dict(context.invocation_metadata()), peer=context.peer())
                 return trace_service_pb2.ExportTraceServiceResponse()
 
         class LogsServicer(logs_service_pb2_grpc.LogsServiceServicer):  # type: ignore[misc]
@@ -176,7 +192,8 @@ class GrpcReceiver(_Collecting):
 
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
         trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Servicer(), self.server)
-        logs_service_pb2_grpc.add_LogsServiceServicer_to_server(LogsServicer(), self.server)
+        if logs:
+            logs_service_pb2_grpc.add_LogsServiceServicer_to_server(LogsServicer(), self.server)
         if certificate is None:
             self.port = self.server.add_insecure_port("127.0.0.1:0")
             scheme = "http"
@@ -198,28 +215,68 @@ class GrpcReceiver(_Collecting):
 
 class HttpReceiver(_Collecting):
     """OTLP/HTTP protobuf on 127.0.0.1: any path, gzip or deflate bodies, HTTPS when given a certificate
-    (mutual TLS when given a client CA)."""
+    (mutual TLS when given a client CA); connections kept alive between requests (HTTP/1.1), as a
+    collector keeps them. `hold` seconds pass between a request's arrival and its answer."""
 
-    def __init__(self, certificate: Certificates | None = None, client_ca: Path | None = None) -> None:
+    def __init__(
+        self,
+        certificate: Certificates | None = None,
+        client_ca: Path | None = None,
+        hold: float = 0.0,
+        answer: Callable[[str, int], int] | None = None,
+    ) -> None:
+        """`answer(path, number)` is the HTTP status of the `number`th request (from 0) to `path`;
+        200 by default. Only the spans of requests answered 2xx are kept."""
         super().__init__()
         receiver = self
+        counts: dict[str, int] = {}
+        #: (monotonic time of arrival, of the answer, path) of each request.
+        self.timeline: list[tuple[float, float, str]] = []
+        #: Request bodies that were not an OTLP message (two requests written into one connection).
+        self.corrupt = 0
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
             def do_POST(self) -> None:
+                import time
+
+                arrived = time.monotonic()
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 encoding = self.headers.get("Content-Encoding", "")
                 if encoding == "gzip":
                     body = gzip.decompress(body)
                 elif encoding == "deflate":
                     body = zlib.decompress(body)
+                with receiver._lock:
+                    number = counts[self.path] = counts.get(self.path, -1) + 1
+                status = answer(self.path, number) if answer is not None else 200
+                if status >= 300:
+                    self.send_response(status)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 if self.path.endswith("/v1/logs"):
                     logs_request = ExportLogsServiceRequest()
                     logs_request.ParseFromString(body)
                     receiver.collect_logs(logs_request)
                 else:
                     request = ExportTraceServiceRequest()
-                    request.ParseFromString(body)
-                    receiver.collect(request, dict(self.headers.items()), self.path)
+                    try:
+                        request.ParseFromString(body)
+                    except Exception:
+                        with receiver._lock:
+                            receiver.corrupt += 1
+                        self.send_response(400)
+                        self.send_header("Content-Length", "0")
+                        self.end_headers()
+                        return
+                    peer = f"{self.client_address[0]}:{self.client_address[1]}"
+                    receiver.collect(request, dict(self.headers.items()), self.path, peer)
+                if hold:
+                    time.sleep(hold)
+                with receiver._lock:
+                    receiver.timeline.append((arrived, time.monotonic(), self.path))
                 self.send_response(200)
                 self.send_header("Content-Type", "application/x-protobuf")
                 self.send_header("Content-Length", "0")
@@ -241,6 +298,16 @@ class HttpReceiver(_Collecting):
         self.port = self.server.server_address[1]
         self.endpoint = f"{scheme}://127.0.0.1:{self.port}"
         self._thread = serve_in_thread(self.server)
+
+
+@pytest.fixture(params=["http/protobuf", "grpc"])
+def otlp(request: pytest.FixtureRequest) -> Iterator[tuple[str, Any]]:
+    """(protocol, receiver): an `HttpReceiver` and a `GrpcReceiver`, one test each."""
+    receiver: Any = HttpReceiver() if request.param == "http/protobuf" else GrpcReceiver()
+    try:
+        yield request.param, receiver
+    finally:
+        receiver.close()
 
 
 @dataclass

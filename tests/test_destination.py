@@ -627,10 +627,12 @@ def test_http_to_a_grpc_port_says_so_in_one_line() -> None:
         result = run_launcher(["python", "-c", ONE_SPAN], env, expect_stderr=None)  # checked below
         assert result.returncode == 0 and result.stdout == "app ran\n"
         lines = result.stderr.splitlines()
-        assert len(lines) == 1, result.stderr
+        # The problem, and at exit the count of what it cost (the one span).
+        assert len(lines) == 2, result.stderr
         assert lines[0].startswith(
             "logfire-run: exporting spans failed: the server there does not speak OTLP/HTTP"
         )
+        assert lines[1].startswith("logfire-run: 1 span dropped in this process: 1 whose export failed")
         assert "set the protocol to grpc" in lines[0]
         check = run_launcher(["--info", "--check"], env)
         assert check.returncode == 1 and "set the protocol to grpc" in check.stdout, check.stdout

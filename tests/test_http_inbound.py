@@ -27,12 +27,18 @@ CASES: dict[str, tuple[list[tuple[str, str]], str, str]] = {
         JOIN,
         "foo@bar@baz=1,congo=t61rcWkgMzE",
     ),
-    # An invalid tracestate is discarded whole; the parent stays.
+    # A duplicated key keeps the list, with the key's first entry (Trace Context: vendors MAY discard).
     "tracestate-duplicate": (
         [("traceparent", VALID), ("tracestate", "foo@bar@baz=1,congo=t61rcWkgMzE,congo=dup")],
         JOIN,
-        "",
+        "foo@bar@baz=1,congo=t61rcWkgMzE",
     ),
+    "tracestate-duplicate-split": (
+        [("traceparent", VALID), ("tracestate", "foo=1"), ("tracestate", "foo=2,bar=3")],
+        JOIN,
+        "foo=1,bar=3",
+    ),
+    # An invalid tracestate is discarded whole; the parent stays.
     "tracestate-bad-key": ([("traceparent", VALID), ("tracestate", "a=1,Bad=x")], JOIN, ""),
     "repeated": ([("traceparent", VALID), ("traceparent", f"00-{TRACE}-{'1' * 16}-01")], NEW, ""),
     "repeated-identical": ([("traceparent", VALID), ("traceparent", VALID)], NEW, ""),

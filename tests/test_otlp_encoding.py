@@ -207,7 +207,7 @@ def test_an_attribute_that_cannot_be_encoded_is_left_out_as_opentelemetry_leaves
     span = ReadableSpan(
         name="bad values",
         context=SpanContext(5, 6, is_remote=False),
-        attributes={"too big": 2**64, "kept": "yes", "lone surrogate": "\ud800", "object": object()},
+        attributes={"too big": 2**64, "kept": "yes", "object": object()},
         resource=Resource({}),
     )
     decoded = ExportTraceServiceRequest.FromString(encode_export_request([span]))
@@ -215,6 +215,26 @@ def test_an_attribute_that_cannot_be_encoded_is_left_out_as_opentelemetry_leaves
     assert kept.key == "kept"
     assert encode_export_request([span]) == encode_spans([span]).SerializeToString()
     assert "could not be encoded" in capsys.readouterr().err
+
+
+def test_text_utf8_cannot_encode_is_kept_with_replacement_where_opentelemetry_fails() -> None:
+    # A lone surrogate (os.fsdecode of a name that is not UTF-8) in a name, a key, a value, an event,
+    # the status or the resource: OpenTelemetry's encoder drops the attribute or fails the batch.
+    def span_of(text: str, pair: str) -> ReadableSpan:
+        return ReadableSpan(
+            name=text,
+            context=SpanContext(5, 6, is_remote=False),
+            attributes={text: text, "list": ("x", text), "pair": pair},
+            events=[Event(text, {"k": text}, timestamp=1)],
+            status=Status(StatusCode.ERROR, text),
+            resource=Resource({"service.name": text}),
+        )
+
+    span = span_of("caf\udce9", "\ud83d\ude00")
+    same_replaced = span_of("caf\ufffd", "\U0001f600")
+    with pytest.raises(UnicodeEncodeError):
+        encode_spans([span]).SerializeToString()
+    assert encode_export_request([span]) == encode_spans([same_replaced]).SerializeToString()
 
 
 attribute_values = st.one_of(

@@ -96,6 +96,43 @@ def test_a_connection_with_a_low_variable_limit_still_takes_the_whole_batch(tmp_
     assert names == [f"row {n}" for n in range(50)]
 
 
+def test_batches_of_every_size_prepare_a_bounded_number_of_statements(tmp_path: Path) -> None:
+    # Python's sqlite3 keeps each statement it prepared (128 per connection); an INSERT of N rows is a
+    # statement of its own, up to 8,192 bound values: one per batch size grew a writer by ~100 MB
+    # (bench/store/memory.py). Every batch size from 1 to 512 must reuse a few statements.
+    connection = open_store(str(tmp_path / "traces.db"))
+    statements: set[str] = set()
+    connection.set_trace_callback(
+        lambda sql: statements.add(sql.split(" VALUES ")[0] + str(sql.count("),(")))
+    )
+    try:
+        for size in range(1, 513):
+            rows = [
+                (
+                    0,
+                    f"{n:032x}",
+                    f"{n:016x}",
+                    None,
+                    f"row {n}",
+                    "INTERNAL",
+                    "svc",
+                    n,
+                    n,
+                    "UNSET",
+                    *[None] * 5,
+                    1,
+                )
+                for n in range(size)
+            ]
+            insert_batch(connection, rows)
+        ((count,),) = connection.execute("SELECT count(*) FROM spans").fetchall()
+    finally:
+        connection.close()
+    assert count == 512 * 513 // 2
+    inserts = {statement for statement in statements if statement.startswith("INSERT INTO spans")}
+    assert len(inserts) <= 12, len(inserts)
+
+
 class Keep(SpanProcessor):
     def __init__(self) -> None:
         self.spans: list[ReadableSpan] = []

@@ -7,7 +7,9 @@ import re
 import shutil
 import sqlite3
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -253,10 +255,20 @@ ESCAPES = [
     ("bidi \u202eevil\u202c \u2066x\u2069", "bidi \\u202eevil\\u202c \\u2066x\\u2069"),
     ("tab\there", "tab\\there"),
     ("nul\x00del\x7f", "nul\\x00del\\x7f"),
+    # Invisible text: zero-width characters, and Unicode tag characters (text no one sees, that a
+    # model or a copy-paste reads: "ignore" written in tags below).
+    ("zero\u200bwidth\u200c\u200d\u2060 bom\ufeff", "zero\\u200bwidth\\u200c\\u200d\\u2060 bom\\ufeff"),
+    (
+        "tags\U000e0069\U000e0067\U000e006e\U000e006f\U000e0072\U000e0065",
+        "tags" + "".join(f"\\U{code:08x}" for code in (0xE0069, 0xE0067, 0xE006E, 0xE006F, 0xE0072, 0xE0065)),
+    ),
+    ("soft\u00adhyphen filler\u3164", "soft\\xadhyphen filler\\u3164"),
 ]
 
-# What must never reach a terminal from the data (the viewer's own newlines are removed first).
-CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+# What must never reach a terminal from the data (the viewer's own newlines are removed first):
+# controls, and characters that show nothing (zero-width, tags, fillers).
+INVISIBLE = "\u00ad\u200b-\u200f\u2060-\u2064\u3164\ufeff\U000e0000-\U000e007f"
+CONTROL = re.compile(f"[\\x00-\\x1f\\x7f-\\x9f\\u2028\\u2029\\u202a-\\u202e\\u2066-\\u2069{INVISIBLE}]")
 
 HOSTILE_APP = """
 import json, sys
@@ -321,9 +333,41 @@ def test_html_page_shows_hostile_strings_as_text(hostile_store: tuple[Path, str]
     assert "<img" not in dom and "<b>" not in dom
     names = re.findall(r'<span class="name">(.*?)</span>', dom, re.DOTALL)
     assert len(names) == spans
-    # Each string is the text of its row, exactly: the page escaped nothing twice and lost nothing.
+    # Each string is the text of its row: markup as text, escaped once; what would not show (line
+    # and paragraph separators, zero-width and tag characters) written as the terminal views write it.
     assert html_unescape(names[0]) == "root <!--<script>"
-    assert [html_unescape(name) for name in names[1 : len(HOSTILE_NAMES)]] == HOSTILE_NAMES[1:]
+    assert [html_unescape(name) for name in names[1 : len(HOSTILE_NAMES)]] == [
+        name.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029") for name in HOSTILE_NAMES[1:]
+    ]
+    shown = {text for _raw, text in ESCAPES}
+    assert {html_unescape(name) for name in names[len(HOSTILE_NAMES) :]} == shown
+    assert not CONTROL.search(dom.replace("\n", "")), dom
+
+
+def test_html_page_data_holds_no_invisible_text(hostile_store: tuple[Path, str], tmp_path: Path) -> None:
+    # What the page's script puts on screen is the JSON it carries: every string of it, keys included.
+    store, _trace_id = hostile_store
+    page = tmp_path / "hostile.html"
+    view(store, "--html", str(page))
+    payload = re.search(r'<script type="application/json" id="trace-data">(.*?)</script>', page.read_text())
+    assert payload is not None
+    data = json.loads(payload.group(1))
+
+    def strings(value: Any) -> Iterator[str]:
+        if isinstance(value, str):
+            yield value
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                yield key
+                yield from strings(item)
+        elif isinstance(value, list):
+            for item in value:
+                yield from strings(item)
+
+    found = [text for text in strings(data) if CONTROL.search(text.replace("\n", ""))]
+    assert found == []
+    names = {span["name"] for span in data["spans"]}
+    assert {shown for _raw, shown in ESCAPES} <= names
 
 
 def html_unescape(text: str) -> str:
@@ -363,7 +407,8 @@ def test_rich_viewer_escapes_control_characters(hostile_store: tuple[Path, str])
         # Rich's own styling is SGR (ESC [ ... m); anything else of ESC or C0/C1 came from the data.
         screen = re.sub(r"\x1b\[[0-9;]*m", "", result.stdout).replace("\r\n", "\n")
         assert not re.search(
-            r"[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]", screen
+            f"[\\x00-\\x09\\x0b-\\x1f\\x7f-\\x9f\\u2028\\u2029\\u202a-\\u202e\\u2066-\\u2069{INVISIBLE}]",
+            screen,
         ), screen
         screens.append(screen)
     assert "\\x1b]52;c;cHduZWQ=\\x07" in screens[0] and "a\\nforged" in screens[0]

@@ -128,7 +128,7 @@ def test_level_2_keys() -> None:
         "foo.bar=1",
         "é=1",
         "a=" + "v" * 257,  # values are at most 256 characters
-        "a=2",  # a duplicated key (a=1 comes first)
+        "a=tab\there",  # a duplicated key is not invalid (see below), an invalid duplicate still is
     ],
 )
 def test_one_invalid_member_discards_the_whole_header(bad: str) -> None:
@@ -154,9 +154,15 @@ def test_every_allowed_character() -> None:
     assert parse_tracestate([header]) == [(key, allowed_value), (tenant_key, allowed_value)]
 
 
-def test_duplicated_key_discards_the_header() -> None:
-    assert parse_tracestate(["a=1,b=2,a=3"]) == []
-    assert parse_tracestate(["a=1,b=2", "a=3"]) == []  # across headers too: one list
+def test_a_duplicated_key_keeps_the_list_with_its_first_entry() -> None:
+    # Trace Context lets a vendor discard a duplicated key ("MAY", w3c/trace-context#477); a
+    # duplicate does not make the header invalid. The first entry of a key is the one kept.
+    assert parse_tracestate(["foo=1,foo=2"]) == [("foo", "1")]
+    assert parse_tracestate(["a=1,b=2,a=3"]) == [("a", "1"), ("b", "2")]
+    assert parse_tracestate(["a=1,b=2", "a=3,c=4"]) == [("a", "1"), ("b", "2"), ("c", "4")]  # one list
+    # Every other rule still holds for the whole header: an invalid duplicate, 33 members.
+    assert parse_tracestate(["a=1,a=del\x7f"]) == []
+    assert parse_tracestate([",".join([f"k{index}=v" for index in range(32)] + ["k0=v"])]) == []
 
 
 def test_empty_members_whitespace_and_repeated_headers() -> None:

@@ -20,7 +20,12 @@ from collections.abc import Callable, Mapping
 from itertools import chain
 from typing import Any, TypeVar
 
-from logfire_run.files import create_private_file, default_store_path, make_private_dirs
+from logfire_run.files import (
+    check_own_file,
+    create_private_file,
+    default_store_path,
+    make_private_dirs,
+)
 from logfire_run.store_index import (
     INDEX_SCHEMA,
     SPAN_COLUMNS,
@@ -43,6 +48,7 @@ __all__ = [
     "has_logs",
     "insert_batch",
     "insert_logs",
+    "lock_taken",
     "open_store",
     "prune",
     "prune_logs",
@@ -175,14 +181,21 @@ def open_store(
     """A connection to the store at `path` (autocommit; transactions are explicit), schema in place.
 
     With `create=False` a missing file raises FileNotFoundError instead of creating an empty store.
-    Writers pass `busy_timeout=0` and retry themselves (`with_retries`): SQLite's own busy handler
-    sleeps in steps growing to 100 ms, long enough to leave the lock idle while writers queue up.
+    With `create=True` (a writer) the store and its -wal and -shm files must be regular files, and the
+    user's own in a folder anyone can write to: else `files.UnsafeFileError` (SQLite would follow a
+    link to the database, and create the file it points to). Writers pass `busy_timeout=0` and retry
+    themselves (`with_retries`): SQLite's own busy handler sleeps in steps growing to 100 ms, long
+    enough to leave the lock idle while writers queue up.
     """
     if create:
         make_private_dirs(os.path.dirname(os.path.abspath(path)))
         # SQLite creates a database 0644 (less the umask), and its -wal and -shm files with the mode
         # of the database: made here 0600 first, all three are private. Spans hold URLs and user data.
+        # Made with O_EXCL | O_NOFOLLOW, or checked when it exists: SQLite follows a link to the
+        # database (and opens -wal and -shm without following, failing on a planted link).
         create_private_file(path)
+        check_own_file(f"{path}-wal")
+        check_own_file(f"{path}-shm")
     elif not os.path.exists(path):
         raise FileNotFoundError(path)
     # The class, not sqlite3.connect: an instrumentor of sqlite3 (OpenTelemetry's wraps connect) would
@@ -290,6 +303,11 @@ def _rollback(connection: sqlite3.Connection) -> None:
             connection.execute("ROLLBACK")
 
 
+def lock_taken(error: sqlite3.OperationalError) -> bool:
+    """Whether `error` says another connection holds the lock (SQLITE_BUSY or SQLITE_LOCKED)."""
+    return _is_busy(error)
+
+
 def _is_busy(error: sqlite3.OperationalError) -> bool:
     code = getattr(error, "sqlite_errorcode", None)
     if code is not None:
@@ -298,15 +316,16 @@ def _is_busy(error: sqlite3.OperationalError) -> bool:
     return "locked" in text or "busy" in text
 
 
-def with_retries(action: Callable[[], _T]) -> _T:
-    """Run `action` (a whole transaction), again while another process holds the lock."""
+def with_retries(action: Callable[[], _T], *, give_up: Callable[[], bool] | None = None) -> _T:
+    """Run `action` (a whole transaction), again while another process holds the lock (until
+    `give_up()` says to stop waiting: the lock error is raised then)."""
     deadline = time.monotonic() + WRITE_PATIENCE_SECONDS
     delay, longest = _RETRY_DELAYS
     while True:
         try:
             return action()
         except sqlite3.OperationalError as error:
-            if not _is_busy(error) or time.monotonic() > deadline:
+            if not _is_busy(error) or time.monotonic() > deadline or (give_up is not None and give_up()):
                 raise
         # Short, jittered waits: a batch holds the lock for milliseconds, and jitter keeps the
         # waiting writers from retrying in lockstep.
@@ -333,22 +352,41 @@ def _insert_statement(count: int) -> str:
     return _INSERT_HEAD + ",".join([_ROW_PLACEHOLDERS] * count)
 
 
+def statement_sizes(count: int, step: int) -> list[int]:
+    """How many rows each INSERT of a `count`-row batch carries: full statements of `step` rows, then
+    the rest as powers of two, largest first (300 rows: 256, 32, 8, 4).
+
+    Python's sqlite3 keeps every statement it prepared (128 per connection), and an INSERT of N rows
+    is a statement of its own, a large one (a 512-row span INSERT binds 8,192 values): one statement
+    per batch size grew a writing process by about 100 MB. Powers of two bound the statements of
+    each table to about a dozen, whatever the batch sizes, for a few more statements per batch.
+    """
+    sizes = [step] * (count // step)
+    rest = count % step
+    while rest:
+        size = 1 << (rest.bit_length() - 1)
+        sizes.append(size)
+        rest -= size
+    return sizes
+
+
 def insert_batch(connection: sqlite3.Connection, rows: list[Row]) -> None:
     """Write `rows` (in `COLUMNS` order) and their batch record, in one transaction.
 
-    The rows go in as one multi-row INSERT (a few for a batch past the bound-parameter limit), not
-    one statement per row: Python's sqlite3 releases and retakes the GIL around every statement
-    step, and behind a busy application thread each retake waits, so `executemany` of a 512-span
-    batch took hundreds of milliseconds of wall time while the bounded span queue overflowed.
+    The rows go in as a few multi-row INSERTs (`statement_sizes`), not one statement per row: Python's
+    sqlite3 releases and retakes the GIL around every statement step, and behind a busy application
+    thread each retake waits, so `executemany` of a 512-span batch took hundreds of milliseconds of
+    wall time while the bounded span queue overflowed.
     """
     step = _rows_per_statement(connection)
     connection.execute("BEGIN IMMEDIATE")
     try:
         offset = 0
         while offset < len(rows):
-            chunk = rows[offset : offset + step]
+            size = statement_sizes(len(rows) - offset, step)[0]
+            chunk = rows[offset : offset + size]
             try:
-                connection.execute(_insert_statement(len(chunk)), list(chain.from_iterable(chunk)))
+                connection.execute(_insert_statement(size), list(chain.from_iterable(chunk)))
             except sqlite3.OperationalError as error:
                 # Python 3.10 cannot ask for the limit: a build compiled with a lower one than its
                 # version's default says so here, and the batch goes on in statements of 999 values.
@@ -357,7 +395,7 @@ def insert_batch(connection: sqlite3.Connection, rows: list[Row]) -> None:
                     raise
                 step = floor
                 continue
-            offset += len(chunk)
+            offset += size
         insert_parts(connection, rows)
         connection.execute(_RECORD_BATCH, (time.time_ns(),))
         connection.execute("COMMIT")
@@ -371,14 +409,17 @@ _LOG_PLACEHOLDERS = f"({', '.join('?' * len(LOG_COLUMNS))})"
 
 
 def insert_logs(connection: sqlite3.Connection, rows: list[Row]) -> None:
-    """Write log `rows` (in `LOG_COLUMNS` order) in one transaction, a multi-row INSERT per chunk."""
+    """Write log `rows` (in `LOG_COLUMNS` order) in one transaction, a few multi-row INSERTs
+    (`statement_sizes`)."""
     step = max(999 // len(LOG_COLUMNS), 1)
     connection.execute("BEGIN IMMEDIATE")
     try:
-        for offset in range(0, len(rows), step):
-            chunk = rows[offset : offset + step]
-            statement = _INSERT_LOGS_HEAD + ",".join([_LOG_PLACEHOLDERS] * len(chunk))
+        offset = 0
+        for size in statement_sizes(len(rows), step):
+            chunk = rows[offset : offset + size]
+            statement = _INSERT_LOGS_HEAD + ",".join([_LOG_PLACEHOLDERS] * size)
             connection.execute(statement, list(chain.from_iterable(chunk)))
+            offset += size
         insert_log_ranges(connection, rows)
         connection.execute("COMMIT")
     except BaseException:

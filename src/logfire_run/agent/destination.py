@@ -296,16 +296,32 @@ _EXPLANATIONS = (
     ("403", "the backend refused the credentials (check OTEL_EXPORTER_OTLP_HEADERS)"),
     ("unauthenticated", "the backend refused the credentials (check OTEL_EXPORTER_OTLP_HEADERS)"),
     ("404", "the backend has no OTLP endpoint at that path (check the endpoint's path)"),
+    ("405", "the backend takes no OTLP export at that path (405 Method Not Allowed: check the path)"),
     ("unimplemented", "the server there does not speak OTLP over gRPC (an HTTP port? use http/protobuf)"),
     ("timed out", "no answer within the timeout"),
     ("deadline", "no answer within the timeout"),
 )
 
 
-def explain(message: str) -> str:
-    """An exporter's error with what it usually means in front, when it is a usual one."""
+#: What an endpoint that takes traces but not another signal answers for it: OTLP/HTTP 404 or 405 on
+#: `/v1/logs`, gRPC UNIMPLEMENTED for the LogsService. Several tracing backends are such: advice to
+#: check the path or switch protocol would be wrong there, the spans went through.
+_SIGNAL_REFUSED = ("404", "405", "not found", "method not allowed", "unimplemented")
+
+
+def explain(message: str, signal: str = "spans") -> str:
+    """An exporter's error with what it usually means in front, when it is a usual one; for a signal
+    other than spans, refusals that mean "this backend does not take it" say so."""
     text = message.strip()
     lowered = message.lower()
+    if signal != "spans" and any(needle in lowered for needle in _SIGNAL_REFUSED):
+        variable = {"logs": "OTEL_LOGS_EXPORTER", "metrics": "OTEL_METRICS_EXPORTER"}.get(signal, "")
+        meaning = (
+            f"the backend there does not take OTLP {signal} (it may take traces only; "
+            f"{variable}=none stops sending {signal}, OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT "
+            "sends them elsewhere)"
+        )
+        return f"{meaning} [{text}]"
     for needle, meaning in _EXPLANATIONS:
         if needle in lowered:
             return f"{meaning} [{text}]"

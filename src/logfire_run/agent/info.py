@@ -183,6 +183,8 @@ def log_destination_rows(config: Config, environ: Mapping[str, str]) -> list[tup
             where = logs.otlp_log_destination(config, environ)
             rows.append((name, "endpoint", where.endpoint, where.sources["endpoint"]))
             rows.append(("", "protocol", where.protocol, where.sources["protocol"]))
+    if not rows and logs.only_traces_endpoint(environ):
+        return [("none", "", "log records are not exported: only the traces endpoint is set", "")]
     return rows or [("none", "", "log records are not exported", "")]
 
 
@@ -200,7 +202,8 @@ def _exporter_entry_point(name: str) -> str:
 
 
 def check_destinations(config: Config, env: Mapping[str, str]) -> int:
-    """`--info --check`: one test span to each exporter; says, in plain words, whether it was accepted.
+    """`--info --check`: one test span to each exporter, and one test log record to the OTLP logs
+    destination; says, in plain words, whether each was accepted.
 
     Exit status 0 when every destination accepted it, 1 otherwise.
     """
@@ -244,9 +247,41 @@ def check_destinations(config: Config, env: Mapping[str, str]) -> int:
                     "; ".join(explain(message) for message in problems.messages[-2:]) or "no reason given"
                 )
                 out.write(f"{name}: {where} did not accept the test span: {reason}\n")
+        failed += _check_logs(config, provider.resource, test_span, problems)
     finally:
         logger.removeHandler(problems)
     return 1 if failed else 0
+
+
+def _check_logs(config: Config, resource: object, test_span: object, problems: _ExportLog) -> int:
+    """One test log record to the OTLP logs destination, if records go there; 1 when not accepted."""
+    import time
+
+    from logfire_run.agent.destination import explain
+    from logfire_run.agent.export import logs
+
+    if "otlp" not in logs.log_exporter_names(config):
+        return 0
+    where = logs.otlp_log_destination(config)
+    label = f"{where.endpoint} ({where.protocol})"
+    out = sys.stdout
+    context = test_span.get_span_context()  # type: ignore[attr-defined]
+    record = (time.time_ns(), 20, "INFO", "logfire-run", "logfire-run check", None,
+              context.trace_id, context.span_id, 1, ("", 0, "", "MainThread"))  # fmt: skip
+    problems.messages.clear()
+    try:
+        exporter = logs.otlp_log_exporter(config, lambda: resource)
+        taken = exporter.export([record])
+        exporter.shutdown()
+    except Exception as error:
+        out.write(f"otlp logs: could not send to {label}: {explain(str(error), 'logs')}\n")
+        return 1
+    if taken:
+        out.write(f"otlp logs: {label} accepted a test log record\n")
+        return 0
+    reason = "; ".join(explain(message, "logs") for message in problems.messages[-2:]) or "no reason given"
+    out.write(f"otlp logs: {label} did not accept the test log record: {reason}\n")
+    return 1
 
 
 def _describe(name: str, config: Config) -> str:

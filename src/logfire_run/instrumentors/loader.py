@@ -8,7 +8,8 @@ comes from the declarations next to its class (`targets`, `supported`, `options`
 installed distribution's metadata, tens of milliseconds, so its result is kept in a cache file
 keyed by the interpreter and `sys.path`, and checked against the modification times of the
 `sys.path` directories: installing or removing a distribution changes its directory, which
-invalidates the cache. A warm start is one `marshal.load` and a stat per `sys.path` entry.
+invalidates the cache. A warm start is one `marshal.loads`, a stat of the cache folder and one per
+`sys.path` entry.
 
 Activation registers one post-import hook per target module. When the app first imports it, the
 hook asks the process state to run the instrumentor once the SDK is up (`state.when_sdk_ready`),
@@ -26,7 +27,7 @@ import sys
 
 from logfire_run.agent import importhooks, report
 from logfire_run.agent.process import state
-from logfire_run.files import cache_dir, make_private_dirs
+from logfire_run.files import cache_dir, read_private_file, write_private_file
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -137,8 +138,8 @@ def discover(*, use_cache: bool = True) -> list[EntryPointRecord]:
     path = cache_path()
     if use_cache:
         try:
-            with open(path, "rb") as file:
-                cached = marshal.load(file)
+            # Only from a folder of this user's that no one else can write to (`files`).
+            cached = marshal.loads(read_private_file(path))
             if cached[0] == _CACHE_FORMAT and cached[1] == fingerprint:
                 return [EntryPointRecord(*row) for row in cached[2]]
         except (OSError, EOFError, ValueError, TypeError, IndexError):
@@ -150,11 +151,10 @@ def discover(*, use_cache: bool = True) -> list[EntryPointRecord]:
 
 def _write_cache(path: str, fingerprint: tuple[tuple[str, int], ...], found: list[EntryPointRecord]) -> None:
     try:
-        make_private_dirs(os.path.dirname(path))
-        temporary = f"{path}.{os.getpid()}.tmp"
-        with open(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as file:
-            marshal.dump((_CACHE_FORMAT, fingerprint, [row.as_tuple() for row in found]), file)
-        os.replace(temporary, path)
+        # A fresh, unpredictable name in a private folder, renamed into place: never through a link.
+        write_private_file(
+            path, marshal.dumps((_CACHE_FORMAT, fingerprint, [row.as_tuple() for row in found]))
+        )
     except OSError as error:
         # A read-only home directory costs a rescan per process, nothing more.
         report.debug(f"could not write the instrumentor cache {path}: {error}")

@@ -11,6 +11,7 @@ import html
 import json
 import re
 
+from logfire_run.viewer.inert import visible, visible_data
 from logfire_run.viewer.model import (
     StoredLog,
     TreeRow,
@@ -211,6 +212,9 @@ def render_html(trace_id: str, rows: list[TreeRow], logs: list[StoredLog] | None
         "spans": [span_dict(row, by_span.get(row.span.span_id)) for row in rows],
         "unattached_logs": [log_dict(log) for log in unattached],
     }
+    # Shown as the terminal views show it: nothing that hides or reorders text (`inert`); a log
+    # record's message and traceback keep their lines.
+    data = visible_data(data, lines=frozenset({"message", "exception"}))
     # The JSON sits in a <script> element, where the HTML parser reads "</script", and "<!--" followed by
     # "<script", as markup. Written as \\u003c (and > and & alike) they are inert there and mean the same
     # to JSON.parse; non-ASCII, U+2028 and U+2029 included, is written as \\u escapes (ensure_ascii).
@@ -226,6 +230,6 @@ def render_html(trace_id: str, rows: list[TreeRow], logs: list[StoredLog] | None
     )
     if summary.orphan_count:
         meta += f", {summary.orphan_count} orphan span(s) whose parent never arrived"
-    values = {"TRACE_ID": html.escape(trace_id), "META": html.escape(meta), "DATA": payload}
+    values = {"TRACE_ID": html.escape(visible(trace_id)), "META": html.escape(visible(meta)), "DATA": payload}
     # One pass, so that a span name or service containing a placeholder is never substituted.
     return re.sub(r"__(TRACE_ID|META|DATA)__", lambda match: values[match.group(1)], _PAGE)

@@ -7,10 +7,10 @@ otherwise, one line per trace or span, stable enough to grep.
 from __future__ import annotations
 
 import datetime
-import re
 from collections.abc import Callable
 from typing import Any, TextIO
 
+from logfire_run.viewer.inert import visible
 from logfire_run.viewer.model import (
     StoredLog,
     TraceSummary,
@@ -21,26 +21,6 @@ from logfire_run.viewer.model import (
     span_duration,
     summarize,
 )
-
-# What a terminal would act on instead of showing: C0 controls (ESC starts colour, cursor, title and
-# clipboard sequences; a newline would forge a tree line), DEL, C1 controls (U+009B is a one-byte
-# CSI), the line and paragraph separators, and the bidirectional controls that reorder what is shown.
-_INVISIBLE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069\ufeff]")
-_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
-
-
-def _escape(match: re.Match[str]) -> str:
-    char = match.group()
-    named = _NAMED.get(char)
-    if named is not None:
-        return named
-    code = ord(char)
-    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
-
-
-def visible(text: str) -> str:
-    """`text` with every control character written as an escape (`\\x1b`, `\\n`, `\\u202e`)."""
-    return _INVISIBLE.sub(_escape, text)
 
 
 def _time(nanoseconds: int) -> str:

@@ -1,22 +1,25 @@
 """The way out: building the configured exporters, each behind its own bounded batch processor.
 
 `ExportingSpanProcessor` holds one `BatchSpanProcessor` per exporter and can swap them when
-`configure()` changes the exporters. `ForkSafeExporter` keeps a fork from landing in the middle of an
-export. Exporter problems (a backend that is down) reach stderr once per process, through
-`route_export_logs`, instead of once per batch.
+`configure()` changes the exporters. `ForkSafeExporter` keeps a fork from catching an export in a
+state a forked child could not go on from, without ever making the fork wait for the network
+(`ForkGuard`), and gives the child connections of its own (`renew_connections`). What the exporters
+drop is counted here (exports that failed, spans past the full queue), and said by `delivery`: a
+problem once per process and signal as it happens, the counts at exit.
 
 Imported with the SDK, never at start-up.
 """
 
 from __future__ import annotations
 
-import logging
+import contextlib
 import os
 import sys
 import threading
+import time
 import weakref
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
@@ -24,9 +27,21 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 from logfire_run.agent import destination, report
 from logfire_run.agent.config import Config
 from logfire_run.agent.destination import OtlpDestination
+from logfire_run.agent.export.delivery import exporting, last_transient_error, route_export_logs
+
+__all__ = [
+    "ExportingSpanProcessor",
+    "ForkGuard",
+    "ForkSafeExporter",
+    "last_transient_error",
+    "renew_connections",
+    "route_export_logs",
+]
 
 if TYPE_CHECKING:
     import requests
+
+_T = TypeVar("_T")
 
 
 class ExportingSpanProcessor(SpanProcessor):
@@ -41,7 +56,13 @@ class ExportingSpanProcessor(SpanProcessor):
         self._processors: tuple[SpanProcessor, ...] = ()
         #: With the store exporter: the spans still running, for the viewer (`export.pending`).
         self._pending: SpanProcessor | None = None
+        #: Each processor's bounded queue (OpenTelemetry's deque), where it can be read, else None.
+        self._queues: tuple[Any, ...] = ()
         self.names: tuple[str, ...] = ()
+        #: Spans a full queue dropped in this process (OpenTelemetry's processor drops the oldest).
+        self.queue_dropped = 0
+        #: What exporters replaced by `configure()` failed to send (their counts go on here).
+        self._retired_refused = 0
 
     def set_exporters(self, config: Config) -> None:
         names = config.resolved_exporters()
@@ -59,8 +80,10 @@ class ExportingSpanProcessor(SpanProcessor):
         with self._lock:
             old, self._processors, self.names = self._processors, tuple(processors), names
             self._pending = pending
+            self._queues = tuple(_queue_of(processor) for processor in processors)
         for processor in old:
             processor.shutdown()
+            self._retired_refused += getattr(getattr(processor, "span_exporter", None), "refused", 0)
         report.debug(f"exporters: {', '.join(names) or 'none'}")
 
     def on_start(self, span: Span, parent_context: object = None) -> None:
@@ -69,8 +92,36 @@ class ExportingSpanProcessor(SpanProcessor):
             pending.on_start(span)
 
     def on_end(self, span: ReadableSpan) -> None:
-        for processor in self._processors:
+        for processor, queue in zip(self._processors, self._queues, strict=False):
+            if queue is not None and len(queue) == queue.maxlen:
+                self.queue_dropped += 1  # the processor makes room by dropping its oldest span
             processor.on_end(span)
+
+    def refused(self) -> int:
+        """Spans of exports that failed for good in this process (all exporters)."""
+        return self._retired_refused + sum(
+            getattr(getattr(processor, "span_exporter", None), "refused", 0) for processor in self._processors
+        )
+
+    def queued(self) -> int:
+        """Spans waiting in the batch processors' queues."""
+        return sum(len(queue) for queue in self._queues if queue is not None)
+
+    def in_flight(self, *, lost: bool | None = None) -> int:
+        """Spans of the exports running now: all; or (`lost=True`) those that cannot arrive if the
+        process ends now (the last attempt failed, or a store write, rolled back); or (`lost=False`)
+        those on the wire, which the backend may have."""
+        total = 0
+        for processor in self._processors:
+            exporter = getattr(processor, "span_exporter", None)
+            gone = bool(getattr(exporter, "retrying", False) or getattr(exporter, "local", False))
+            if lost is None or gone == lost:
+                total += getattr(exporter, "in_flight", 0)
+        return total
+
+    def after_fork_in_child(self) -> None:
+        """A forked child counts its own drops."""
+        self.queue_dropped = self._retired_refused = 0
 
     def shutdown(self) -> None:
         for processor in self._processors:
@@ -81,43 +132,140 @@ class ExportingSpanProcessor(SpanProcessor):
 
     def unsent(self) -> int:
         """Spans not exported yet: queued in the batch processors, or in an export still running."""
-        total = 0
-        for processor in self._processors:
-            # OpenTelemetry keeps the queue in its shared batch processor; read it where it is, else 0.
-            queue = getattr(getattr(processor, "_batch_processor", None), "_queue", ())
-            total += len(queue)
-            exporter = getattr(processor, "span_exporter", None)
-            total += getattr(exporter, "in_flight", 0)
-        return total
+        return self.queued() + self.in_flight()
+
+
+def _queue_of(processor: SpanProcessor) -> Any:
+    """The bounded deque a batch processor queues spans in (OpenTelemetry 1.27 to now), else None."""
+    # Since 1.33 it is in the processor's shared `_batch_processor`; before, on the processor itself.
+    queue = getattr(getattr(processor, "_batch_processor", None), "_queue", None)
+    if queue is None:
+        queue = getattr(processor, "queue", None)
+    return queue if getattr(queue, "maxlen", None) else None
+
+
+class ForkGuard:
+    """What a fork waits for while an export is running in another thread: never the network.
+
+    A fork copies the process at one instant, with only the forking thread. A module's import lock
+    held by the exporting thread then (it imports a module lazily) would hang the child: its first
+    import of that module waits for ever for a thread it does not have. The export path's own lazy
+    imports are done before the first export (requests' `netrc`: `otlp_exporter_options`); for any
+    other, a fork waits while the exporting thread is inside an import (`importing`), a bounded time.
+    (The store's SQLite calls are held off a fork by the store itself, call by call: `store`.)
+
+    A request on the wire holds nothing the child needs: the child gets connections of its own
+    (`renew_connections`), so a fork goes ahead at once, whatever the collector does.
+    """
+
+    WAIT_SECONDS = 2.0
+
+    def __init__(self) -> None:
+        #: The thread running an export now, if any.
+        self.thread: int | None = None
+
+    def run(self, export: Callable[[], _T]) -> _T:
+        """`export()`, known to a fork as running in this thread."""
+        self.thread = threading.get_ident()
+        try:
+            return export()
+        finally:
+            self.thread = None
+
+    def before_fork(self) -> None:
+        deadline = time.monotonic() + self.WAIT_SECONDS
+        thread = self.thread
+        while thread is not None and importing(thread) and time.monotonic() < deadline:
+            time.sleep(0.001)
+
+    def after_fork_in_parent(self) -> None:
+        pass
+
+    def after_fork_in_child(self) -> None:
+        self.thread = None
+
+
+def importing(thread: int) -> bool:
+    """Whether `thread` holds a module's import lock now: it is inside an import."""
+    bootstrap = sys.modules.get("_frozen_importlib") or sys.modules.get("importlib._bootstrap")
+    locks = getattr(bootstrap, "_module_locks", None)
+    if not isinstance(locks, dict):
+        return False
+    for reference in list(locks.values()):
+        lock = reference() if callable(reference) else None
+        if lock is not None and getattr(lock, "owner", None) == thread:
+            return True
+    return False
+
+
+def renew_connections(exporter: object) -> None:
+    """Give a forked child's copy of an OpenTelemetry OTLP exporter connections of its own.
+
+    The child's copy of the HTTP session holds the parent's keep-alive connections: a request of the
+    child's written into one of them lands in the parent's stream (two requests in one body, both
+    refused). The session is replaced by a copy with new connection pools (its settings, class and
+    certificates kept), and the gRPC channel by a new one. The parent's are left untouched: their
+    locks may be held by the parent's exporting thread, and closing a connection here could end it
+    for the parent.
+    """
+    holders = [exporter, getattr(getattr(exporter, "_client", None), "_transport", None)]
+    for holder in holders:
+        session = getattr(holder, "_session", None)
+        if session is not None and hasattr(session, "adapters"):
+            setattr(holder, "_session", _fresh_session(session))  # noqa: B010 (a private attribute)
+    if hasattr(exporter, "_channel") and hasattr(exporter, "_initialize_channel_and_stub"):
+        try:
+            exporter._initialize_channel_and_stub()
+        except Exception as error:  # the child then retries through OpenTelemetry's reconnection
+            report.debug(f"after fork: no new gRPC channel ({type(error).__name__}: {error})")
+
+
+def _fresh_session(session: Any) -> Any:
+    import copy
+    from collections import OrderedDict
+
+    # requests' Session and HTTPAdapter copy through their pickling state: a copied adapter builds
+    # a new pool manager (and no proxy managers), sharing no connection with the original. The
+    # cookie jar is new too: its lock, taken at every request, may be held by the parent's thread.
+    fresh = copy.copy(session)
+    fresh.adapters = OrderedDict((prefix, copy.copy(adapter)) for prefix, adapter in session.adapters.items())
+    with contextlib.suppress(Exception):
+        fresh.cookies = type(session.cookies)()
+    return fresh
 
 
 class ForkSafeExporter(SpanExporter):
-    """Keeps `fork()` from landing in the middle of an export.
+    """A span exporter that a fork never catches in a state its child could not go on from.
 
-    The batch processor exports from its own thread, and exporting may import a module lazily
-    (requests imports `netrc` on every request). A fork at that moment copies the module's import lock
-    held by a thread that does not exist in the child, and the child's first import of that module
-    hangs for ever. So a fork waits for the export in flight, a bounded time: an export stuck retrying
-    against a dead backend sleeps rather than imports, and the fork goes ahead after the wait.
+    Exports run under a `ForkGuard` (a fork waits for an import in progress, never for the network),
+    and a forked child gets connections of its own.
     """
-
-    FORK_WAIT_SECONDS = 2.0
 
     def __init__(self, inner: SpanExporter) -> None:
         self.inner = inner
-        self._lock = threading.Lock()
-        self._held_for_fork = False
+        self.guard = ForkGuard()
+        #: A local exporter (the store): what it writes when the process ends is lost, not on the wire.
+        self.local = bool(getattr(inner, "local", False))
         #: Spans of the export running now (counted as unsent if the process exits meanwhile).
         self.in_flight = 0
+        #: Spans of exports that failed for good in this process: the batch processor does not retry.
+        self.refused = 0
+        #: The export running now logged a retry: its last attempt failed (`delivery.exporting`).
+        self.retrying = False
         _fork_safe_exporters.add(self)
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        with self._lock:
-            self.in_flight = len(spans)
-            try:
-                return self.inner.export(spans)
-            finally:
-                self.in_flight = 0
+        self.in_flight = len(spans)
+        result = SpanExportResult.FAILURE
+        try:
+            with exporting("spans", self):
+                result = self.guard.run(lambda: self.inner.export(spans))
+            return result
+        finally:
+            self.in_flight = 0
+            # A store refused or deleted said so once for all this process's spans: not counted.
+            if result is not SpanExportResult.SUCCESS and not getattr(self.inner, "unusable", False):
+                self.refused += len(spans)
 
     def shutdown(self) -> None:
         self.inner.shutdown()
@@ -126,17 +274,15 @@ class ForkSafeExporter(SpanExporter):
         return self.inner.force_flush(timeout_millis)
 
     def before_fork(self) -> None:
-        self._held_for_fork = self._lock.acquire(timeout=self.FORK_WAIT_SECONDS)
+        self.guard.before_fork()
 
     def after_fork_in_parent(self) -> None:
-        if self._held_for_fork:
-            self._held_for_fork = False
-            self._lock.release()
+        self.guard.after_fork_in_parent()
 
     def after_fork_in_child(self) -> None:
-        self._held_for_fork = False
-        self.in_flight = 0
-        self._lock = threading.Lock()
+        self.guard.after_fork_in_child()
+        self.in_flight = self.refused = 0
+        renew_connections(self.inner)
 
 
 #: Every ForkSafeExporter of the process, for the module's fork functions below.
@@ -247,6 +393,10 @@ def otlp_exporter_options(where: OtlpDestination) -> dict[str, Any]:
                 where.compression, grpc.Compression.NoCompression
             ),
         }
+    # requests imports `netrc` lazily at its first request, in the exporting thread: imported here,
+    # no import runs during an export that a fork could catch half-done (`ForkGuard`).
+    import netrc  # noqa: F401
+
     from opentelemetry.exporter.otlp.proto.http import Compression
 
     return {
@@ -303,61 +453,3 @@ def _entry_point_exporter(name: str) -> SpanExporter:
                 raise TypeError(f"{entry.value} did not make a SpanExporter")
             return exporter
     raise ExporterNotInstalled(f"no installed package provides the exporter {name!r}")
-
-
-class _ExportProblemHandler(logging.Handler):
-    """Turns exporter log records into one stderr line per process instead of one per batch.
-
-    Attached to the exporters' loggers, it also stops Python's last-resort handler from printing every
-    retry when the app has not configured logging; an app that has keeps receiving the records.
-    An exporter's warnings are retries ("transient error ..., retrying"): a retry that succeeds is not
-    a problem, so they are kept, and named as the cause when the export fails for good (an error) or
-    when the exit budget drops what they held up.
-    """
-
-    def emit(self, record: logging.LogRecord) -> None:
-        global _last_transient
-        try:
-            message = record.getMessage()
-        except Exception:
-            message = str(record.msg)
-        report.debug(f"{record.name}: {message}")
-        if record.levelno < logging.WARNING:
-            return
-        if record.levelno < logging.ERROR and record.name.startswith("opentelemetry.exporter"):
-            _last_transient = message
-            return
-        cause = f" (last error: {_last_transient})" if _last_transient and _last_transient != message else ""
-        # One line per backend, not per signal: the log exporter of the same protocol (`_log_exporter`,
-        # docs/logs.md) fails with the trace exporter, and says the same.
-        key = record.name.replace("._log_exporter", ".trace_exporter")
-        report.problem(
-            f"export:{key}",
-            f"exporting spans failed: {destination.explain(message + cause)} (reported once per process; "
-            "the app runs on, "
-            "spans beyond the bounded queue are dropped; LOGFIRE_DEBUG=1 shows every occurrence)",
-        )
-
-
-_last_transient: str | None = None
-
-
-def last_transient_error() -> str | None:
-    """The last retry an exporter logged in this process, if any: why spans are still unsent."""
-    return _last_transient
-
-
-EXPORT_LOGGERS = (
-    "opentelemetry.exporter",
-    "opentelemetry.sdk.trace.export",
-    "opentelemetry.sdk._shared_internal",
-)
-
-
-def route_export_logs() -> None:
-    """Send the exporters' log records through `report` (once per process), not to the app's log."""
-    handler = _ExportProblemHandler(logging.DEBUG)
-    for name in EXPORT_LOGGERS:
-        logger = logging.getLogger(name)
-        if not any(isinstance(existing, _ExportProblemHandler) for existing in logger.handlers):
-            logger.addHandler(handler)

@@ -28,10 +28,13 @@ import traceback
 import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 from logfire_run.agent import destination, report
 from logfire_run.agent.config import Config
+from logfire_run.agent.export.delivery import exporting
+from logfire_run.agent.export.exporters import ForkGuard, renew_connections
 from logfire_run.store_format import site_attributes
 
 #: One captured record, as the pipeline keeps it until it is exported: (time_ns, levelno, levelname,
@@ -65,12 +68,18 @@ class LogExporter:
     """Where a batch of captured records goes (store, OTLP, console)."""
 
     name = ""
+    #: Writes to a local file (the store): what it writes when the process ends is lost, not on the wire.
+    local = False
 
-    def export(self, batch: Sequence[Captured]) -> None:
+    def export(self, batch: Sequence[Captured]) -> bool:
+        """Send `batch`; False when it was not taken (the records are dropped and counted)."""
         raise NotImplementedError
 
     def shutdown(self) -> None:
         pass
+
+    def after_fork_in_child(self) -> None:
+        """A forked child's copy: connections of its own (OTLP)."""
 
 
 #: Every LogPipeline of the process, for the module's fork functions below.
@@ -86,10 +95,16 @@ class LogPipeline:
         # would leave.
         self._exporters = tuple(exporters)
         self.names = tuple(exporter.name for exporter in self._exporters)
+        #: Only local exporters (the store): what is in flight at exit is lost, not on the wire.
+        self.local = all(exporter.local for exporter in self._exporters)
         self.max_queue = _int_env("OTEL_BLRP_MAX_QUEUE_SIZE", 2048)
         self.batch_size = min(_int_env("OTEL_BLRP_MAX_EXPORT_BATCH_SIZE", 512), self.max_queue)
         self.delay = _int_env("OTEL_BLRP_SCHEDULE_DELAY", 1000) / 1000
+        #: Records dropped in this process: past the full queue, and of exports not taken.
         self.dropped = 0
+        self.refused = 0
+        #: The export running now logged a retry: its last attempt failed (`delivery.exporting`).
+        self.retrying = False
         self._queue: deque[Captured] = deque()
         self._export_lock = threading.Lock()
         self._start_lock = threading.Lock()
@@ -99,28 +114,25 @@ class LogPipeline:
         self._closed = False
         #: Records of the export running now (counted as unsent if the process exits meanwhile).
         self.in_flight = 0
-        self._held_for_fork = False
         self._restart = False
+        # What a fork waits for, as for spans: an import in progress, never the network.
+        self._guard = ForkGuard()
         _pipelines.add(self)
 
-    # A fork waits (a bounded time) for an export in flight, as `exporters.ForkSafeExporter` does for
-    # spans: exporting imports modules lazily, and a child forked while another thread holds an import
-    # lock hangs on its first import of that module.
-    FORK_WAIT_SECONDS = 2.0
-
     def before_fork(self) -> None:
-        self._held_for_fork = self._export_lock.acquire(timeout=self.FORK_WAIT_SECONDS)
+        self._guard.before_fork()
 
     def after_fork_in_parent(self) -> None:
-        if self._held_for_fork:
-            self._held_for_fork = False
-            self._export_lock.release()
+        self._guard.after_fork_in_parent()
 
     def after_fork_in_child(self) -> None:
-        # The parent exports what it had queued; the child starts empty, with a thread of its own
-        # (`restart_after_fork`, as the SDK's own batch processors restart theirs).
+        # The parent exports what it had queued; the child starts empty, with connections of its own
+        # and a thread of its own (`restart_after_fork`, as the SDK's own batch processors restart theirs).
+        self._guard.after_fork_in_child()
+        for exporter in self._exporters:
+            exporter.after_fork_in_child()
+        self.dropped = self.refused = 0
         self._queue.clear()
-        self._held_for_fork = False
         self._export_lock = threading.Lock()
         self._start_lock = threading.Lock()
         self._wake = threading.Event()
@@ -204,18 +216,25 @@ class LogPipeline:
                 count = min(len(self._queue), self.batch_size)
                 batch = [self._queue.popleft() for _ in range(count)]
                 self.in_flight = len(batch)
+                taken = True
                 try:
                     for exporter in self.exporters():
                         try:
-                            exporter.export(batch)
+                            with exporting("logs", self):
+                                sent = self._guard.run(partial(exporter.export, batch))
+                            taken = sent and taken
                         except Exception as error:
+                            taken = False
                             report.problem(
                                 f"logs:{exporter.name}",
                                 f"log records could not be exported to {exporter.name} "
-                                f"({type(error).__name__}: {error}); they are dropped, the app runs on",
+                                f"({type(error).__name__}: {error}); they are dropped and counted at "
+                                "exit, the app runs on",
                             )
                 finally:
                     self.in_flight = 0
+                    if not taken:
+                        self.refused += len(batch)
                 if not everything and len(self._queue) < self.batch_size:
                     return
 
@@ -229,6 +248,9 @@ class LogPipeline:
 
     def unsent(self) -> int:
         return len(self._queue) + self.in_flight
+
+    def queued(self) -> int:
+        return len(self._queue)
 
     def shutdown(self) -> None:
         self.force_flush()
@@ -268,6 +290,7 @@ class StoreLogExporter(LogExporter):
     """Writes captured records made inside a span into the store's `logs` table."""
 
     name = "store"
+    local = True
 
     def __init__(self, path: str, service: Callable[[], str]) -> None:
         from logfire_run.agent.export.store import StoreExporter
@@ -276,8 +299,8 @@ class StoreLogExporter(LogExporter):
         self._store = StoreExporter(path)
         self._service = service
 
-    def export(self, batch: Sequence[Captured]) -> None:
-        self._store.export_logs(batch, self._service())
+    def export(self, batch: Sequence[Captured]) -> bool:
+        return self._store.export_logs(batch, self._service())
 
     def shutdown(self) -> None:
         self._store.shutdown()
@@ -295,14 +318,14 @@ class OpenTelemetryLogExporter(LogExporter):
         #: OTLP/HTTP: the request written by `otlp_logs`, sent by OpenTelemetry's exporter.
         self._direct = direct
 
-    def export(self, batch: Sequence[Captured]) -> None:
+    def export(self, batch: Sequence[Captured]) -> bool:
         from opentelemetry.instrumentation.utils import suppress_instrumentation
 
         # Its HTTP client (requests) is instrumented too: the export itself must not become spans.
         with suppress_instrumentation():
-            self._export(batch)
+            return self._export(batch)
 
-    def _export(self, batch: Sequence[Captured]) -> None:
+    def _export(self, batch: Sequence[Captured]) -> bool:
         if self._direct:
             from logfire_run.agent.export.otlp_logs import encode_logs_request, send_encoded
 
@@ -313,19 +336,23 @@ class OpenTelemetryLogExporter(LogExporter):
                     "otlp-logs-encode", f"the OTLP log encoder failed ({type(error).__name__}: {error})"
                 )
                 body = None
-            if body is None:
-                self._exporter.export(readable_records(batch, self._resource()))
-                return
-            if send_encoded(self._exporter, body) is not None:
-                return
-            self._direct = False  # an OpenTelemetry without the seam: its own path from now on
-            report.fallback(
-                "otlp-logs-seam", "OpenTelemetry's OTLP/HTTP log exporter has no client to send bytes"
-            )
-        self._exporter.export(readable_records(batch, self._resource()))
+            if body is not None:
+                sent = send_encoded(self._exporter, body)
+                if sent is not None:
+                    return sent
+                self._direct = False  # an OpenTelemetry without the seam: its own path from now on
+                report.fallback(
+                    "otlp-logs-seam", "OpenTelemetry's OTLP/HTTP log exporter has no client to send bytes"
+                )
+        result = self._exporter.export(readable_records(batch, self._resource()))
+        # OpenTelemetry's LogExportResult (LogRecordExportResult since 1.39): SUCCESS is 0.
+        return getattr(result, "value", 1) == 0
 
     def shutdown(self) -> None:
         self._exporter.shutdown()
+
+    def after_fork_in_child(self) -> None:
+        renew_connections(self._exporter)
 
 
 def readable_records(batch: Sequence[Captured], resource: Any) -> list[Any]:
@@ -335,6 +362,8 @@ def readable_records(batch: Sequence[Captured], resource: Any) -> list[Any]:
     from opentelemetry.sdk.util.instrumentation import InstrumentationScope
     from opentelemetry.trace import TraceFlags
 
+    from logfire_run.agent.export.otlp_encoding import encodable
+
     try:
         from opentelemetry.sdk._logs import ReadableLogRecord as Readable
     except ImportError:  # OpenTelemetry before 1.39
@@ -343,9 +372,14 @@ def readable_records(batch: Sequence[Captured], resource: Any) -> list[Any]:
     records = []
     observed = time.time_ns()
     for when, levelno, levelname, logger, message, exception, trace_id, span_id, flags, site in batch:
-        extra = site_attributes(site)
+        # Protobuf refuses text that UTF-8 cannot encode (a lone surrogate), failing the whole batch.
+        extra = {
+            key: encodable(value) if type(value) is str else value
+            for key, value in site_attributes(site).items()
+        }
         if exception is not None:
-            extra["exception.stacktrace"] = exception
+            extra["exception.stacktrace"] = encodable(exception)
+        logger, message = encodable(logger), encodable(message)
         scope = scopes.get(logger)
         if scope is None:
             scope = scopes[logger] = InstrumentationScope(logger)
@@ -381,8 +415,25 @@ def log_exporter_names(config: Config, environ: Any = None) -> tuple[str, ...]:
             )
         names.extend(name for name in chosen if name in ("otlp", "console"))
     elif "otlp" in span_exporters:
-        names.append("otlp")
+        if only_traces_endpoint(environ):
+            # OpenTelemetry's rule: a signal's own endpoint is for that signal alone. Logs have none
+            # (neither theirs nor the general one): there is no logs destination to default to.
+            report.debug(
+                "OTLP logs are not sent: only OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is set (set "
+                "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT, or OTEL_EXPORTER_OTLP_ENDPOINT for both)"
+            )
+        else:
+            names.append("otlp")
     return tuple(dict.fromkeys(names))
+
+
+def only_traces_endpoint(environ: Any) -> bool:
+    """Whether the traces endpoint is set and neither the logs nor the general one is."""
+    own, general = destination.variables("logs", "ENDPOINT")
+    traces, _ = destination.variables("traces", "ENDPOINT")
+    return bool(environ.get(traces, "").strip()) and not (
+        environ.get(own, "").strip() or environ.get(general, "").strip()
+    )
 
 
 def build_log_exporters(config: Config, resource: Callable[[], Any]) -> list[LogExporter]:
@@ -405,9 +456,7 @@ def build_log_exporters(config: Config, resource: Callable[[], Any]) -> list[Log
                     OpenTelemetryLogExporter(name, ConsoleLogRecordExporter(out=sys.stderr), resource)
                 )
             else:
-                exporter = build_otlp_log_exporter(config)
-                direct = type(exporter).__module__.startswith("opentelemetry.exporter.otlp.proto.http")
-                exporters.append(OpenTelemetryLogExporter(name, exporter, resource, direct=direct))
+                exporters.append(otlp_log_exporter(config, resource))
         except Exception as error:
             # The key of the span exporter's own line: the same cause (a missing package, a bad
             # certificate) is said once, not once per signal.
@@ -417,6 +466,13 @@ def build_log_exporters(config: Config, resource: Callable[[], Any]) -> list[Log
                 "log records are not sent there, the app runs on",
             )
     return exporters
+
+
+def otlp_log_exporter(config: Config, resource: Callable[[], Any]) -> OpenTelemetryLogExporter:
+    """The `otlp` log exporter: OpenTelemetry's, sending the direct encoding over HTTP."""
+    exporter = build_otlp_log_exporter(config)
+    direct = type(exporter).__module__.startswith("opentelemetry.exporter.otlp.proto.http")
+    return OpenTelemetryLogExporter("otlp", exporter, resource, direct=direct)
 
 
 def otlp_log_destination(config: Config, environ: Any = None) -> destination.OtlpDestination:

@@ -10,9 +10,11 @@ Its output decodes to the same message as OpenTelemetry's encoder gives for the 
 for field, and is the same bytes (tests/test_otlp_encoding.py holds it to both): spans grouped by
 equal resource, then equal scope, in batch order; every attribute type of the SDK (and nested
 sequences and mappings); events, links (without their trace_state, as OpenTelemetry sends them),
-status, flags, dropped counts, trace_state. An attribute whose value cannot be encoded (an integer
-past 64 bits, text that is not valid Unicode) is left out and reported once, as OpenTelemetry's
-encoder leaves it out and logs it; a span that cannot be encoded at all raises.
+status, flags, dropped counts, trace_state. Text that UTF-8 cannot encode (a lone surrogate, what
+`os.fsdecode` gives for a file name that is not UTF-8) is written with U+FFFD in its place, in that
+value only (`utf8`): one such span used to fail its whole batch, here and in OpenTelemetry's encoder.
+An attribute whose value cannot be encoded at all (an integer past 64 bits) is left out and reported
+once, as OpenTelemetry's encoder leaves it out and logs it; a span that cannot be encoded raises.
 
 Where it stops: it knows nothing of transports. OTLP/HTTP (`otlp_http.py`) and OTLP/gRPC
 (`otlp_grpc.py`) send these bytes, wrapped in an `EncodedBatch`: both request bodies are the same
@@ -34,7 +36,7 @@ from opentelemetry.trace import SpanKind
 
 from logfire_run.agent import report
 
-__all__ = ["EncodedBatch", "encode_export_request"]
+__all__ = ["EncodedBatch", "encodable", "encode_export_request", "utf8"]
 
 _ONE_BYTE = [bytes((value,)) for value in range(128)]
 _pack_fixed64 = struct.Struct("<Q").pack
@@ -85,8 +87,26 @@ def _field(tag: int, payload: bytes) -> bytes:
     return bytes((tag, size)) + payload if size < 128 else bytes((tag,)) + _varint(size) + payload
 
 
+def utf8(text: str) -> bytes:
+    """`text` in UTF-8; a lone surrogate (which UTF-8 cannot encode) as U+FFFD, a pair as its character."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return encodable(text).encode("utf-8")
+
+
+def encodable(text: str) -> str:
+    """`text` with each lone surrogate replaced by U+FFFD (and each surrogate pair joined): text that
+    UTF-8, SQLite and protobuf accept. The same object when there is nothing to replace."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
+
+
 def _text(tag: int, text: str) -> bytes:
-    return _field(tag, text.encode("utf-8"))
+    return _field(tag, utf8(text))
 
 
 def _any_value(value: Any) -> bytes:
@@ -164,10 +184,7 @@ def _text_attribute(key: str, value: str) -> bytes:
     key_field = _key_fields.get(key)
     if key_field is None:
         return _attribute_or_nothing(_SPAN_ATTRIBUTE, key, value)
-    try:
-        text = value.encode("utf-8")
-    except UnicodeEncodeError:
-        return _attribute_or_nothing(_SPAN_ATTRIBUTE, key, value)
+    text = utf8(value)
     size = len(text)
     # Up to 125 bytes, the AnyValue and its field both take a one-byte length.
     value_field = (

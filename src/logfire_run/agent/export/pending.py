@@ -66,6 +66,7 @@ class PendingSpans(SpanProcessor):
         self._unusable = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._restart = False
         self._owner = ""
         _instances.add(self)
         self._start()
@@ -161,7 +162,12 @@ class PendingSpans(SpanProcessor):
             _INHERITED.append(self._connection)  # never closed in the child (see store.py)
         self._connection = None
         self._stop = threading.Event()
-        if self._thread is not None:
+        # Started again in `restart_after_fork`, once `threading` has forgotten the parent's threads.
+        self._restart, self._thread = self._thread is not None, None
+
+    def restart_after_fork(self) -> None:
+        restart, self._restart = self._restart, False
+        if restart and not self._stop.is_set():
             self._start()
 
     def shutdown(self) -> None:
@@ -181,3 +187,9 @@ def after_fork_in_child() -> None:
     """What a fork does to the pending-span writers (`process.fork` calls it, the only caller)."""
     for instance in list(_instances):
         instance.after_fork_in_child()
+
+
+def restart_after_fork() -> None:
+    """The child's writer threads, if the parent had them (`process.fork`, step 5)."""
+    for instance in list(_instances):
+        instance.restart_after_fork()

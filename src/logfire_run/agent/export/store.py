@@ -11,7 +11,17 @@ Where it stops:
 - Writes happen in the BatchSpanProcessor's worker thread, never on the request path; when the
   store cannot keep up, the processor's bounded queue drops spans (OpenTelemetry's own behaviour).
 - A store that cannot be opened (bad path, read-only disk) is reported once per process on stderr
-  and this process's spans are dropped; the app runs on.
+  and this process's spans are dropped; the app runs on. So is a store path that is a symbolic link,
+  or that has a -wal or -shm link beside it, or a store of another user's in a folder anyone can
+  write to (`files.check_own_file`): the agent writes only files it created itself.
+- At exit, a batch that finds another process holding the store's lock goes into a spool of this
+  process's own instead of waiting (`spool`): the exit budget is never spent in that queue. Spools
+  are moved into the store by the next process that writes (when it opens the store, at most once a
+  second as it writes, and at its exit if the lock was free then).
+- A store deleted while the process writes to it is noticed at the next batch (a stat of the path)
+  and said once: SQLite would go on writing into the deleted file. It is not made again under the
+  same name, because the connections of other processes still hold the deleted file's -wal and
+  -shm, which SQLite removes by name when it closes them.
 - The connection belongs to one process: a forked child opens its own and never touches (nor
   closes) the one it inherited, which SQLite forbids.
 - Retention: the newest `DEFAULT_MAX_SPANS` spans written less than `DEFAULT_MAX_AGE_SECONDS` ago
@@ -27,9 +37,11 @@ import json.encoder
 import os
 import sqlite3
 import threading
+import time
 import weakref
 from collections.abc import Callable, Sequence
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.sdk.resources import Resource
@@ -38,6 +50,9 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import SpanKind, StatusCode
 
 from logfire_run.agent import report
+from logfire_run.agent.export import delivery, spool
+from logfire_run.agent.export.otlp_encoding import encodable
+from logfire_run.files import UnsafeFileError
 from logfire_run.store_format import (
     DEFAULT_MAX_AGE_SECONDS,
     DEFAULT_MAX_LOGS,
@@ -45,6 +60,7 @@ from logfire_run.store_format import (
     Row,
     insert_batch,
     insert_logs,
+    lock_taken,
     open_store,
     prune,
     prune_logs,
@@ -231,6 +247,9 @@ def log_rows(batch: Sequence[Any], pid: int, service: str) -> list[Row]:
 class StoreExporter(SpanExporter):
     """Writes each batch of spans into the SQLite store at `path`, in one transaction."""
 
+    #: Writes a local file: a batch being written when the process ends is lost, not on the wire.
+    local = True
+
     def __init__(
         self,
         path: str,
@@ -243,12 +262,15 @@ class StoreExporter(SpanExporter):
         self.max_spans = max_spans
         self.max_age_seconds = max_age_seconds
         self.prune_every = prune_every
+        self._next_spool_check = 0.0
         self._lock = threading.Lock()
         self._connection: sqlite3.Connection | None = None
         self._pid = os.getpid()
         self._unusable = False
         self._since_prune = 0
         self._shutdown = False
+        #: (device, inode) of the store file this process's connection writes to.
+        self._identity: tuple[int, int] | None = None
         _store_exporters.add(self)
 
     def after_fork_in_child(self) -> None:
@@ -268,7 +290,17 @@ class StoreExporter(SpanExporter):
         if self._unusable:
             return None
         try:
-            connection = open_store(self.path, busy_timeout=0)
+            connection = in_sqlite(partial(open_store, self.path, busy_timeout=0))
+            found = os.lstat(self.path)
+        except UnsafeFileError as error:
+            self._unusable = True
+            report.problem(
+                "store:open",
+                f"the trace store is refused: {error}; the agent writes only files it created itself, "
+                "never through a link: spans from this process are not stored, the app runs on (set "
+                "--store or LOGFIRE_STORE to a path in a folder of your own)",
+            )
+            return None
         except Exception as error:
             self._unusable = True
             report.problem(
@@ -278,8 +310,36 @@ class StoreExporter(SpanExporter):
             )
             return None
         self._connection = connection
-        self._prune(connection)
+        self._identity = (found.st_dev, found.st_ino)
+        if delivery.exit_deadline() is None:  # at exit, nothing but this process's own rows
+            self._prune(connection)
         return connection
+
+    @property
+    def unusable(self) -> bool:
+        """Refused, unopenable or deleted: said once, and this process's spans are not stored."""
+        return self._unusable
+
+    def _deleted(self) -> bool:
+        """Whether the store file was deleted (or replaced) since this process opened it; said once."""
+        try:
+            found = os.lstat(self.path)
+            if (found.st_dev, found.st_ino) == self._identity:
+                return False
+        except OSError:
+            pass
+        # Not closed: SQLite would remove the -wal and -shm by name, which may be a new store's by now.
+        if self._connection is not None:
+            _INHERITED.append(self._connection)
+        self._connection = None
+        self._unusable = True
+        report.problem(
+            "store:deleted",
+            f"the trace store {self.path} was deleted while this process wrote to it: spans from this "
+            "process are no longer stored (SQLite would write them into the deleted file); the app runs "
+            "on, and stores spans again when restarted",
+        )
+        return True
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         if self._shutdown or self._unusable:
@@ -289,54 +349,82 @@ class StoreExporter(SpanExporter):
         except Exception as error:
             report.problem("store:convert", f"spans could not be stored ({type(error).__name__}: {error})")
             return SpanExportResult.FAILURE
-        with self._lock:
-            connection = self._connect()
-            if connection is None:
-                return SpanExportResult.FAILURE
-            try:
-                with_retries(lambda: insert_batch(connection, rows))
-            except Exception as error:
-                report.problem(
-                    "store:write",
-                    f"spans could not be written to the trace store {self.path} "
-                    f"({type(error).__name__}: {error}); they are dropped, the app runs on",
-                )
-                return SpanExportResult.FAILURE
-            self._since_prune += len(rows)
-            if self._since_prune >= self.prune_every:
-                self._prune(connection)
-        return SpanExportResult.SUCCESS
+        written = self._write(rows, insert_batch, "spans")
+        return SpanExportResult.SUCCESS if written else SpanExportResult.FAILURE
 
     def export_logs(self, batch: Sequence[Any], service: str = "") -> bool:
         """Write captured log records (see `log_rows`) in one transaction; False when they are dropped."""
         if self._shutdown or self._unusable:
             return False
         rows = log_rows(batch, self._pid, service)
-        if not rows:
-            return True
+        return not rows or self._write(rows, insert_logs, "log records")
+
+    def _write(
+        self, rows: list[Row], insert: Callable[[sqlite3.Connection, list[Row]], None], what: str
+    ) -> bool:
+        exiting = delivery.exit_deadline() is not None
         with self._lock:
             connection = self._connect()
-            if connection is None:
+            if connection is None or self._deleted():
                 return False
             try:
-                with_retries(lambda: insert_logs(connection, rows))
+                if exiting:
+                    return self._write_at_exit(connection, rows, insert)
+                try:
+                    _insert(connection, insert, rows, give_up=_exit_began)
+                except sqlite3.OperationalError as error:
+                    # The process began to exit while this write waited for the lock: a spool, now.
+                    if not (lock_taken(error) and _exit_began()):
+                        raise
+                    return self._write_at_exit(connection, rows, insert)
             except Exception as error:
                 report.problem(
-                    "store:write-logs",
-                    f"log records could not be written to the trace store {self.path} "
+                    f"store:write:{what}",
+                    f"{what} could not be written to the trace store {self.path} "
                     f"({type(error).__name__}: {error}); they are dropped, the app runs on",
                 )
                 return False
             self._since_prune += len(rows)
             if self._since_prune >= self.prune_every:
                 self._prune(connection)
+            elif time.monotonic() >= self._next_spool_check:
+                self._merge_spools(connection)
         return True
+
+    def _write_at_exit(
+        self,
+        connection: sqlite3.Connection,
+        rows: list[Row],
+        insert: Callable[[sqlite3.Connection, list[Row]], None],
+    ) -> bool:
+        """At exit: the store's lock if it is free at once, else a spool of this process's own
+        (`spool`): the exit budget is never spent waiting for other writers."""
+        try:
+            _insert(connection, insert, rows, wait=False)
+        except sqlite3.OperationalError as error:
+            if not lock_taken(error):
+                raise
+            _cleaned_if_needed(lambda clean: spool.write(self.path, **{_TABLE[insert]: clean}), rows)
+            return True
+        # The lock was free: the spools other processes left meanwhile go in now, within the budget.
+        self._merge_spools(connection, deadline=delivery.exit_deadline())
+        return True
+
+    def _merge_spools(self, connection: sqlite3.Connection, deadline: float | None = None) -> None:
+        self._next_spool_check = time.monotonic() + spool.MERGE_EVERY_SECONDS
+        try:
+            if spool.due(self.path):
+                moved = spool.merge(connection, self.path, deadline=deadline, call=in_sqlite)
+                report.debug(f"moved {moved} spans from spools into the trace store")
+        except Exception as error:
+            report.debug(f"trace store spools could not be merged: {type(error).__name__}: {error}")
 
     def _prune(self, connection: sqlite3.Connection) -> None:
         self._since_prune = 0
+        self._merge_spools(connection)
         try:
-            prune_logs(connection, DEFAULT_MAX_LOGS, self.max_age_seconds)
-            prune(connection, self.max_spans, self.max_age_seconds)
+            in_sqlite(prune_logs, connection, DEFAULT_MAX_LOGS, self.max_age_seconds)
+            in_sqlite(prune, connection, self.max_spans, self.max_age_seconds)
         except Exception as error:
             report.debug(f"trace store pruning failed: {error}")
 
@@ -352,7 +440,50 @@ class StoreExporter(SpanExporter):
         return True  # every export is committed before it returns
 
 
-#: Connections inherited through fork: never used, never closed (see StoreExporter.after_fork_in_child).
+_TABLE: dict[Callable[[sqlite3.Connection, list[Row]], None], str] = {
+    insert_batch: "spans",
+    insert_logs: "logs",
+}
+
+
+def _insert(
+    connection: sqlite3.Connection,
+    insert: Callable[[sqlite3.Connection, list[Row]], None],
+    rows: list[Row],
+    *,
+    wait: bool = True,
+    give_up: Callable[[], bool] | None = None,
+) -> None:
+    """`insert(connection, rows)` in one transaction, tried again while another process holds the lock
+    (`wait`, until `give_up()`), or tried once."""
+    if wait:
+        _cleaned_if_needed(
+            lambda clean: with_retries(lambda: insert(connection, clean), give_up=give_up), rows
+        )
+    else:
+        _cleaned_if_needed(lambda clean: insert(connection, clean), rows)
+
+
+def _exit_began() -> bool:
+    return delivery.exit_deadline() is not None
+
+
+def _cleaned_if_needed(write: Callable[[list[Row]], object], rows: list[Row]) -> None:
+    """`write(rows)`, and again with clean text if SQLite refused some.
+
+    SQLite takes any `str` but one that UTF-8 cannot encode (a lone surrogate: what `os.fsdecode`
+    gives for a file name that is not UTF-8), which fails the whole transaction. Then the batch is
+    written again with U+FFFD in place of each lone surrogate, in the values that hold one: the
+    JSON of attributes too, which stays valid JSON. Rows are checked only then, not on every batch.
+    """
+    try:
+        write(rows)
+    except UnicodeEncodeError:
+        write([tuple(encodable(value) if type(value) is str else value for value in row) for row in rows])
+
+
+#: Connections inherited through fork, or to a store deleted meanwhile: never used, never closed (see
+#: StoreExporter.after_fork_in_child and `_deleted`).
 _INHERITED: list[sqlite3.Connection] = []
 
 
@@ -360,7 +491,51 @@ _INHERITED: list[sqlite3.Connection] = []
 _store_exporters: weakref.WeakSet[StoreExporter] = weakref.WeakSet()
 
 
+# A fork waits while this process is inside SQLite (milliseconds: one attempt at a transaction, an
+# open, a prune), never while a write waits for another process's lock: a child forked while the
+# writing thread holds one of SQLite's own mutexes (its allocator's, its file table's) would hang at
+# its first SQLite call. `process.fork` calls the functions below.
+_sqlite_calls = threading.Lock()
+_held_for_fork = False
+_R = TypeVar("_R")
+
+
+def in_sqlite(call: Callable[..., _R], *args: Any) -> _R:
+    """`call(*args)`, a fork held off meanwhile."""
+    with _sqlite_calls:
+        return call(*args)
+
+
+def before_fork() -> None:
+    global _held_for_fork
+    _held_for_fork = _sqlite_calls.acquire(timeout=2.0)
+
+
+def after_fork_in_parent() -> None:
+    global _held_for_fork
+    if _held_for_fork:
+        _held_for_fork = False
+        _sqlite_calls.release()
+
+
+def merge_spools_at_exit() -> None:
+    """At exit, move the spools other processes left into the store, if its lock is free and the exit
+    budget allows (`exits` calls it after the flush): the last process of a group that exited together
+    (a pool's parent, a server's master) leaves none behind."""
+    deadline = delivery.exit_deadline()
+    for exporter in list(_store_exporters):
+        connection = exporter._connection
+        if connection is None or exporter._pid != os.getpid() or not exporter._lock.acquire(blocking=False):
+            continue
+        try:
+            exporter._merge_spools(connection, deadline=deadline)
+        finally:
+            exporter._lock.release()
+
+
 def after_fork_in_child() -> None:
     """What a fork does to the store's writers (`process.fork` calls it, the only caller)."""
+    global _sqlite_calls, _held_for_fork
+    _sqlite_calls, _held_for_fork = threading.Lock(), False
     for exporter in list(_store_exporters):
         exporter.after_fork_in_child()

@@ -5,7 +5,8 @@ way out: interpreter exit (our own atexit handler: OpenTelemetry's waits for eve
 exporter's full timeout), SIGTERM left at its default (the agent flushes, then dies by the same
 signal, so the exit status the parent sees is unchanged), and `os._exit()`, which forked children
 leave by (multiprocessing fork and forkserver workers, Celery's prefork children, gunicorn workers).
-What is still unsent when the budget is spent is dropped and counted in one stderr line. The flush
+What is still unsent when the budget is spent is dropped; with what the process dropped while it ran
+(exports the backend did not take, a full queue), it is counted in one stderr line at exit. The flush
 runs in a thread started before it is needed (`_ExitFlusher`), so a backend that never answers holds
 the exit up for the budget and no longer.
 
@@ -93,6 +94,10 @@ def exit_flush(reason: str, *, children: Iterable[int] = ()) -> None:
     if _exit_deadline is None or _exit_deadline[0] != pid:
         _exit_deadline = (pid, now + budget)
     held = signals.hold_stop_signals()
+    if tracing is not None:
+        from logfire_run.agent.export import delivery
+
+        delivery.exit_begins(_exit_deadline[1])
     try:
         if children:
             # Each child's own exit budget starts when it gets the SIGTERM, a moment after ours did:
@@ -111,20 +116,20 @@ def exit_flush(reason: str, *, children: Iterable[int] = ()) -> None:
             finished = flusher is not None and flusher.flush(tracing, remaining, reason)
     finally:
         signals.restore_signals(held)
-    if not finished:
-        unsent = tracing.unsent()
-        unsent_logs = tracing.unsent_logs()
-        if unsent or unsent_logs:
-            from logfire_run.agent.export.exporters import last_transient_error
+    if finished:
+        # The spools of processes that exited meanwhile, moved into the store while budget remains.
+        import sys
 
-            cause = last_transient_error()
-            what = f"{unsent} spans" + (f" and {unsent_logs} log records" if unsent_logs else "")
-            report.problem(
-                "exit-budget",
-                f"{what} were not sent within the exit budget ({budget:g} s, at {reason}) and "
-                "are dropped" + (f" (the backend: {cause})" if cause else "") + "; "
-                "LOGFIRE_EXIT_BUDGET (--exit-budget) sets the budget",
-            )
+        store = sys.modules.get("logfire_run.agent.export.store")
+        if store is not None:
+            store.merge_spools_at_exit()
+    # One line for what this process dropped, whenever it was (`delivery.drop_line`): exports the
+    # backend did not take, the full queue, and what the exit budget left unsent.
+    from logfire_run.agent.export.delivery import drop_line
+
+    line = drop_line(tracing.drops(exiting=not finished), budget, reason)
+    if line is not None:
+        report.problem("exit-budget", line)
 
 
 #: Seconds a process waits for the children it stops at exit beyond its own exit budget.

@@ -7,20 +7,24 @@ part of the agent that holds such a thing is reset here, in this order, and nowh
 before the fork, in the forking thread:
   1. SIGTERM is blocked (from the SDK's start on), so that the threads the SDK's own at-fork hooks
      restart in the child are born with it blocked (see `signals`);
-  2. the span exporters and the log pipelines finish the export in flight, waiting a bounded time
-     (`export.exporters`, `export.logs`: see `ForkSafeExporter`);
+  2. the span exporters and the log pipelines hold the fork only while their exporting thread is
+     inside an import, and the store while this process is inside an SQLite call, a bounded time;
+     never for the network, nor for another process's lock: a request on the wire does not delay a
+     fork (`export.exporters`, `export.logs`: see `ForkGuard`; `export.store`: `in_sqlite`);
 in the child:
   1. `report` forgets what the parent said once: the child says its own problems once;
   2. the policy's warn-once starts again: the child is a process of its own;
-  3. the SDK: the resource's `process.pid` (`TracingSdk.after_fork_in_child`); the exporters' locks,
-     the store writers' connections, the log pipelines' queues and threads, the pending-span
-     writers' threads (each `export` module's
+  3. the SDK: the resource's `process.pid`, the drop counts (`TracingSdk.after_fork_in_child`); the
+     exporters' state and their connections (a new HTTP session, a new gRPC channel:
+     `renew_connections`), the store writers' locks and connections, the log pipelines' queues,
+     and connections, the pending-span writers' connections (each `export` module's
      `after_fork_in_child`, for every instance of the process);
   4. what the instrumentors registered with `in_child()` (pool workers set themselves up again);
-  5. the threads: the log pipelines' (`export.logs.restart_after_fork`), the exit flusher, the
-     SIGTERM watch of the parent (`exits.after_fork_in_child`);
+  5. the threads: the log pipelines' and the pending-span writers' (each `export` module's
+     `restart_after_fork`), the exit flusher, the SIGTERM watch of the parent
+     (`exits.after_fork_in_child`);
   6. SIGTERM is unblocked, last: a SIGTERM that came meanwhile is delivered now.
-in the parent: the exporters resume, SIGTERM is unblocked.
+in the parent: the store's SQLite calls resume, SIGTERM is unblocked.
 
 Steps 1-4 are registered when the agent starts; SIGTERM's steps and step 5 when the SDK is up, after
 the SDK's own hooks (OpenTelemetry's batch processors restart their threads in the child in theirs),

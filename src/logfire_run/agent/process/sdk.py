@@ -26,7 +26,8 @@ from opentelemetry.util.types import Attributes
 
 from logfire_run.agent import report
 from logfire_run.agent.config import Config
-from logfire_run.agent.export.exporters import ExportingSpanProcessor, route_export_logs
+from logfire_run.agent.export.delivery import route_export_logs
+from logfire_run.agent.export.exporters import ExportingSpanProcessor
 from logfire_run.agent.process.signals import SigtermBlocked
 from logfire_run.agent.propagation.policy import (
     REFUSED_PARENT_KEY,
@@ -35,6 +36,7 @@ from logfire_run.agent.propagation.policy import (
 )
 
 if TYPE_CHECKING:
+    from logfire_run.agent.export.delivery import Drops
     from logfire_run.agent.export.logs import LogPipeline
 
 
@@ -106,7 +108,8 @@ class TracingSdk:
         )
 
     def after_fork_in_child(self) -> None:
-        """A forked child's spans carry its own `process.pid` (`process.fork`)."""
+        """A forked child: its own `process.pid` on its spans, its own drop counts (`process.fork`)."""
+        self.exporting.after_fork_in_child()
         if self.owns_provider and self.provider is not None:
             _replace_resource_attributes(self.provider.resource, {"process.pid": os.getpid()})
 
@@ -159,6 +162,26 @@ class TracingSdk:
     def unsent_logs(self) -> int:
         """Captured log records not exported yet."""
         return self.logs.unsent() if self.logs is not None else 0
+
+    def drops(self, *, exiting: bool) -> dict[str, Drops]:
+        """This process's drops by signal (`delivery.Drops`); when `exiting` before all was sent, what
+        is still queued is dropped at exit, and an export running now is on the wire."""
+        from logfire_run.agent.export.delivery import Drops
+
+        spans = Drops()
+        if self.owns_provider:
+            spans.refused, spans.queue_full = self.exporting.refused(), self.exporting.queue_dropped
+            if exiting:
+                spans.at_exit = self.exporting.queued() + self.exporting.in_flight(lost=True)
+                spans.on_the_wire = self.exporting.in_flight(lost=False)
+        logs = Drops()
+        if self.logs is not None:
+            logs.refused, logs.queue_full = self.logs.refused, self.logs.dropped
+            if exiting:
+                lost = self.logs.retrying or self.logs.local
+                logs.at_exit = self.logs.queued() + (self.logs.in_flight if lost else 0)
+                logs.on_the_wire = 0 if lost else self.logs.in_flight
+        return {"spans": spans, "logs": logs}
 
     def shutdown(self) -> None:
         stop = getattr(current_provider(), "shutdown", None)

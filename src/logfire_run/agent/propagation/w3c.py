@@ -20,9 +20,10 @@ Python's `TraceState` still follows Level 1:
   are one list. Keys are `(lcalpha / DIGIT) 0*255(keychar)` with `@` a keychar anywhere (`foo@`,
   `foo@bar@baz` are valid), values 1 to 256 printable characters without `,` or `=`, the last not a
   space. Empty and whitespace-only members are allowed and are not list members. A header that
-  breaks any rule (an invalid member, a duplicated key, more than 32 members) is discarded whole:
-  the request keeps its parent and loses its tracestate. Past 512 characters, entries longer than
-  128 characters are removed first, then entries from the right.
+  breaks any rule (an invalid member, more than 32 members) is discarded whole: the request keeps
+  its parent and loses its tracestate. A duplicated key does not make the list invalid (the text
+  lets a vendor discard duplicates): the key's first entry is kept, later ones are dropped. Past
+  512 characters, entries longer than 128 characters are removed first, then entries from the right.
 - `baggage`: repeated headers are combined. Each member is
   `key OWS "=" OWS value *(OWS ";" OWS property)`; an invalid member is skipped, neighbours kept.
   Up to 180 members and 8192 bytes are kept (the spec's minimum is 64 and 8192); past 8192 bytes,
@@ -184,16 +185,19 @@ def parse_tracestate(values: Sequence[str]) -> list[tuple[str, str]]:
     if len(header) > MAX_TRACESTATE_HEADER_BYTES:
         return []
     entries: dict[str, str] = {}
+    keys: list[str] = []  # of every member, duplicates included: the list's size
     for match in _LIST_MEMBER.finditer(header):
         member = match.group(1)
         if member is None:
             break  # the end
-        if len(entries) == MAX_TRACESTATE_MEMBERS:
+        if len(keys) == MAX_TRACESTATE_MEMBERS:
             return []
         key, equals, value = member.partition("=")
-        if not equals or key in entries or not valid_tracestate_member(key, value):
+        if not equals or not valid_tracestate_member(key, value):
             return []
-        entries[key] = value
+        keys.append(key)
+        # A key seen already: Trace Context lets a vendor discard the duplicate (the list stays valid).
+        entries.setdefault(key, value)
     return truncate_tracestate(list(entries.items()))
 
 
