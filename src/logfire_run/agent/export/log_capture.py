@@ -198,6 +198,7 @@ def _make_call_handlers(wrapped: Callable[..., Any]) -> Callable[..., Any]:
                     and record.thread in (None, get_ident())
                     and record.process in (None, getpid())
                     and not _excluded(record)
+                    and not (_emitted and _emitted_just_now(record))
                 ):
                     current = _current_span
                     span = current() if current is not None else None
@@ -211,7 +212,47 @@ def _make_call_handlers(wrapped: Callable[..., Any]) -> Callable[..., Any]:
                 _report_once(error)
         return wrapped(self, record)
 
+    global _CALL_HANDLERS_CODE
+    _CALL_HANDLERS_CODE = callHandlers.__code__
     return callHandlers
+
+
+_CALL_HANDLERS_CODE: object = None
+
+
+# Records emitted through OpenTelemetry's logs API (`log_bridge`) are captured there. structlog's
+# instrumentor emits one for an event and structlog may then hand the same event to `logging`: the
+# text emitted last on each thread is noted, and a `logging` record that carries it is not captured
+# again. `_emitted` stays empty, and costs one test per record, until something emits that way.
+_emitted: dict[int, str] = {}
+
+
+def note_emitted(message: str) -> None:
+    """An OpenTelemetry log record with `message` was just captured on this thread (`log_bridge`)."""
+    _emitted[threading.get_ident()] = message
+
+
+def _emitted_just_now(record: Any) -> bool:
+    text = _emitted.pop(threading.get_ident(), None)
+    if text is None:
+        return False
+    message = record.msg
+    # structlog hands on the event's text (`render_to_log_kwargs`), the whole event dict
+    # (`ProcessorFormatter.wrap_for_formatter`), or a rendered line holding the text.
+    return isinstance(message, dict) or (isinstance(message, str) and bool(text) and text in message)
+
+
+def in_call_handlers() -> bool:
+    """Whether this thread is inside `Logger.callHandlers` as wrapped here: a handler is handling
+    a `logging` record, which was captured (or not) already."""
+    frame = sys._getframe(1)
+    depth = 0
+    while frame is not None and depth < 64:
+        if frame.f_code is _CALL_HANDLERS_CODE:
+            return True
+        frame = frame.f_back  # type: ignore[assignment]
+        depth += 1
+    return False
 
 
 _reported = False

@@ -41,13 +41,16 @@ from logfire_run.agent import report
 from logfire_run.store_format import (
     DEFAULT_MAX_AGE_SECONDS,
     DEFAULT_MAX_LOGS,
+    DEFAULT_MAX_METRIC_POINTS,
     DEFAULT_MAX_SPANS,
     Row,
     insert_batch,
     insert_logs,
+    insert_metrics,
     open_store,
     prune,
     prune_logs,
+    prune_metrics,
     site_attributes,
     trace_key,
     with_retries,
@@ -207,20 +210,21 @@ def _service_name(resource: Resource) -> str:
 
 
 def log_rows(batch: Sequence[Any], pid: int, service: str) -> list[Row]:
-    """Captured log records (`agent.logs.Captured`) made inside a span, as rows of the `logs` table.
+    """Captured log records (`agent.logs.Captured`) as rows of the `logs` table; a record made outside
+    any span has empty ids (and trace key 0).
 
     Records come in runs from one span and one call site: the ids' text and the encoded attributes
     are worked out once per span and once per site in a batch."""
-    spans: dict[tuple[int, int], tuple[int, str, str]] = {}
+    spans: dict[tuple[int, int], tuple[int, str, str]] = {(0, 0): (0, "", "")}
     sites: dict[Any, str] = {}
     rows: list[Row] = []
     append = rows.append
     for when, levelno, levelname, logger, message, exception, trace_id, span_id, _flags, site in batch:
-        if not trace_id:
-            continue  # made outside any span: the store holds traces
         ids = spans.get((trace_id, span_id))
         if ids is None:
-            ids = spans[(trace_id, span_id)] = (trace_key(trace_id), f"{trace_id:032x}", f"{span_id:016x}")
+            ids = spans[(trace_id, span_id)] = (
+                (trace_key(trace_id), f"{trace_id:032x}", f"{span_id:016x}") if trace_id else (0, "", "")
+            )
         attributes = sites.get(site)
         if attributes is None:
             attributes = sites[site] = _encode(site_attributes(site))
@@ -332,9 +336,34 @@ class StoreExporter(SpanExporter):
                 self._prune(connection)
         return True
 
+    def export_metrics(self, rows: list[Row]) -> bool:
+        """Write metric points (rows of `METRIC_COLUMNS`) in one transaction; False when they are dropped."""
+        if self._shutdown or self._unusable:
+            return False
+        if not rows:
+            return True
+        with self._lock:
+            connection = self._connect()
+            if connection is None:
+                return False
+            try:
+                with_retries(lambda: insert_metrics(connection, rows))
+            except Exception as error:
+                report.problem(
+                    "store:write-metrics",
+                    f"metrics could not be written to the trace store {self.path} "
+                    f"({type(error).__name__}: {error}); they are dropped, the app runs on",
+                )
+                return False
+            self._since_prune += len(rows)
+            if self._since_prune >= self.prune_every:
+                self._prune(connection)
+        return True
+
     def _prune(self, connection: sqlite3.Connection) -> None:
         self._since_prune = 0
         try:
+            prune_metrics(connection, DEFAULT_MAX_METRIC_POINTS, self.max_age_seconds)
             prune_logs(connection, DEFAULT_MAX_LOGS, self.max_age_seconds)
             prune(connection, self.max_spans, self.max_age_seconds)
         except Exception as error:

@@ -1,4 +1,4 @@
-"""Exit flushes: every way a process ends sends its spans and log records first, within one budget.
+"""Exit flushes: every way a process ends sends its spans, log records and metrics first, within one budget.
 
 One exit budget per process (`exit_budget`, 2 s by default) whatever the backend does, shared by every
 way out: interpreter exit (our own atexit handler: OpenTelemetry's waits for every batch, each with the
@@ -114,11 +114,17 @@ def exit_flush(reason: str, *, children: Iterable[int] = ()) -> None:
     if not finished:
         unsent = tracing.unsent()
         unsent_logs = tracing.unsent_logs()
-        if unsent or unsent_logs:
+        unsent_metrics = tracing.unsent_metrics()
+        if unsent or unsent_logs or unsent_metrics:
             from logfire_run.agent.export.exporters import last_transient_error
 
             cause = last_transient_error()
-            what = f"{unsent} spans" + (f" and {unsent_logs} log records" if unsent_logs else "")
+            parts = [f"{unsent} spans"] if unsent or not (unsent_logs or unsent_metrics) else []
+            if unsent_logs:
+                parts.append(f"{unsent_logs} log records")
+            if unsent_metrics:
+                parts.append("the metrics of the last collection")
+            what = " and ".join(parts)
             report.problem(
                 "exit-budget",
                 f"{what} were not sent within the exit budget ({budget:g} s, at {reason}) and "

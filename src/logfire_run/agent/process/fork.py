@@ -7,14 +7,17 @@ part of the agent that holds such a thing is reset here, in this order, and nowh
 before the fork, in the forking thread:
   1. SIGTERM is blocked (from the SDK's start on), so that the threads the SDK's own at-fork hooks
      restart in the child are born with it blocked (see `signals`);
-  2. the span exporters and the log pipelines finish the export in flight, waiting a bounded time
-     (`export.exporters`, `export.logs`: see `ForkSafeExporter`);
+  2. the span exporters, the log pipelines and the metric readers finish the export (or collection)
+     in flight, waiting a bounded time (`export.exporters`, `export.logs`, `export.metrics`: see
+     `ForkSafeExporter`);
 in the child:
   1. `report` forgets what the parent said once: the child says its own problems once;
   2. the policy's warn-once starts again: the child is a process of its own;
-  3. the SDK: the resource's `process.pid` (`TracingSdk.after_fork_in_child`); the exporters' locks,
-     the store writers' connections, the log pipelines' queues and threads (each `export` module's
-     `after_fork_in_child`, for every instance of the process);
+  3. the SDK: the resource's `process.pid` and `service.instance.id` (`TracingSdk.after_fork_in_child`);
+     the exporters' locks, the store writers' connections, the log pipelines' queues and threads, the
+     metrics (the parent's accumulated points dropped, each reader's lock, its exporter built afresh,
+     the collecting thread started again) (each `export` module's `after_fork_in_child`, for every
+     instance of the process);
   4. what the instrumentors registered with `in_child()` (pool workers set themselves up again);
   5. the exit flusher thread, the SIGTERM watch of the parent (`exits.after_fork_in_child`);
   6. SIGTERM is unblocked, last: a SIGTERM that came meanwhile is delivered now.
@@ -49,6 +52,7 @@ _EXPORT_MODULES = (
     "logfire_run.agent.export.exporters",
     "logfire_run.agent.export.logs",
     "logfire_run.agent.export.store",
+    "logfire_run.agent.export.metrics",
 )
 
 _installed = False
