@@ -21,6 +21,8 @@ from typing import Any
 
 import pytest
 
+from logfire_run.store_format import SCHEMA_VERSION
+
 from conftest import (
     FORK_WARNINGS,
     LAUNCHER,
@@ -578,7 +580,7 @@ def test_a_version_1_store_is_read_and_upgraded(tmp_path: Path) -> None:
     assert result.returncode == 0
     assert logs_of(trace_rooted_at(store, "new")) == [("new", "WARNING", "kept")]
     with sqlite3.connect(store) as connection:
-        assert connection.execute("PRAGMA user_version").fetchone() == (2,)
+        assert connection.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
 
 
 def test_viewer_shows_hostile_log_messages_as_inert_text(tmp_path: Path) -> None:

@@ -317,3 +317,61 @@ def test_viewer_metrics_on_a_store_without_metrics(tmp_path: Path) -> None:
     run_launcher(["python", "-c", "import sqlite3"], env)
     assert json.loads(run_process([VIEWER, "--metrics", "--json"], env).stdout) == []
     assert "no request metrics" in run_process([VIEWER, "--metrics"], env).stdout
+
+
+FORKING_SCRIPT = """
+import os
+import sqlite3  # an instrumented library: the SDK starts in the parent, before the fork
+
+pid = os.fork()
+if pid == 0:
+    ballast = bytearray(300 * 1024 * 1024)  # the child's own memory, touched page by page
+    for offset in range(0, len(ballast), 4096):
+        ballast[offset] = 1
+    os._exit(0)
+os.waitpid(pid, 0)
+print(pid)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("disabled", "name"),
+    [("", "process.runtime.cpython.memory"), ("system_metrics", "process.memory.usage")],
+    ids=["system-metrics", "built-in"],
+)
+def test_a_forked_child_measures_itself(tmp_path: Path, disabled: str, name: str) -> None:
+    """Each process's runtime gauges are its own: a child does not report its parent's memory."""
+    receiver = HttpReceiver()
+    script = tmp_path / "forks.py"
+    script.write_text(FORKING_SCRIPT)
+    env = agent_env(
+        OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint,
+        LOGFIRE_EXPORTER="otlp",
+        OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=disabled,
+    )
+    try:
+        result = run_launcher(["python", str(script)], env)
+        child = int(result.stdout)
+
+        def memory(points: list[MetricPoint]) -> dict[int, float]:
+            found = {}
+            for point in points:
+                if point.name == name and point.attributes.get("type", "rss") == "rss":
+                    found[point.resource["process.pid"]] = point.value
+            return found
+
+        points = receiver.wait_for_metrics(lambda got: len(memory(got)) == 2)
+    finally:
+        receiver.server.shutdown()
+    by_pid = memory(points)
+    assert set(by_pid) == {child, result_pid(points, child)}
+    parent = result_pid(points, child)
+    assert by_pid[child] > 300 * 1024 * 1024 > by_pid[parent], by_pid
+
+
+def result_pid(points: list[MetricPoint], child: int) -> int:
+    """The pid of the process other than `child` that sent metrics (the parent)."""
+    pids = {point.resource["process.pid"] for point in points} - {child}
+    assert len(pids) == 1, pids
+    return pids.pop()

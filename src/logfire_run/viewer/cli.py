@@ -4,6 +4,8 @@
     logfire-run-view TRACE           one trace as a tree (TRACE: an id, a unique prefix, or `last`)
     logfire-run-view --json [TRACE]  the same as JSON, for scripts
     logfire-run-view --html FILE [TRACE]   a self-contained waterfall page (TRACE defaults to `last`)
+    logfire-run-view --metrics       requests, errors and p50/p95/p99 per endpoint and service
+    logfire-run-view --logs          the latest log records, in spans or not
 
 A separate console script, not a `logfire-run` flag: `logfire-run` passes everything after its own
 flags to the program it runs, and this command never runs inside the user's process (so it may use
@@ -39,7 +41,22 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     parser.add_argument("--html", metavar="FILE", help="write a waterfall page of the trace to FILE")
     parser.add_argument("--plain", action="store_true", help="plain text even on a terminal")
+    parser.add_argument(
+        "--metrics", action="store_true", help="requests, errors and duration percentiles per endpoint"
+    )
+    parser.add_argument("--logs", action="store_true", help="the latest log records (--limit of them)")
+    parser.add_argument(
+        "--since", metavar="WINDOW", default="1h", help="--metrics: the time window (30s, 15m, 2h, 7d; 1h)"
+    )
+    parser.add_argument("--service", metavar="NAME", help="--metrics, --logs: one service only")
+    parser.add_argument(
+        "--level", metavar="LEVEL", help="--logs: this level and up (debug, info, warning, error, critical)"
+    )
+    parser.add_argument("--grep", metavar="TEXT", help="--logs: records whose message or logger holds TEXT")
     return parser
+
+
+_LEVELS = {"debug": 10, "info": 20, "warning": 30, "warn": 30, "error": 40, "critical": 50}
 
 
 def _use_rich(plain: bool) -> bool:
@@ -78,7 +95,47 @@ def main(argv: Sequence[str] | None = None) -> int:
         connection.close()
 
 
+def _signals(args: argparse.Namespace, connection: sqlite3.Connection, path: str) -> int:
+    """--metrics and --logs."""
+    from logfire_run.viewer import signals
+
+    if args.metrics:
+        try:
+            window = signals.parse_window(args.since)
+        except ValueError as error:
+            return _fail(str(error))
+        routes = signals.request_metrics(connection, window, args.service)
+        if args.json:
+            _print_json([signals.route_dict(route) for route in routes])
+        elif not routes:
+            print(f"no request metrics in {path} over the last {args.since}")
+        else:
+            signals.print_metrics(routes, sys.stdout)
+        return 0
+    level = None
+    if args.level is not None:
+        level = _LEVELS.get(args.level.strip().lower())
+        if level is None and args.level.strip().isdigit():
+            level = int(args.level)
+        if level is None:
+            return _fail(
+                f"invalid level {args.level!r}: use debug, info, warning, error, critical or a number"
+            )
+    logs = signals.recent_logs(
+        connection, max(1, args.limit), service=args.service, min_level=level, text=args.grep
+    )
+    if args.json:
+        _print_json([model.log_dict(log) for log in logs])
+    elif not logs:
+        print(f"no log records in {path} match")
+    else:
+        signals.print_logs(logs, sys.stdout)
+    return 0
+
+
 def _run(args: argparse.Namespace, connection: sqlite3.Connection, path: str) -> int:
+    if args.metrics or args.logs:
+        return _signals(args, connection, path)
     reference = args.trace or ("last" if args.html else None)
     if reference is None:
         summaries = model.recent_traces(connection, max(1, args.limit))

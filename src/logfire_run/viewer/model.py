@@ -65,7 +65,7 @@ class StoredLog:
     pid: int | None = None
 
 
-_LOG_COLUMNS = (
+LOG_COLUMNS = (
     "trace_id, span_id, time_ns, level_no, level, logger, message, exception, attributes, service, pid"
 )
 
@@ -75,25 +75,27 @@ def load_logs(connection: sqlite3.Connection, trace_id: str) -> list[StoredLog]:
     if not has_logs(connection):
         return []
     rows = connection.execute(
-        f"SELECT {_LOG_COLUMNS} FROM logs WHERE trace_key = ? AND trace_id = ? ORDER BY time_ns, id",
+        f"SELECT {LOG_COLUMNS} FROM logs WHERE trace_key = ? AND trace_id = ? ORDER BY time_ns, id",
         (trace_key(int(trace_id, 16)), trace_id),
     ).fetchall()
-    return [
-        StoredLog(
-            trace_id=row[0],
-            span_id=row[1],
-            time_ns=row[2],
-            level_no=row[3],
-            level=row[4],
-            logger=row[5],
-            message=row[6],
-            exception=row[7],
-            attributes=_loads(row[8], {}),
-            service=row[9] or "",
-            pid=row[10],
-        )
-        for row in rows
-    ]
+    return [stored_log(row) for row in rows]
+
+
+def stored_log(row: tuple[Any, ...]) -> StoredLog:
+    """A row of `LOG_COLUMNS` (as selected here) as a StoredLog."""
+    return StoredLog(
+        trace_id=row[0],
+        span_id=row[1],
+        time_ns=row[2],
+        level_no=row[3],
+        level=row[4],
+        logger=row[5],
+        message=row[6],
+        exception=row[7],
+        attributes=_loads(row[8], {}),
+        service=row[9] or "",
+        pid=row[10],
+    )
 
 
 def logs_by_span(

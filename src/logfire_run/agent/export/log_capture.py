@@ -102,11 +102,29 @@ def _set_logging_format(logging_module: Any) -> None:
 
 def start_capture(sink: Sink | None, current_span: Callable[[], Any], service_name: str) -> None:
     """Hand records to `sink` from now on (the SDK is up; None: ids only); `current_span()` gives
-    the span a record is made in."""
-    global _sink, _current_span
+    the span a record is made in. The records kept before this (`_early`) go to it first."""
+    global _sink, _current_span, _early
     set_service_name(service_name)
     _current_span = current_span
+    early, _early = _early, None
+    if sink is not None:
+        for record in early or ():
+            if record.process in (None, os.getpid()):  # not a forked parent's, which it exports itself
+                sink(record, 0, 0, 0)
     _sink = sink
+
+
+#: Records made before capture starts (before the SDK is up: a service's first lines, logged before it
+#: imports the library that starts tracing), kept for the sink; at most `EARLY_RECORDS` of them.
+#: None once capture has started. They are outside any span: no span exists before the SDK.
+EARLY_RECORDS = 256
+_early: list[Any] | None = []
+
+
+def _keep_early(record: Any) -> None:
+    early = _early
+    if early is not None and len(early) < EARLY_RECORDS:
+        early.append(record)
 
 
 def stop_capture() -> None:
@@ -187,7 +205,7 @@ def _make_call_handlers(wrapped: Callable[..., Any]) -> Callable[..., Any]:
 
     def callHandlers(self: Any, record: Any) -> Any:
         sink, threshold = _sink, _threshold
-        if sink is not None and threshold is not None:
+        if threshold is not None and (sink is not None or _early is not None):
             try:
                 level = record.levelno
                 if (
@@ -200,6 +218,9 @@ def _make_call_handlers(wrapped: Callable[..., Any]) -> Callable[..., Any]:
                     and not _excluded(record)
                     and not (_emitted and _emitted_just_now(record))
                 ):
+                    if sink is None:
+                        _keep_early(record)
+                        return wrapped(self, record)
                     current = _current_span
                     span = current() if current is not None else None
                     if span is None:
