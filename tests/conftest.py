@@ -81,8 +81,9 @@ class OtlpReceiver:
     def __init__(self) -> None:
         self.spans: list[SpanRecord] = []
         self.requests = 0
-        #: The bodies of OTLP log requests (`/v1/logs`), undecoded.
+        #: The bodies of OTLP log requests (`/v1/logs`) and metric requests (`/v1/metrics`), undecoded.
         self.log_bodies: list[bytes] = []
+        self.metric_bodies: list[bytes] = []
         self._lock = threading.Lock()
         receiver = self
 
@@ -93,6 +94,10 @@ class OtlpReceiver:
                     # The app's log records (docs/logs.md), sent beside its spans: kept as they came.
                     with receiver._lock:
                         receiver.log_bodies.append(body)
+                elif self.path.endswith("/v1/metrics"):
+                    # Its metrics (docs/metrics.md), likewise (tests/otlp_receivers.py decodes them).
+                    with receiver._lock:
+                        receiver.metric_bodies.append(body)
                 else:
                     request = ExportTraceServiceRequest()
                     request.ParseFromString(body)

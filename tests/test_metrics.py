@@ -375,3 +375,24 @@ def result_pid(points: list[MetricPoint], child: int) -> int:
     pids = {point.resource["process.pid"] for point in points} - {child}
     assert len(pids) == 1, pids
     return pids.pop()
+
+
+def test_info_says_where_metrics_go() -> None:
+    env = child_env(
+        OTEL_EXPORTER_OTLP_ENDPOINT="http://collector:4318",
+        OTEL_EXPORTER_OTLP_METRICS_PROTOCOL="grpc",
+        OTEL_METRIC_EXPORT_INTERVAL="15000",
+        OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE="delta",
+    )
+    text = run_launcher(["--info"], env).stdout
+    section = text[text.index("\nmetrics (") : text.index("\ninstrumentors")]
+    assert [line.split() for line in section.strip().splitlines()[1:]] == [
+        ["otlp", "endpoint", "http://collector:4318", "env", "OTEL_EXPORTER_OTLP_ENDPOINT"],
+        ["protocol", "grpc", "env", "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL"],
+        ["temporality", "delta", "env", "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE"],
+        ["every", "15", "s", "and", "at", "exit", "env", "OTEL_METRIC_EXPORT_INTERVAL"],
+    ]
+    store = run_launcher(["--info"], child_env()).stdout
+    assert "  store     metrics table of" in store
+    none = run_launcher(["--info"], child_env(OTEL_METRICS_EXPORTER="none")).stdout
+    assert "metrics are not exported" in none

@@ -210,7 +210,7 @@ def print_metrics(rows: list[RouteMetrics], out: TextIO) -> None:
         f"{'service':<{service_width}}  {'route':<{route_width}}  {'requests':>8}  {'errors':>6}  "
         f"{'p50':>10}  {'p95':>10}  {'p99':>10}\n"
     )
-    for row, service, route in zip(rows, services, routes):
+    for row, service, route in zip(rows, services, routes, strict=True):
         out.write(
             f"{service:<{service_width}}  {route:<{route_width}}  {row.count:>8}  {row.errors:>6}  "
             f"{_milliseconds(row.p50):>10}  {_milliseconds(row.p95):>10}  {_milliseconds(row.p99):>10}\n"
