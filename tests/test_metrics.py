@@ -325,9 +325,12 @@ import sqlite3  # an instrumented library: the SDK starts in the parent, before 
 
 pid = os.fork()
 if pid == 0:
+    import time
+
     ballast = bytearray(300 * 1024 * 1024)  # the child's own memory, touched page by page
     for offset in range(0, len(ballast), 4096):
         ballast[offset] = 1
+    time.sleep(1.5)  # a worker living past a collection interval (0.5 s here)
     os._exit(0)
 os.waitpid(pid, 0)
 print(pid)
@@ -349,6 +352,7 @@ def test_a_forked_child_measures_itself(tmp_path: Path, disabled: str, name: str
         OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint,
         LOGFIRE_EXPORTER="otlp",
         OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=disabled,
+        OTEL_METRIC_EXPORT_INTERVAL="500",
     )
     try:
         result = run_launcher(["python", str(script)], env)
@@ -358,13 +362,14 @@ def test_a_forked_child_measures_itself(tmp_path: Path, disabled: str, name: str
             found = {}
             for point in points:
                 if point.name == name and point.attributes.get("type", "rss") == "rss":
-                    found[point.resource["process.pid"]] = point.value
+                    pid = point.resource["process.pid"]
+                    found[pid] = max(found.get(pid, 0), point.value)
             return found
 
         points = receiver.wait_for_metrics(lambda got: len(memory(got)) == 2)
     finally:
         receiver.server.shutdown()
-    by_pid = memory(points)
+    by_pid = memory(points)  # each process's largest value
     assert set(by_pid) == {child, result_pid(points, child)}
     parent = result_pid(points, child)
     assert by_pid[child] > 300 * 1024 * 1024 > by_pid[parent], by_pid
@@ -396,3 +401,23 @@ def test_info_says_where_metrics_go() -> None:
     assert "  store     metrics table of" in store
     none = run_launcher(["--info"], child_env(OTEL_METRICS_EXPORTER="none")).stdout
     assert "metrics are not exported" in none
+
+
+def test_a_dead_metrics_backend_is_one_line_at_exit(tmp_path: Path) -> None:
+    """Spans to the store, metrics to an OTLP endpoint where nothing listens: the app runs and exits
+    as it would, and the one line says what was dropped and why."""
+    script = tmp_path / "app.py"
+    script.write_text("import sqlite3\nprint('done')\n")
+    env = agent_env(
+        OTEL_METRICS_EXPORTER="otlp",
+        OTEL_EXPORTER_OTLP_METRICS_ENDPOINT=f"http://127.0.0.1:{free_port()}/v1/metrics",
+        LOGFIRE_EXIT_BUDGET="1",
+    )
+    result = run_launcher(["python", str(script)], env, expect_stderr=None)
+    assert (result.returncode, result.stdout) == (0, "done\n")
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(
+        "logfire-run: the metrics of the last collection were not sent within the exit budget (1 s, at exit)"
+    ), lines[0]
+    assert "connection refused" in lines[0].lower() or "failed to establish" in lines[0].lower(), lines[0]

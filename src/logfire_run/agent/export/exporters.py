@@ -313,9 +313,12 @@ class _ExportProblemHandler(logging.Handler):
             _last_transient = message
             return
         cause = f" (last error: {_last_transient})" if _last_transient and _last_transient != message else ""
-        # One line per backend, not per signal: the log exporter of the same protocol (`_log_exporter`,
-        # docs/logs.md) fails with the trace exporter, and says the same.
-        key = record.name.replace("._log_exporter", ".trace_exporter")
+        # One line per backend, not per signal: the log and metric exporters of the same protocol
+        # (`_log_exporter`, `metric_exporter`: docs/logs.md, docs/metrics.md) fail with the trace
+        # exporter, and say the same.
+        key = record.name.replace("._log_exporter", ".trace_exporter").replace(
+            ".metric_exporter", ".trace_exporter"
+        )
         report.problem(
             f"export:{key}",
             f"exporting spans failed: {destination.explain(message + cause)} (reported once per process; "

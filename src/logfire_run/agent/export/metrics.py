@@ -74,13 +74,23 @@ def _millis(name: str, default: int) -> int:
 
 
 def metric_exporter_names(config: Config, environ: Mapping[str, str] | None = None) -> tuple[str, ...]:
-    """The metric exporters in effect: OTEL_METRICS_EXPORTER's, else the span exporters' store and otlp."""
+    """The metric exporters in effect: OTEL_METRICS_EXPORTER's, else the span exporters' store and otlp.
+
+    Spans sent to an endpoint of their own (OTEL_EXPORTER_OTLP_TRACES_ENDPOINT alone) say nothing of
+    where metrics go: OTLP metrics then need OTEL_METRICS_EXPORTER, or an endpoint that is theirs too
+    (the general one, or OTEL_EXPORTER_OTLP_METRICS_ENDPOINT), rather than going to localhost.
+    """
     environ = os.environ if environ is None else environ
     raw = environ.get("OTEL_METRICS_EXPORTER", "").strip().lower()
     if raw:
         names = dict.fromkeys(name.strip() for name in raw.split(",") if name.strip())
         return tuple(name for name in names if name != "none")
-    return tuple(name for name in config.resolved_exporters() if name in ("store", "otlp"))
+    traces_only = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip() and not any(
+        environ.get(name, "").strip()
+        for name in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")
+    )
+    kept = ("store",) if traces_only else ("store", "otlp")
+    return tuple(name for name in config.resolved_exporters() if name in kept)
 
 
 def otlp_metric_destination(config: Config, environ: Mapping[str, str] | None = None) -> Any:
@@ -328,6 +338,8 @@ class Metrics:
         self.timeout_millis = _millis("OTEL_METRIC_EXPORT_TIMEOUT", _DEFAULT_TIMEOUT_MILLIS)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        #: This process was forked from the one that built the pipeline.
+        self.forked = False
         _all.add(self)
 
     def start(self) -> None:
@@ -338,11 +350,6 @@ class Metrics:
         self._thread.start()
 
     def _run(self) -> None:
-        for reader in self.readers:  # a forked child's own exporters, built now rather than at its exit
-            try:
-                reader.exporter()
-            except Exception as error:
-                report.debug(f"the {reader.name} metric exporter could not be built ({error})")
         while not self._stop.wait(self.interval):
             self.collect(self.timeout_millis)
 
@@ -351,6 +358,14 @@ class Metrics:
         return all([reader.collect_now(timeout_millis) for reader in self.readers])
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        """Collect and export once (the exit flushes' last collection).
+
+        Not in a forked child that has measured nothing with a synchronous instrument (a pool worker
+        that never served a request, one of a program's many short forks): only its runtime gauges
+        would leave, each such exit paying a collection, an exporter and a connection for them.
+        """
+        if self.forked and not _measured(self.provider):
+            return True
         return self.collect(timeout_millis)
 
     def unsent(self) -> int:
@@ -372,6 +387,7 @@ class Metrics:
             reader.after_fork_in_parent()
 
     def after_fork_in_child(self) -> None:
+        self.forked = True
         for reader in self.readers:
             reader.after_fork_in_child()
         _drop_accumulated(self.provider)
@@ -407,6 +423,16 @@ def _drop_accumulated(provider: MeterProvider) -> None:
                 report.debug(f"metric reader not reset after fork ({type(inner).__name__}: {inner})")
 
 
+def _measured(provider: MeterProvider) -> bool:
+    """Whether a synchronous instrument recorded anything here since the storage was made (the
+    storage of an observable instrument is made at collection)."""
+    consumer = getattr(provider, "_measurement_consumer", None)
+    storages = getattr(consumer, "_reader_storages", None)
+    if not isinstance(storages, Mapping):
+        return True  # an OpenTelemetry that keeps it elsewhere: collect, as if it had
+    return any(getattr(storage, "_instrument_view_instrument_matches", True) for storage in storages.values())
+
+
 #: Every Metrics of the process (one, unless the SDK was rebuilt), for the fork functions below.
 _all: weakref.WeakSet[Metrics] = weakref.WeakSet()
 
@@ -419,12 +445,16 @@ def current_meter_provider() -> object | None:
 
 def start_metrics(config: Config, resource: Resource) -> Metrics | None:
     """Build the readers and the MeterProvider, set it globally, start collecting; None when the app
-    set a meter provider of its own (it is kept) or no exporter is in effect."""
+    set a meter provider of its own (it is kept) or no metric exporter is in effect (none is set)."""
     existing = current_meter_provider()
     if existing is not None:
         report.debug(f"the app set its own meter provider ({type(existing).__name__}); keeping it")
         return None
     names = metric_exporter_names(config)
+    if not names:
+        # No provider at all: the instrumentors' instruments stay OpenTelemetry's no-op ones, free.
+        report.debug("metric exporters: none")
+        return None
     readers: list[Any] = []
     for name in names:
         try:

@@ -114,7 +114,8 @@ def exit_flush(reason: str, *, children: Iterable[int] = ()) -> None:
     if not finished:
         unsent = tracing.unsent()
         unsent_logs = tracing.unsent_logs()
-        unsent_metrics = tracing.unsent_metrics()
+        # A backend already said to fail holds the metrics up too: that line says it, not a second one.
+        unsent_metrics = tracing.unsent_metrics() if not report.said("export:") else 0
         if unsent or unsent_logs or unsent_metrics:
             from logfire_run.agent.export.exporters import last_transient_error
 
@@ -214,8 +215,11 @@ def _flush_until_sent(tracing: TracingSdk, seconds: float) -> None:
     import time
 
     deadline = time.monotonic() + seconds
+    first = True
     while True:
-        tracing.force_flush(max(1, int((deadline - time.monotonic()) * 1000)))
+        # Metrics are collected once: the last collection of the process.
+        tracing.force_flush(max(1, int((deadline - time.monotonic()) * 1000)), metrics=first)
+        first = False
         if not (tracing.unsent() or tracing.unsent_logs()) or time.monotonic() >= deadline:
             return
         time.sleep(0.01)

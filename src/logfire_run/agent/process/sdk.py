@@ -173,12 +173,13 @@ class TracingSdk:
         report.debug(f"log exporters: {', '.join(names) or 'none'}")
         return self.logs
 
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
+    def force_flush(self, timeout_millis: int = 30000, *, metrics: bool = True) -> bool:
+        """Export the ended spans and the captured records, and (with `metrics`) collect once."""
         flush = getattr(current_provider(), "force_flush", None)
         flushed = bool(flush(timeout_millis)) if callable(flush) else True
         if self.logs is not None:
             flushed = self.logs.force_flush(timeout_millis) and flushed
-        if self.metrics is not None:
+        if metrics and self.metrics is not None:
             flushed = self.metrics.force_flush(timeout_millis) and flushed
         return flushed
 
