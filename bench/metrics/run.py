@@ -7,7 +7,8 @@ Both agents run with spans and metrics exported over OTLP/HTTP (`opentelemetry-i
 `OTEL_TRACES_EXPORTER` and `OTEL_METRICS_EXPORTER` set to its OTLP/HTTP exporters; logfire-run with
 its defaults once an OTLP endpoint is set), logs off, to a receiver inside this process that decodes
 and counts what arrives; logfire-run also with the local store (spans and metrics in the file).
-Both load OpenTelemetry's system-metrics instrumentation, installed in the test environment.
+Both load OpenTelemetry's system-metrics instrumentation, installed in the test environment. Each
+agent also runs with metrics off (`OTEL_METRICS_EXPORTER=none`): what metrics add, for each.
 
 - per request: bench/http/flask_app.py (a Flask handler through the test client, 5,000 requests,
   each with a `traceparent`), so every request records into the server duration histogram and the
@@ -47,7 +48,15 @@ sys.path.insert(0, str(HERE.parent / "http"))
 from run import VALGRIND, _instructions, _load, _ratio  # noqa: E402 (bench/http/run.py's helpers)
 
 BIN = Path(sys.executable).parent
-VARIANTS = ("plain", "logfire-run otlp", "logfire-run store", "opentelemetry-instrument otlp")
+NO_METRICS = ", metrics off"
+VARIANTS = (
+    "plain",
+    "logfire-run otlp",
+    "logfire-run store",
+    "opentelemetry-instrument otlp",
+    f"logfire-run otlp{NO_METRICS}",
+    f"opentelemetry-instrument otlp{NO_METRICS}",
+)
 REFERENCE = "opentelemetry-instrument otlp"
 
 
@@ -108,7 +117,7 @@ def _env(variant: str, sink: Sink, store: Path) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith(("LOGFIRE_", "OTEL_"))}
     env.pop("PYTHONPATH", None)
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
-    agent, _, exporter = variant.partition(" ")
+    agent, _, exporter = variant.removesuffix(NO_METRICS).partition(" ")
     if agent == "logfire-run":
         env.update(LOGFIRE_DISTRIBUTED_TRACING="true", LOGFIRE_STORE=str(store), LOGFIRE_EXPORTER=exporter)
         if exporter == "otlp":
@@ -120,6 +129,8 @@ def _env(variant: str, sink: Sink, store: Path) -> dict[str, str]:
             OTEL_LOGS_EXPORTER="none",
             OTEL_EXPORTER_OTLP_ENDPOINT=sink.endpoint,
         )
+    if variant.endswith(NO_METRICS):
+        env["OTEL_METRICS_EXPORTER"] = "none"
     return env
 
 
@@ -167,10 +178,12 @@ WORKLOADS = {
 }
 
 
-def _timed(rounds: int, counts: dict[str, int]) -> None:
+def _timed(rounds: int, counts: dict[str, int], only: list[str]) -> None:
     sink = Sink()
     try:
         for name, (script, figure, what, _, _) in WORKLOADS.items():
+            if name not in only:
+                continue
             results: dict[str, list[float]] = {variant: [] for variant in VARIANTS}
             delivered: dict[str, list[int]] = {variant: [] for variant in VARIANTS}
             for index in range(rounds):
@@ -206,12 +219,13 @@ def _report(
         )
 
 
-def _counted() -> None:
+def _counted(only: list[str]) -> None:
     if shutil.which("valgrind") is None:
         raise SystemExit("--instructions needs valgrind (apt-get install valgrind)")
     jobs = [
         (name, variant, count)
         for name, (_, _, _, _, sizes) in WORKLOADS.items()
+        if name in only
         for variant in VARIANTS
         for count in sizes
     ]
@@ -228,6 +242,8 @@ def _counted() -> None:
     with ThreadPoolExecutor(max_workers=max(1, min(2, os.cpu_count() or 1))) as pool:
         results = dict(zip(jobs, pool.map(run, jobs), strict=True))
     for name, (_, _, what, _, (low, high)) in WORKLOADS.items():
+        if name not in only:
+            continue
         per_op = {
             variant: (results[(name, variant, high)][0] - results[(name, variant, low)][0]) / (high - low)
             for variant in VARIANTS
@@ -254,13 +270,17 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=5000)
     parser.add_argument("--collections", type=int, default=50)
     parser.add_argument("--instructions", action="store_true", help="count instructions under valgrind")
+    parser.add_argument(
+        "--only", choices=sorted(WORKLOADS), action="append", help="one workload (repeatable)"
+    )
     options = parser.parse_args()
+    only = options.only or list(WORKLOADS)
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} cpus, load {_load()}")
     start = time.monotonic()
     if options.instructions:
-        _counted()
+        _counted(only)
     else:
-        _timed(options.rounds, {"request": options.requests, "collection": options.collections})
+        _timed(options.rounds, {"request": options.requests, "collection": options.collections}, only)
     print(f"\nload after: {_load()}; {time.monotonic() - start:.0f} s")
 
 

@@ -315,29 +315,15 @@ class StoreExporter(SpanExporter):
         """Write captured log records (see `log_rows`) in one transaction; False when they are dropped."""
         if self._shutdown or self._unusable:
             return False
-        rows = log_rows(batch, self._pid, service)
-        if not rows:
-            return True
-        with self._lock:
-            connection = self._connect()
-            if connection is None:
-                return False
-            try:
-                with_retries(lambda: insert_logs(connection, rows))
-            except Exception as error:
-                report.problem(
-                    "store:write-logs",
-                    f"log records could not be written to the trace store {self.path} "
-                    f"({type(error).__name__}: {error}); they are dropped, the app runs on",
-                )
-                return False
-            self._since_prune += len(rows)
-            if self._since_prune >= self.prune_every:
-                self._prune(connection)
-        return True
+        return self._write(log_rows(batch, self._pid, service), insert_logs, "logs", "log records")
 
     def export_metrics(self, rows: list[Row]) -> bool:
         """Write metric points (rows of `METRIC_COLUMNS`) in one transaction; False when they are dropped."""
+        return self._write(rows, insert_metrics, "metrics", "metrics")
+
+    def _write(
+        self, rows: list[Row], insert: Callable[[sqlite3.Connection, list[Row]], None], key: str, what: str
+    ) -> bool:
         if self._shutdown or self._unusable:
             return False
         if not rows:
@@ -347,11 +333,11 @@ class StoreExporter(SpanExporter):
             if connection is None:
                 return False
             try:
-                with_retries(lambda: insert_metrics(connection, rows))
+                with_retries(lambda: insert(connection, rows))
             except Exception as error:
                 report.problem(
-                    "store:write-metrics",
-                    f"metrics could not be written to the trace store {self.path} "
+                    f"store:write-{key}",
+                    f"{what} could not be written to the trace store {self.path} "
                     f"({type(error).__name__}: {error}); they are dropped, the app runs on",
                 )
                 return False
