@@ -421,3 +421,44 @@ def test_a_dead_metrics_backend_is_one_line_at_exit(tmp_path: Path) -> None:
         "logfire-run: the metrics of the last collection were not sent within the exit budget (1 s, at exit)"
     ), lines[0]
     assert "connection refused" in lines[0].lower() or "failed to establish" in lines[0].lower(), lines[0]
+
+
+def test_fast_attribute_keys_keep_series_apart_as_the_sdk_does() -> None:
+    """The agent's key for an attribute set (agent/export/metrics.py) splits and merges series as the
+    SDK's own does: values of different types apart, the order of the keys not counted."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    from logfire_run.agent.export import metrics
+
+    sets: list[dict[str, object]] = [
+        {"a": 1, "b": "x"},
+        {"b": "x", "a": 1},  # the same set
+        {"a": True, "b": "x"},
+        {"a": 1.0, "b": "x"},
+        {"a": None},
+        {"a": (1, 2)},  # not flat: the SDK's own key
+        {"a": (1, 2)},
+        {},
+    ]
+
+    def series() -> list[tuple[tuple[tuple[str, object], ...], int]]:
+        reader = InMemoryMetricReader()
+        counter = MeterProvider(metric_readers=[reader]).get_meter("t").create_counter("c")
+        for attributes in sets:
+            counter.add(1, attributes)
+        data = reader.get_metrics_data()
+        assert data is not None
+        points = data.resource_metrics[0].scope_metrics[0].metrics[0].data.data_points
+        return sorted(
+            ((tuple((k, repr(v)) for k, v in sorted(p.attributes.items())), p.value) for p in points),
+            key=repr,
+        )
+
+    sdk_series = series()
+    metrics._use_fast_attribute_keys()
+    try:
+        assert series() == sdk_series
+    finally:
+        metrics._patches.restore()
+    assert len(sdk_series) == 6

@@ -131,6 +131,9 @@ def _env(variant: str, sink: Sink, store: Path) -> dict[str, str]:
         )
     if variant.endswith(NO_METRICS):
         env["OTEL_METRICS_EXPORTER"] = "none"
+    # Collections at exit only (collect_cost.py makes its own): a run under valgrind lasts minutes,
+    # and a periodic collection inside one would be counted as requests' work.
+    env["OTEL_METRIC_EXPORT_INTERVAL"] = "3600000"
     return env
 
 
