@@ -20,6 +20,12 @@ one received from another process, is not captured again. The agent's own record
 and any record made on one of the agent's threads (the exporters', whose HTTP client logs too) are
 never captured.
 
+Records made outside any span are captured too (with 0 ids). Those made before capture starts (the
+SDK is not up yet: a service's first lines) are kept, at most `EARLY_RECORDS`, and handed to the sink
+when it starts. A record whose text was just emitted on the same thread through OpenTelemetry's
+logs API (`log_bridge`: structlog's instrumentor, which may hand the event on to `logging`) is not
+captured a second time.
+
 Where it stops: handlers' own filters and levels do not decide capture (a record is captured once,
 before any handler, whatever each handler does with it); a Logger subclass that overrides
 `callHandlers` without calling it is not captured; a factory the app installs without calling the
