@@ -114,11 +114,13 @@ def test_runtime_metrics_without_system_metrics(tmp_path: Path) -> None:
     """The agent's own small set, when OpenTelemetry's system metrics are not there (disabled here)."""
     receiver = HttpReceiver()
     script = tmp_path / "work.py"
-    script.write_text("import sqlite3\nsqlite3.Connection(':memory:').execute('select 1')\nprint('done')\n")
+    # Runtime gauges alone leave with the periodic collections (not at exit): the script outlives one.
+    script.write_text("import sqlite3, time\ntime.sleep(1)\nprint('done')\n")
     env = agent_env(
         OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint,
         LOGFIRE_EXPORTER="otlp",
         OTEL_PYTHON_DISABLED_INSTRUMENTATIONS="system_metrics",
+        OTEL_METRIC_EXPORT_INTERVAL="200",
     )
     try:
         result = run_launcher(["python", str(script)], env)
@@ -314,7 +316,7 @@ def test_store_and_viewer_show_requests_per_route(tmp_path: Path) -> None:
 def test_viewer_metrics_on_a_store_without_metrics(tmp_path: Path) -> None:
     """An empty store (or one written before metrics were kept) says so, and --json gives []."""
     env = agent_env()
-    run_launcher(["python", "-c", "import sqlite3"], env)
+    run_launcher(["python", "-c", "import logfire_run\nwith logfire_run.span('only a span'):\n    pass"], env)
     assert json.loads(run_process([VIEWER, "--metrics", "--json"], env).stdout) == []
     assert "no request metrics" in run_process([VIEWER, "--metrics"], env).stdout
 
@@ -407,7 +409,11 @@ def test_a_dead_metrics_backend_is_one_line_at_exit(tmp_path: Path) -> None:
     """Spans to the store, metrics to an OTLP endpoint where nothing listens: the app runs and exits
     as it would, and the one line says what was dropped and why."""
     script = tmp_path / "app.py"
-    script.write_text("import sqlite3\nprint('done')\n")
+    script.write_text(
+        "from opentelemetry import metrics\n"
+        "metrics.get_meter('app').create_counter('jobs').add(1)\n"  # starts the SDK, measures once
+        "print('done')\n"
+    )
     env = agent_env(
         OTEL_METRICS_EXPORTER="otlp",
         OTEL_EXPORTER_OTLP_METRICS_ENDPOINT=f"http://127.0.0.1:{free_port()}/v1/metrics",

@@ -339,8 +339,6 @@ class Metrics:
         self.timeout_millis = _millis("OTEL_METRIC_EXPORT_TIMEOUT", _DEFAULT_TIMEOUT_MILLIS)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        #: This process was forked from the one that built the pipeline.
-        self.forked = False
         _all.add(self)
 
     def start(self) -> None:
@@ -361,11 +359,12 @@ class Metrics:
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
         """Collect and export once (the exit flushes' last collection).
 
-        Not in a forked child that has measured nothing with a synchronous instrument (a pool worker
-        that never served a request, one of a program's many short forks): only its runtime gauges
-        would leave, each such exit paying a collection, an exporter and a connection for them.
+        Not in a process that has measured nothing with a synchronous instrument since it started or
+        forked (a pool worker that never served a request, one of a program's many short children):
+        only runtime gauges would leave, each such exit paying a collection (the system metrics read
+        /proc), an exporter and a connection for them. They leave with the periodic collections.
         """
-        if self.forked and not _measured(self.provider):
+        if not _measured(self.provider):
             return True
         return self.collect(timeout_millis)
 
@@ -388,7 +387,6 @@ class Metrics:
             reader.after_fork_in_parent()
 
     def after_fork_in_child(self) -> None:
-        self.forked = True
         for reader in self.readers:
             reader.after_fork_in_child()
         _drop_accumulated(self.provider)
@@ -502,7 +500,14 @@ def start_metrics(config: Config, resource: Resource) -> Metrics | None:
     report.debug(f"metric exporters: {', '.join(names) or 'none'}")
     _use_fast_attribute_keys()  # before the first measurement: every key of the provider is made alike
     # Not OpenTelemetry's own atexit shutdown: the exit flushes collect once more, within the budget.
-    provider = MeterProvider(resource=resource, metric_readers=readers, shutdown_on_exit=False)
+    options: dict[str, Any] = {}
+    if set(names) <= {"store"} and not os.environ.get("OTEL_METRICS_EXEMPLAR_FILTER", "").strip():
+        # The store keeps no exemplars: none are sampled (OpenTelemetry's default samples them in
+        # every sampled span, for exporters that send them).
+        from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter
+
+        options["exemplar_filter"] = AlwaysOffExemplarFilter()
+    provider = MeterProvider(resource=resource, metric_readers=readers, shutdown_on_exit=False, **options)
     metrics_api.set_meter_provider(provider)
     ours = [reader for reader in readers if isinstance(reader, ExportingReader)]
     pipeline = Metrics(provider, ours, names)
