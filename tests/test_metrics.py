@@ -430,8 +430,9 @@ def test_a_dead_metrics_backend_is_one_line_at_exit(tmp_path: Path) -> None:
 
 
 def test_fast_attribute_keys_keep_series_apart_as_the_sdk_does() -> None:
-    """The agent's key for an attribute set (agent/export/metrics.py) splits and merges series as the
-    SDK's own does: values of different types apart, the order of the keys not counted."""
+    """The agent's shortcuts for attribute sets (agent/export/metrics.py) clean, split and merge
+    series as the SDK's own code does: values of different types apart, the order of the keys not
+    counted, empty keys dropped."""
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
@@ -446,6 +447,8 @@ def test_fast_attribute_keys_keep_series_apart_as_the_sdk_does() -> None:
         {"a": (1, 2)},  # not flat: the SDK's own key
         {"a": (1, 2)},
         {},
+        {"": 1, "b": "kept"},  # an empty key: dropped by the SDK's own cleaning
+        {"a": [1, 2]},  # a list: a tuple once cleaned
     ]
 
     def series() -> list[tuple[tuple[tuple[str, object], ...], int]]:
@@ -467,4 +470,4 @@ def test_fast_attribute_keys_keep_series_apart_as_the_sdk_does() -> None:
         assert series() == sdk_series
     finally:
         metrics._patches.restore()
-    assert len(sdk_series) == 6
+    assert len(sdk_series) == 7

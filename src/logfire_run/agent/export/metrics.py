@@ -436,36 +436,52 @@ def _measured(provider: MeterProvider) -> bool:
 _all: weakref.WeakSet[Metrics] = weakref.WeakSet()
 
 
-# The SDK finds the aggregation of a measurement's attribute set by a key that its `_hash_attributes`
-# builds: a tuple per attribute, sorted, type names included, walked recursively. That is about a
-# tenth of the cost of each measurement, three times per HTTP request (the duration histogram, the
-# active-requests counter up and down). For the attribute sets instrumentors record (flat, of strings,
-# numbers and booleans) the key below is equal for equal sets and different for different ones, as
-# the SDK's is (each value with its type: True, 1 and 1.0 stay apart; no order), at a fifth of the
-# cost; any other set gets the SDK's own key. The keys are only compared with each other.
+# Two steps of every measurement in the SDK walk its attribute set recursively, value by value: the
+# check that cleans it (`_clean_attribute_value`, when the Measurement is made) and the key that finds
+# its aggregation (`_hash_attributes`: a tuple per attribute, sorted, type names included). For the
+# sets instrumentors record, flat dicts of strings, numbers and booleans under non-empty string keys
+# (three measurements per HTTP request: the duration histogram, the active-requests counter up and
+# down), both have a shortcut here with the same outcome: the cleaned set is a copy of the dict, and
+# the key is equal for equal sets and different for different ones (each value with its type: True,
+# 1 and 1.0 stay apart; order does not count). Any other set takes the SDK's own way. The keys are
+# only compared with each other, and both names are looked up by the SDK at each call.
 
 _FLAT_TYPES = frozenset((str, int, float, bool, type(None)))
-_patches = Patches("metric keys")
+_patches = Patches("metric attributes")
 
 
 def _use_fast_attribute_keys() -> None:
     try:
         from opentelemetry.sdk.metrics._internal import _view_instrument_match as matching
+        from opentelemetry.sdk.metrics._internal import measurement
     except ImportError:
         return
-    original = getattr(matching, "_hash_attributes", None)
-    if original is None or applied(matching, "_hash_attributes", _patches.instrumentor):
-        if original is None:
-            report.fallback("metric-keys", "OpenTelemetry's metrics SDK has no _hash_attributes")
+    original_hash = getattr(matching, "_hash_attributes", None)
+    original_clean = getattr(measurement, "_clean_attribute_value", None)
+    if original_hash is None or original_clean is None:
+        report.fallback("metric-attributes", "OpenTelemetry's metrics SDK has other attribute functions")
+        return
+    if applied(matching, "_hash_attributes", _patches.instrumentor):
         return
     flat = _FLAT_TYPES
 
     def hash_attributes(value: Any) -> Any:
         if type(value) is dict and flat.issuperset(map(type, value.values())):
             return frozenset(zip(value.items(), map(type, value.values()), strict=True))
-        return original(value)
+        return original_hash(value)
+
+    def clean_attribute_value(value: Any, max_string_value_length: Any) -> Any:
+        if (
+            type(value) is dict
+            and max_string_value_length is None
+            and flat.issuperset(map(type, value.values()))
+            and all(type(key) is str and key for key in value)
+        ):
+            return dict(value)
+        return original_clean(value, max_string_value_length)
 
     _patches.replace(matching, "_hash_attributes", hash_attributes)
+    _patches.replace(measurement, "_clean_attribute_value", clean_attribute_value)
 
 
 def current_meter_provider() -> object | None:
