@@ -15,6 +15,9 @@ import pytest
 from conftest import VIEWER, agent_env, run_launcher, run_process, run_without_agent, write_app
 from otlp_receivers import GrpcReceiver, ThirdPartyReceiver
 
+#: Each test runs the app under the launcher and the viewer several times (and some, a receiver).
+pytestmark = pytest.mark.slow
+
 #: A service whose first lines come before anything starts tracing, then a request, then its last
 #: line after the request: only the middle one is in a span.
 SERVICE = """

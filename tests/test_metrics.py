@@ -110,6 +110,7 @@ def test_metrics_reach_an_otlp_receiver(tmp_path: Path, protocol: str) -> None:
     assert len(str(resource["service.instance.id"])) == 36
 
 
+@pytest.mark.slow
 def test_runtime_metrics_without_system_metrics(tmp_path: Path) -> None:
     """The agent's own small set, when OpenTelemetry's system metrics are not there (disabled here)."""
     receiver = HttpReceiver()
@@ -313,6 +314,7 @@ def test_store_and_viewer_show_requests_per_route(tmp_path: Path) -> None:
     assert header[:3] == ["service", "route", "requests"], text
 
 
+@pytest.mark.slow
 def test_viewer_metrics_on_a_store_without_metrics(tmp_path: Path) -> None:
     """An empty store (or one written before metrics were kept) says so, and --json gives []."""
     env = agent_env()
@@ -384,6 +386,7 @@ def result_pid(points: list[MetricPoint], child: int) -> int:
     return pids.pop()
 
 
+@pytest.mark.slow
 def test_info_says_where_metrics_go() -> None:
     env = child_env(
         OTEL_EXPORTER_OTLP_ENDPOINT="http://collector:4318",
@@ -405,6 +408,7 @@ def test_info_says_where_metrics_go() -> None:
     assert "metrics are not exported" in none
 
 
+@pytest.mark.slow
 def test_a_dead_metrics_backend_is_one_line_at_exit(tmp_path: Path) -> None:
     """Spans to the store, metrics to an OTLP endpoint where nothing listens: the app runs and exits
     as it would, and the one line says what was dropped and why."""
@@ -471,3 +475,28 @@ def test_fast_attribute_keys_keep_series_apart_as_the_sdk_does() -> None:
     finally:
         metrics._patches.restore()
     assert len(sdk_series) == 7
+
+
+@pytest.mark.slow
+def test_a_version_2_store_is_read_and_upgraded(tmp_path: Path) -> None:
+    """A store written before metrics were kept: the viewer reads it as it is, the next writer adds
+    the metrics table."""
+    import sqlite3
+
+    from logfire_run.store_format import SCHEMA_VERSION
+
+    (tmp_path / "shop.py").write_text(FLASK_APP)
+    store = tmp_path / "traces.db"
+    env = agent_env(LOGFIRE_STORE=str(store))
+    run_launcher(["python", "shop.py"], env, cwd=tmp_path)
+    with sqlite3.connect(store) as connection:
+        connection.execute("DROP TABLE metrics")
+        connection.execute("PRAGMA user_version=2")
+    assert json.loads(run_process([VIEWER, "--store", str(store), "--metrics", "--json"], env).stdout) == []
+    with sqlite3.connect(store) as connection:
+        assert connection.execute("PRAGMA user_version").fetchone() == (2,)  # the viewer wrote nothing
+    run_launcher(["python", "shop.py"], env, cwd=tmp_path)
+    rows = json.loads(run_process([VIEWER, "--store", str(store), "--metrics", "--json"], env).stdout)
+    assert [(row["route"], row["count"]) for row in rows] == [("GET /order/<int:number>", 10)]
+    with sqlite3.connect(store) as connection:
+        assert connection.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
