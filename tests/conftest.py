@@ -101,8 +101,9 @@ class OtlpReceiver:
         self.requests = 0
         #: Connections from exporters not closed yet (each read to its end when closed).
         self.connections = 0
-        #: The bodies of OTLP log requests (`/v1/logs`), undecoded.
+        #: The bodies of OTLP log requests (`/v1/logs`) and metric requests (`/v1/metrics`), undecoded.
         self.log_bodies: list[bytes] = []
+        self.metric_bodies: list[bytes] = []
         self._lock = threading.Lock()
         receiver = self
 
@@ -125,6 +126,10 @@ class OtlpReceiver:
                     # The app's log records (docs/logs.md), sent beside its spans: kept as they came.
                     with receiver._lock:
                         receiver.log_bodies.append(body)
+                elif self.path.endswith("/v1/metrics"):
+                    # Its metrics (docs/metrics.md), likewise (tests/otlp_receivers.py decodes them).
+                    with receiver._lock:
+                        receiver.metric_bodies.append(body)
                 else:
                     request = ExportTraceServiceRequest()
                     request.ParseFromString(body)

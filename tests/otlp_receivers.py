@@ -1,5 +1,8 @@
 """OTLP receivers the destination tests send to, on 127.0.0.1, each keeping the spans and headers it got.
 
+Each keeps spans, log records and metric points (`MetricPoint`; `histogram_total` adds a histogram up
+across processes, whatever its temporality).
+
 - `ThirdPartyReceiver`: oteltest's `GrpcSink` / `HttpSink` (oteltest on PyPI, by an OpenTelemetry
   Python maintainer): a receiver this project did not write, over gRPC and over HTTP/protobuf.
 - `GrpcReceiver`: a gRPC server built from grpcio and opentelemetry-proto's `TraceServiceServicer`,
@@ -33,6 +36,8 @@ import grpc
 import pytest
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2, logs_service_pb2_grpc
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
@@ -53,6 +58,8 @@ class _Collecting(OtlpReceiver):
         self.peers: list[tuple[str, int | None]] = []
         #: Log records received (OTLP logs), decoded: see `collect_logs`.
         self.logs: list[dict[str, Any]] = []
+        #: Metric points received (OTLP metrics), decoded: see `collect_metrics`.
+        self.metrics: list[MetricPoint] = []
 
     def collect(
         self, request: ExportTraceServiceRequest, headers: dict[str, str], path: str = "", peer: str = ""
@@ -90,6 +97,50 @@ class _Collecting(OtlpReceiver):
         with self._lock:
             self.logs.extend(records)
 
+    def collect_metrics(self, request: Any) -> None:
+        """An ExportMetricsServiceRequest: one `MetricPoint` per data point."""
+        from conftest import _attrs
+
+        points = []
+        for resource_metrics in request.resource_metrics:
+            resource = _attrs(resource_metrics.resource.attributes)
+            for scope_metrics in resource_metrics.scope_metrics:
+                for metric in scope_metrics.metrics:
+                    kind = metric.WhichOneof("data")
+                    data = getattr(metric, kind)
+                    temporality = getattr(data, "aggregation_temporality", 0)
+                    for point in data.data_points:
+                        value = None
+                        if kind in ("sum", "gauge"):
+                            value = getattr(point, point.WhichOneof("value"))
+                        points.append(
+                            MetricPoint(
+                                name=metric.name,
+                                kind=kind,
+                                delta=temporality == 1,
+                                resource=resource,
+                                attributes=_attrs(point.attributes),
+                                start=point.start_time_unix_nano,
+                                time=point.time_unix_nano,
+                                count=getattr(point, "count", 0),
+                                value=value,
+                            )
+                        )
+        with self._lock:
+            self.metrics.extend(points)
+
+    def wait_for_metrics(self, predicate: Any, timeout: float = 20.0) -> list[MetricPoint]:
+        """Wait until `predicate(points)` holds; return the points either way (the test asserts)."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                snapshot = list(self.metrics)
+            if predicate(snapshot) or time.monotonic() >= deadline:
+                return snapshot
+            time.sleep(0.05)
+
     def wait_for_logs(self, count: int, timeout: float = 20.0) -> list[dict[str, Any]]:
         import time
 
@@ -124,7 +175,7 @@ class ThirdPartyReceiver(_Collecting):
                 receiver.collect_logs(request)
 
             def handle_metrics(self, request: Any, headers: Any) -> None:
-                pass
+                receiver.collect_metrics(request)
 
             def handle_trace(self, request: Any, headers: Any) -> None:
                 receiver.collect(request, dict(headers))
@@ -190,10 +241,16 @@ class GrpcReceiver(_Collecting):
                 receiver.collect_logs(request)
                 return logs_service_pb2.ExportLogsServiceResponse()
 
+        class MetricsServicer(metrics_service_pb2_grpc.MetricsServiceServicer):  # type: ignore[misc]
+            def Export(self, request: Any, context: Any) -> Any:
+                receiver.collect_metrics(request)
+                return metrics_service_pb2.ExportMetricsServiceResponse()
+
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
         trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Servicer(), self.server)
         if logs:
             logs_service_pb2_grpc.add_LogsServiceServicer_to_server(LogsServicer(), self.server)
+        metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(MetricsServicer(), self.server)
         if certificate is None:
             self.port = self.server.add_insecure_port("127.0.0.1:0")
             scheme = "http"
@@ -260,6 +317,10 @@ class HttpReceiver(_Collecting):
                     logs_request = ExportLogsServiceRequest()
                     logs_request.ParseFromString(body)
                     receiver.collect_logs(logs_request)
+                elif self.path.endswith("/v1/metrics"):
+                    metrics_request = ExportMetricsServiceRequest()
+                    metrics_request.ParseFromString(body)
+                    receiver.collect_metrics(metrics_request)
                 else:
                     request = ExportTraceServiceRequest()
                     try:
@@ -308,6 +369,41 @@ def otlp(request: pytest.FixtureRequest) -> Iterator[tuple[str, Any]]:
         yield request.param, receiver
     finally:
         receiver.close()
+
+
+@dataclass
+class MetricPoint:
+    """One data point of an OTLP metric, as a receiver decoded it."""
+
+    name: str
+    kind: str  # sum, gauge, histogram, exponential_histogram
+    delta: bool
+    resource: dict[str, Any]
+    attributes: dict[str, Any]
+    start: int
+    time: int
+    count: int = 0
+    value: Any = None
+
+
+def histogram_total(points: list[MetricPoint], name: str) -> int:
+    """How many measurements the histogram `name` holds across every process that sent it.
+
+    A cumulative point holds everything its series (one process's resource, one attribute set, one
+    start time) measured so far, so each series counts by its last point; delta points add up.
+    """
+    last: dict[tuple[Any, ...], MetricPoint] = {}
+    total = 0
+    for point in points:
+        if point.name != name:
+            continue
+        if point.delta:
+            total += point.count
+            continue
+        key = (repr(sorted(point.resource.items())), repr(sorted(point.attributes.items())), point.start)
+        if key not in last or point.time >= last[key].time:
+            last[key] = point
+    return total + sum(point.count for point in last.values())
 
 
 @dataclass

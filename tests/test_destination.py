@@ -44,8 +44,11 @@ def third_party(request: pytest.FixtureRequest) -> Iterator[ThirdPartyReceiver]:
 
 
 def destination_env(**extra: str) -> dict[str, str]:
-    """agent_env() without the receiver: the test sets every destination variable itself."""
-    env = agent_env()
+    """agent_env() without the receiver: the test sets every destination variable itself.
+
+    Metrics are off: these tests give the traces signal its own variables (a certificate, a path)
+    that metrics, sent by the general ones, would not have (tests/test_metrics.py covers metrics)."""
+    env = agent_env(OTEL_METRICS_EXPORTER="none")
     env.update(extra)
     return env
 

@@ -91,7 +91,10 @@ def dead_backend(request: pytest.FixtureRequest) -> Iterator[str]:
 
 
 def _env(endpoint: str, **extra: str) -> dict[str, str]:
-    return agent_env(OTEL_EXPORTER_OTLP_ENDPOINT=endpoint, LOGFIRE_EXPORTER="otlp", **extra)
+    # Spans only: what metrics do at exit is tests/test_metrics.py's.
+    return agent_env(
+        OTEL_EXPORTER_OTLP_ENDPOINT=endpoint, LOGFIRE_EXPORTER="otlp", OTEL_METRICS_EXPORTER="none", **extra
+    )
 
 
 def _spans(count: int) -> str:

@@ -16,9 +16,9 @@ OpenTelemetry's SDK with no span processor and its Flask and requests instrument
 is the default one (batch sizes, queue size, delays). OTLP goes over HTTP to a receiver inside this
 process that decodes and counts the spans, then discards them; the store variant writes a fresh
 store file per run, whose rows are counted afterwards. The counts are printed: a run that lost or
-never exported spans shows. Metrics and logs exporters are off for `opentelemetry-instrument`
-(logfire-run does not set those up). logfire-run runs with `distributed_tracing=true`, the mode in
-which inbound context is used (no warning path).
+never exported spans shows. Metrics and logs exporters are off for both agents: this bench is about
+spans (bench/metrics/run.py measures both agents with metrics on). logfire-run runs with
+`distributed_tracing=true`, the mode in which inbound context is used (no warning path).
 
 Timed (the default): every variant once per round, in an order that rotates, so that machine noise
 hits them alike. Reported in wall-clock time and in the CPU time of the measured process (all its
@@ -111,7 +111,12 @@ def _env(variant: str, sink: CountingSink, store: Path) -> dict[str, str]:
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     agent, _, exporter = variant.partition(" ")
     if agent == "logfire-run":
-        env.update(LOGFIRE_EXPORTER=exporter, LOGFIRE_DISTRIBUTED_TRACING="true", LOGFIRE_STORE=str(store))
+        env.update(
+            LOGFIRE_EXPORTER=exporter,
+            LOGFIRE_DISTRIBUTED_TRACING="true",
+            LOGFIRE_STORE=str(store),
+            OTEL_METRICS_EXPORTER="none",
+        )
         if exporter == "otlp":
             env["OTEL_EXPORTER_OTLP_ENDPOINT"] = sink.endpoint
     elif agent == "opentelemetry-instrument":

@@ -40,18 +40,23 @@ __all__ = [
     "COLUMNS",
     "DEFAULT_MAX_AGE_SECONDS",
     "DEFAULT_MAX_LOGS",
+    "DEFAULT_MAX_METRIC_POINTS",
     "DEFAULT_MAX_SPANS",
     "LOG_COLUMNS",
+    "METRIC_COLUMNS",
     "SCHEMA_VERSION",
     "NotAStoreError",
     "default_path",
     "has_logs",
+    "has_metrics",
     "insert_batch",
     "insert_logs",
+    "insert_metrics",
     "lock_taken",
     "open_store",
     "prune",
     "prune_logs",
+    "prune_metrics",
     "site_attributes",
     "trace_key",
     "with_retries",
@@ -61,6 +66,8 @@ __all__ = [
 DEFAULT_MAX_SPANS = 200_000
 #: ... at most this many log records ...
 DEFAULT_MAX_LOGS = 200_000
+#: ... at most this many metric points (one per instrument and attribute set, per process and collection) ...
+DEFAULT_MAX_METRIC_POINTS = 200_000
 #: ... and none older than this (7 days).
 DEFAULT_MAX_AGE_SECONDS = 7 * 24 * 3600
 #: Readers (the viewer) let SQLite wait this long for a lock before "database is locked".
@@ -71,10 +78,11 @@ WRITE_PATIENCE_SECONDS = 30.0
 _RETRY_DELAYS = (0.0005, 0.02)
 
 #: 1: spans and batches. 2: the `logs` table. 3: the per-trace index and the running spans
-#: (`store_index`). An older store is read as it is, and upgraded in place by the first writer that
-#: opens it (version 3 indexes the spans and records already there, once).
-SCHEMA_VERSION = 3
-_READABLE_VERSIONS = (1, 2, 3)
+#: (`store_index`). 4: the `metrics` table. An older store is read as it is (what it has no table for
+#: is empty), and upgraded in place by the first writer that opens it (version 3 indexes the spans and
+#: records already there, once).
+SCHEMA_VERSION = 4
+_READABLE_VERSIONS = (1, 2, 3, 4)
 _SQLITE_BUSY, _SQLITE_LOCKED = 5, 6  # primary result codes (extended codes keep them in the low byte)
 
 #: The columns of a span row, in the order `insert_batch` takes them.
@@ -118,6 +126,57 @@ _LOGS_SCHEMA = (
     """,
 )
 
+#: The columns of a metric point, in the order `insert_metrics` takes them: one aggregated point of one
+#: instrument and attribute set, collected by one process over [start_ns, time_ns]. `kind` is `sum`,
+#: `gauge` or `histogram`; `temporality` is `delta` (what happened in the interval: counters and
+#: histograms) or `cumulative` (the current value: up-down counters); `value` is a sum's or a
+#: gauge's; a histogram has `count`, `sum`, `min`, `max`, and `bounds` and `counts` (JSON lists: the
+#: explicit bucket boundaries, and one count more than boundaries).
+METRIC_COLUMNS = (
+    "time_ns",
+    "start_ns",
+    "name",
+    "kind",
+    "temporality",
+    "unit",
+    "scope",
+    "service",
+    "pid",
+    "attributes",
+    "value",
+    "count",
+    "sum",
+    "min",
+    "max",
+    "bounds",
+    "counts",
+)
+
+_METRICS_SCHEMA = (
+    """
+    CREATE TABLE IF NOT EXISTS metrics (
+        id INTEGER PRIMARY KEY,
+        time_ns INTEGER NOT NULL,
+        start_ns INTEGER NOT NULL,
+        name TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        temporality TEXT NOT NULL,
+        unit TEXT,
+        scope TEXT,
+        service TEXT,
+        pid INTEGER,
+        attributes TEXT,
+        value REAL,
+        count INTEGER,
+        sum REAL,
+        min REAL,
+        max REAL,
+        bounds TEXT,
+        counts TEXT
+    )
+    """,
+)
+
 # No secondary index on spans: trace ids are random, so an index on them puts every span of a
 # batch on a different B-tree page, and in WAL mode each touched page is written out again at each
 # commit (measured at 200,000 stored spans: about 30 us per span with such an index, 10 without).
@@ -152,6 +211,7 @@ _SCHEMA = (
     "CREATE INDEX IF NOT EXISTS batches_written ON batches (written_ns)",
     *_LOGS_SCHEMA,
     *INDEX_SCHEMA,
+    *_METRICS_SCHEMA,
 )
 _INSERT_HEAD = f"INSERT INTO spans ({', '.join(COLUMNS)}) VALUES "
 _ROW_PLACEHOLDERS = f"({', '.join('?' * len(COLUMNS))})"
@@ -273,6 +333,9 @@ def _upgrade(connection: sqlite3.Connection) -> None:
             for statement in INDEX_SCHEMA:
                 connection.execute(statement)
             backfill(connection)
+        if _version(connection) < 4:
+            for statement in _METRICS_SCHEMA:
+                connection.execute(statement)
         connection.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         connection.execute("COMMIT")
     except BaseException:
@@ -280,8 +343,13 @@ def _upgrade(connection: sqlite3.Connection) -> None:
         raise
 
 
-def site_attributes(site: tuple[str, int, str, str]) -> dict[str, Any]:
-    """A log record's (path, line, function, thread name) as OpenTelemetry's attribute names."""
+def site_attributes(site: tuple[Any, ...]) -> dict[str, Any]:
+    """A log record's (path, line, function, thread name) as OpenTelemetry's attribute names; a record
+    emitted through OpenTelemetry's logs API has its own attributes, as ((key, value), ...)."""
+    if site and isinstance(site[0], tuple):
+        return {key: list(value) if isinstance(value, tuple) else value for key, value in site}
+    if not site:
+        return {}
     path, line, function, thread = site
     return {
         "code.file.path": path,
@@ -293,7 +361,18 @@ def site_attributes(site: tuple[str, int, str, str]) -> dict[str, Any]:
 
 def has_logs(connection: sqlite3.Connection) -> bool:
     """Whether the store has a `logs` table (a version-1 store read by the viewer has none)."""
-    row = connection.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'logs'").fetchone()
+    return _has_table(connection, "logs")
+
+
+def has_metrics(connection: sqlite3.Connection) -> bool:
+    """Whether the store has a `metrics` table (a store of version 1 or 2 read by the viewer has none)."""
+    return _has_table(connection, "metrics")
+
+
+def _has_table(connection: sqlite3.Connection, name: str) -> bool:
+    row = connection.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)
+    ).fetchone()
     return row is not None
 
 
@@ -404,48 +483,72 @@ def insert_batch(connection: sqlite3.Connection, rows: list[Row]) -> None:
         raise
 
 
-_INSERT_LOGS_HEAD = f"INSERT INTO logs ({', '.join(LOG_COLUMNS)}) VALUES "
-_LOG_PLACEHOLDERS = f"({', '.join('?' * len(LOG_COLUMNS))})"
-
-
-def insert_logs(connection: sqlite3.Connection, rows: list[Row]) -> None:
-    """Write log `rows` (in `LOG_COLUMNS` order) in one transaction, a few multi-row INSERTs
-    (`statement_sizes`)."""
-    step = max(999 // len(LOG_COLUMNS), 1)
+def _insert_rows(
+    connection: sqlite3.Connection,
+    table: str,
+    columns: tuple[str, ...],
+    rows: list[Row],
+    also: Callable[[sqlite3.Connection, list[Row]], None] | None = None,
+) -> None:
+    """Write `rows` (in `columns` order) into `table` in one transaction, a few multi-row INSERTs
+    (`statement_sizes`), and `also(connection, rows)` in the same transaction."""
+    head = f"INSERT INTO {table} ({', '.join(columns)}) VALUES "
+    placeholders = f"({', '.join('?' * len(columns))})"
+    step = max(999 // len(columns), 1)
     connection.execute("BEGIN IMMEDIATE")
     try:
         offset = 0
         for size in statement_sizes(len(rows), step):
             chunk = rows[offset : offset + size]
-            statement = _INSERT_LOGS_HEAD + ",".join([_LOG_PLACEHOLDERS] * size)
-            connection.execute(statement, list(chain.from_iterable(chunk)))
+            connection.execute(head + ",".join([placeholders] * size), list(chain.from_iterable(chunk)))
             offset += size
-        insert_log_ranges(connection, rows)
+        if also is not None:
+            also(connection, rows)
         connection.execute("COMMIT")
     except BaseException:
         _rollback(connection)
         raise
 
 
+def insert_logs(connection: sqlite3.Connection, rows: list[Row]) -> None:
+    """Write log `rows` (in `LOG_COLUMNS` order) in one transaction."""
+    _insert_rows(connection, "logs", LOG_COLUMNS, rows, also=insert_log_ranges)
+
+
+def insert_metrics(connection: sqlite3.Connection, rows: list[Row]) -> None:
+    """Write metric points (in `METRIC_COLUMNS` order) in one transaction."""
+    _insert_rows(connection, "metrics", METRIC_COLUMNS, rows)
+
+
 def prune_logs(connection: sqlite3.Connection, max_logs: int, max_age_seconds: float) -> None:
     """The retention caps for log records: the newest `max_logs`, none older than the age cap."""
+    _prune_table(connection, "logs", max_logs, max_age_seconds)
+
+
+def prune_metrics(connection: sqlite3.Connection, max_points: int, max_age_seconds: float) -> None:
+    """The retention caps for metric points: the newest `max_points`, none older than the age cap."""
+    _prune_table(connection, "metrics", max_points, max_age_seconds)
+
+
+def _prune_table(connection: sqlite3.Connection, table: str, max_rows: int, max_age_seconds: float) -> None:
+    # Rows are appended in id order with their time: the oldest row says whether anything is due.
     oldest_kept_ns = time.time_ns() - int(max_age_seconds * 1e9)
 
     def due() -> bool:
-        newest = connection.execute("SELECT max(id) FROM logs").fetchone()[0]
+        newest = connection.execute(f"SELECT max(id) FROM {table}").fetchone()[0]
         if newest is None:
             return False
-        oldest = connection.execute("SELECT id, time_ns FROM logs ORDER BY id LIMIT 1").fetchone()
-        return bool(newest - oldest[0] >= max_logs or oldest[1] < oldest_kept_ns)
+        oldest = connection.execute(f"SELECT id, time_ns FROM {table} ORDER BY id LIMIT 1").fetchone()
+        return bool(newest - oldest[0] >= max_rows or oldest[1] < oldest_kept_ns)
 
     def run() -> None:
-        if not has_logs(connection) or not due():
+        if not _has_table(connection, table) or not due():
             return
         connection.execute("BEGIN IMMEDIATE")
         try:
             connection.execute(
-                "DELETE FROM logs WHERE id <= (SELECT max(id) FROM logs) - ? OR time_ns < ?",
-                (max_logs, oldest_kept_ns),
+                f"DELETE FROM {table} WHERE id <= (SELECT max(id) FROM {table}) - ? OR time_ns < ?",
+                (max_rows, oldest_kept_ns),
             )
             prune_log_ranges(connection)
             connection.execute("COMMIT")

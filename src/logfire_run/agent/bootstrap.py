@@ -8,7 +8,8 @@ finder on `sys.meta_path`. What it registers:
 - on `opentelemetry.propagate`: the policy becomes the global propagator, SDK or not;
 - on `logging`: the record factory that puts trace ids on every record (`log_capture`);
 - on `opentelemetry.trace`: the SDK starts when the app first asks for a tracer or the provider
-  (not when it imports the API, so an app that installs its own TracerProvider first keeps it).
+  (not when it imports the API, so an app that installs its own TracerProvider first keeps it);
+  on `opentelemetry.metrics`, the same for a meter or the meter provider.
 
 It also notes the `TRACEPARENT`, `TRACESTATE` and `BAGGAGE` this process was started with
 (`env_carrier`): the SDK's start makes them the parent of the process's root spans.
@@ -87,6 +88,7 @@ def _start(via: str) -> None:
         if pending_django_settings():
             # manage.py names its settings module itself, after the agent started (service_names).
             importhooks.on_import("django.conf", _on_django_settings)
+    importhooks.on_import("opentelemetry.metrics", _on_metrics_import)
 
 
 def _run_hooks_later(module_name: str, module: ModuleType) -> Callable[[], None]:
@@ -119,36 +121,60 @@ def _on_trace_import(module: ModuleType) -> None:
     The first call of any of the three takes all three wrappers off, then starts the SDK (after
     the app's own provider is set, for `set_tracer_provider`: the SDK adopts it).
     """
+    _start_on_first_use(module, "tracer", _first_use, by_opentelemetry=True)
+
+
+def _on_metrics_import(module: ModuleType) -> None:
+    """The same for `opentelemetry.metrics`: an app that only records metrics starts the SDK too."""
+    _start_on_first_use(module, "meter", _first_metrics_use, by_opentelemetry=False)
+
+
+def _start_on_first_use(module: ModuleType, what: str, patches: Patches, *, by_opentelemetry: bool) -> None:
+    """`by_opentelemetry`: a call from OpenTelemetry's own code counts as a first use too."""
     api: Any = module
-    get_tracer_provider = api.get_tracer_provider
-    get_tracer = api.get_tracer
-    set_tracer_provider = api.set_tracer_provider
+    get_provider = getattr(api, f"get_{what}_provider")
+    get_one = getattr(api, f"get_{what}")
+    set_provider = getattr(api, f"set_{what}_provider")
 
-    def get_tracer_provider_first(*args: Any, **kwargs: Any) -> Any:
-        _first_use.restore()
-        _say_what_starts("the app asked for the tracer provider")
+    def get_provider_first(*args: Any, **kwargs: Any) -> Any:
+        if not by_opentelemetry and _from_opentelemetry():
+            return get_provider(*args, **kwargs)
+        patches.restore()
+        _say_what_starts(f"the app asked for the {what} provider")
         state.start_sdk()
-        return get_tracer_provider(*args, **kwargs)
+        return get_provider(*args, **kwargs)
 
-    def get_tracer_first(*args: Any, **kwargs: Any) -> Any:
-        _first_use.restore()
-        _say_what_starts("the app asked for a tracer")
+    def get_one_first(*args: Any, **kwargs: Any) -> Any:
+        if not by_opentelemetry and _from_opentelemetry():
+            return get_one(*args, **kwargs)
+        patches.restore()
+        _say_what_starts(f"the app asked for a {what}")
         state.start_sdk()
-        return get_tracer(*args, **kwargs)
+        return get_one(*args, **kwargs)
 
-    def set_tracer_provider_first(*args: Any, **kwargs: Any) -> Any:
-        _first_use.restore()
-        result = set_tracer_provider(*args, **kwargs)
-        state.start_sdk()  # adopts the app's provider: policy, link processor, flush at exit
+    def set_provider_first(*args: Any, **kwargs: Any) -> Any:
+        patches.restore()
+        result = set_provider(*args, **kwargs)
+        state.start_sdk()  # adopts the app's provider
         return result
 
-    _first_use.replace(api, "get_tracer_provider", get_tracer_provider_first)
-    _first_use.replace(api, "get_tracer", get_tracer_first)
-    _first_use.replace(api, "set_tracer_provider", set_tracer_provider_first)
+    patches.replace(api, f"get_{what}_provider", get_provider_first)
+    patches.replace(api, f"get_{what}", get_one_first)
+    patches.replace(api, f"set_{what}_provider", set_provider_first)
+
+
+def _from_opentelemetry() -> bool:
+    """Whether the caller of the wrapper is OpenTelemetry's own code: its exporters ask for the meter
+    provider as they are built (their own metrics), when an app builds its own tracer provider; that
+    is not the app's first use, and must not start the agent's SDK before the app's provider is set."""
+    caller = sys._getframe(2).f_globals.get("__name__", "")
+    return isinstance(caller, str) and caller.startswith("opentelemetry.")
 
 
 #: The three functions of `opentelemetry.trace` that start the SDK on first use, until one is called.
 _first_use = Patches("start on first use")
+#: And of `opentelemetry.metrics`.
+_first_metrics_use = Patches("start on first metrics use")
 
 
 def _say_what_starts(cause: str) -> None:

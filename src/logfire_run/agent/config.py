@@ -136,6 +136,14 @@ def _opentelemetry_errors(environ: Mapping[str, str]) -> list[ConfigError]:
             "traces", environ, (str(value or destination.DEFAULT_PROTOCOL), "")
         )
         errors.extend(otlp_errors)
+    for signal in ("metrics", "logs"):
+        # Their own variables; the general ones are the traces' (checked above).
+        prefix = f"OTEL_EXPORTER_OTLP_{signal.upper()}_"
+        if any(name.startswith(prefix) for name in environ):
+            from logfire_run.agent import destination
+
+            _, signal_errors = destination.resolve(signal, environ)
+            errors.extend(error for error in signal_errors if (error.variable or "").startswith(prefix))
     return errors
 
 

@@ -270,6 +270,31 @@ def resolve(
     return destination, errors
 
 
+def signal_destination(
+    signal: str, environ: Mapping[str, str], spans_protocol: tuple[str, str]
+) -> OtlpDestination:
+    """Where OTLP sends `signal` (logs, metrics): its own variables, else the general ones, else the
+    spans' protocol (`spans_protocol`: value and source). Invalid values are said on stderr when the
+    signal's own variables were set; otherwise they belong to the general and traces variables,
+    which spans report (a traces-only client certificate leaves this signal with half a pair: it goes
+    without one)."""
+    from logfire_run.agent import report
+
+    own, general = variables(signal, "PROTOCOL")
+    protocol = None
+    if not (environ.get(own, "").strip() or environ.get(general, "").strip()):
+        protocol = spans_protocol
+    found, errors = resolve(signal, environ, protocol)
+    prefix = f"OTEL_EXPORTER_OTLP_{signal.upper()}_"
+    own_variables = any(name.startswith(prefix) for name in environ)
+    for error in errors:
+        if own_variables:
+            report.problem(f"{signal}:config:{error}", f"{error}; using the default")
+        else:
+            report.debug(f"OTLP {signal}: {error}; using the default")
+    return found
+
+
 def exporter_missing(protocol: str) -> str | None:
     """Why OpenTelemetry's exporter for `protocol` cannot be loaded here, or None when it can."""
     from importlib.util import find_spec

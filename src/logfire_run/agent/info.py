@@ -67,6 +67,9 @@ def print_info(
     out.write(f"\nlog records ({captured}; see docs/logs.md):\n")
     for name, label, value, origin in log_destination_rows(config, environ):
         out.write(f"  {name:<9} {label:<19} {value:<40} {origin}\n")
+    out.write("\nmetrics (see docs/metrics.md):\n")
+    for name, label, value, origin in metric_destination_rows(config, environ):
+        out.write(f"  {name:<9} {label:<19} {value:<40} {origin}\n")
     out.write(
         "\ninstrumentors (entry points; each loads when your code first imports its target; the SDK\n"
         "starts at the first of those imports that says so, or when your code first asks for a tracer):\n"
@@ -188,12 +191,60 @@ def log_destination_rows(config: Config, environ: Mapping[str, str]) -> list[tup
     return rows or [("none", "", "log records are not exported", "")]
 
 
-def _exporter_entry_point(name: str) -> str:
+def metric_destination_rows(config: Config, environ: Mapping[str, str]) -> list[tuple[str, str, str, str]]:
+    """(exporter, what, value, source) for where metrics go, and how often."""
+    from logfire_run.agent.export import metrics
+
+    chosen = environ.get("OTEL_METRICS_EXPORTER", "").strip()
+    source = "env OTEL_METRICS_EXPORTER" if chosen else "with the spans"
+    rows: list[tuple[str, str, str, str]] = []
+    for name in metrics.metric_exporter_names(config, environ):
+        if name == "store":
+            rows.append((name, "metrics table of", config.resolved_store_path(), source))
+        elif name == "console":
+            rows.append((name, "writes to", "stderr", source))
+        elif name == "otlp":
+            where = metrics.otlp_metric_destination(config, environ)
+            temporality = environ.get("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE", "").strip()
+            rows.append((name, "endpoint", where.endpoint, where.sources["endpoint"]))
+            rows.append(("", "protocol", where.protocol, where.sources["protocol"]))
+            rows.append(
+                (
+                    "",
+                    "temporality",
+                    temporality.lower() or "cumulative",
+                    "env OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE" if temporality else "default",
+                )
+            )
+        else:
+            rows.append(
+                (
+                    name,
+                    "entry point",
+                    _exporter_entry_point(name, metrics.METRIC_EXPORTER_ENTRY_POINT_GROUP),
+                    source,
+                )
+            )
+    if not rows:
+        return [("none", "", "metrics are not exported", source)]
+    interval = environ.get("OTEL_METRIC_EXPORT_INTERVAL", "").strip()
+    rows.append(
+        (
+            "",
+            "every",
+            f"{int(interval) / 1000:g} s and at exit" if interval.isdigit() else "60 s and at exit",
+            "env OTEL_METRIC_EXPORT_INTERVAL" if interval else "default",
+        )
+    )
+    return rows
+
+
+def _exporter_entry_point(name: str, group: str = "") -> str:
     from importlib.metadata import entry_points
 
     from logfire_run.agent.settings import EXPORTER_ENTRY_POINT_GROUP
 
-    for entry in entry_points(group=EXPORTER_ENTRY_POINT_GROUP):
+    for entry in entry_points(group=group or EXPORTER_ENTRY_POINT_GROUP):
         if entry.name == name:
             dist = getattr(entry, "dist", None)
             origin = f" ({dist.name} {dist.version})" if dist is not None else ""

@@ -104,6 +104,40 @@ def _sampler_ratio(raw: str) -> object:
     return ratio
 
 
+def _exporters(signal: str, builtin: tuple[str, ...], group: str) -> Callable[[str], object]:
+    """OTEL_{signal}_EXPORTER: a comma list of built-in names and installed entry points' names."""
+
+    def check(raw: str) -> object:
+        names = list(dict.fromkeys(name.strip().lower() for name in raw.split(",") if name.strip()))
+        unknown = [name for name in names if name not in builtin]
+        if unknown and group:
+            installed = entry_point_names(group)
+            unknown = [name for name in unknown if name not in installed]
+        if unknown:
+            kept = [name for name in names if name not in unknown]
+            others = f", or the name of an installed exporter ({group} entry point)" if group else ""
+            raise ConfigError(
+                f"unknown {signal} exporter {', '.join(map(repr, unknown))}: use a comma-separated list "
+                f"of {', '.join(builtin)}{others}",
+                usable_raw=",".join(kept) or None,
+            )
+        if "none" in names and len(names) > 1:
+            raise ConfigError(f"{signal} exporter 'none' cannot be combined with others", usable_raw="none")
+        return names
+
+    return check
+
+
+def _one_of(what: str, accepted: tuple[str, ...], *, fold: bool) -> Callable[[str], object]:
+    def check(raw: str) -> object:
+        value = raw.strip().lower() if fold else raw.strip()
+        if value not in accepted:
+            raise ConfigError(f"invalid {what} {raw!r}: use one of {', '.join(accepted)}")
+        return value
+
+    return check
+
+
 _NON_NEGATIVE = _whole_number(0)
 _POSITIVE = _whole_number(1)
 
@@ -124,6 +158,25 @@ CHECKS: dict[str, Callable[[str], object]] = {
     "OTEL_PROPAGATORS": _propagators,
     "OTEL_TRACES_SAMPLER": _sampler,
     "OTEL_RESOURCE_ATTRIBUTES": _resource_attributes,
+    # Metrics and logs (docs/metrics.md, docs/logs.md).
+    "OTEL_METRICS_EXPORTER": _exporters(
+        "metric", ("store", "otlp", "console", "none"), "opentelemetry_metrics_exporter"
+    ),
+    "OTEL_LOGS_EXPORTER": _exporters("log", ("otlp", "console", "none"), ""),
+    "OTEL_METRIC_EXPORT_INTERVAL": _POSITIVE,
+    "OTEL_METRIC_EXPORT_TIMEOUT": _POSITIVE,
+    # OpenTelemetry's exporter upper-cases the temporality, and compares the aggregation as given.
+    "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE": _one_of(
+        "temporality preference", ("cumulative", "delta", "lowmemory"), fold=True
+    ),
+    "OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION": _one_of(
+        "histogram aggregation",
+        ("explicit_bucket_histogram", "base2_exponential_bucket_histogram"),
+        fold=False,
+    ),
+    "OTEL_METRICS_EXEMPLAR_FILTER": _one_of(
+        "exemplar filter", ("always_on", "always_off", "trace_based"), fold=True
+    ),
 }
 
 _RATIO_SAMPLERS = ("traceidratio", "parentbased_traceidratio")

@@ -31,6 +31,11 @@ def problem(key: str, message: str) -> None:
     _write(f"logfire-run: {message}")
 
 
+def said(prefix: str) -> bool:
+    """Whether a problem whose key starts with `prefix` was reported in this process."""
+    return any(key.startswith(prefix) for key in _reported)
+
+
 def debug(message: str) -> None:
     if debug_enabled:
         _write(f"logfire-run[{os.getpid()}]: {message}")

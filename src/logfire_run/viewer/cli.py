@@ -5,6 +5,8 @@
     logfire-run-view --json [TRACE]  the same as JSON, for scripts
     logfire-run-view --html FILE [TRACE]   a self-contained waterfall page (TRACE defaults to `last`)
     logfire-run-view --serve         the live UI in a browser (`viewer.server`)
+    logfire-run-view --metrics       requests, errors and p50/p95/p99 per endpoint and service
+    logfire-run-view --logs          the latest log records, in spans or not
 
 A separate console script, not a `logfire-run` flag: `logfire-run` passes everything after its own
 flags to the program it runs, and this command never runs inside the user's process (so it may use
@@ -42,7 +44,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--html", metavar="FILE", help="write a waterfall page of the trace to FILE")
     parser.add_argument("--plain", action="store_true", help="plain text even on a terminal")
     filters = parser.add_argument_group("filters of the list (all must hold)")
-    filters.add_argument("--service", metavar="NAME", help="traces with a span of this service")
+    filters.add_argument(
+        "--service", metavar="NAME", help="traces with a span of this service (--metrics, --logs: too)"
+    )
     filters.add_argument(
         "-q", "--query", metavar="TEXT", help="traces with TEXT in a span name or attribute value"
     )
@@ -51,7 +55,9 @@ def _parser() -> argparse.ArgumentParser:
         "--min-duration", metavar="D", help="traces with a span lasting D or more (250ms, 2s)"
     )
     filters.add_argument(
-        "--since", metavar="T", help="traces started since T: how long ago (10m, 2h) or a time"
+        "--since",
+        metavar="T",
+        help="traces started since T: how long ago (10m, 2h) or a time; with --metrics, the window (1h)",
     )
     filters.add_argument("--until", metavar="T", help="traces started before T")
     filters.add_argument(
@@ -70,7 +76,19 @@ def _parser() -> argparse.ArgumentParser:
         default="127.0.0.1",
         help="address to serve on (127.0.0.1); any other needs the token printed with the URL",
     )
+    signals = parser.add_argument_group("metrics and log records")
+    signals.add_argument(
+        "--metrics", action="store_true", help="requests, errors and duration percentiles per endpoint"
+    )
+    signals.add_argument("--logs", action="store_true", help="the latest log records (--limit of them)")
+    signals.add_argument(
+        "--level", metavar="LEVEL", help="--logs: this level and up (debug, info, warning, error, critical)"
+    )
+    signals.add_argument("--grep", metavar="TEXT", help="--logs: records whose message or logger holds TEXT")
     return parser
+
+
+_LEVELS = {"debug": 10, "info": 20, "warning": 30, "warn": 30, "error": 40, "critical": 50}
 
 
 def _use_rich(plain: bool) -> bool:
@@ -96,7 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return server.serve(path, host=args.host, port=args.port)
     try:
-        filters = _filters(args)
+        # --metrics reads --since as its window (signals.parse_window), not as a trace filter.
+        filters = query.Filters() if args.metrics or args.logs else _filters(args)
     except query.FilterError as error:
         return _fail(str(error))
     try:
@@ -134,7 +153,47 @@ def _filters(args: argparse.Namespace) -> query.Filters:
     return filters
 
 
+def _signals(args: argparse.Namespace, connection: sqlite3.Connection, path: str) -> int:
+    """--metrics and --logs."""
+    from logfire_run.viewer import signals
+
+    if args.metrics:
+        try:
+            window = signals.parse_window(args.since or "1h")
+        except ValueError as error:
+            return _fail(str(error))
+        routes = signals.request_metrics(connection, window, args.service)
+        if args.json:
+            _print_json([signals.route_dict(route) for route in routes])
+        elif not routes:
+            print(f"no request metrics in {path} over the last {args.since or '1h'}")
+        else:
+            signals.print_metrics(routes, sys.stdout)
+        return 0
+    level = None
+    if args.level is not None:
+        level = _LEVELS.get(args.level.strip().lower())
+        if level is None and args.level.strip().isdigit():
+            level = int(args.level)
+        if level is None:
+            return _fail(
+                f"invalid level {args.level!r}: use debug, info, warning, error, critical or a number"
+            )
+    logs = signals.recent_logs(
+        connection, max(1, args.limit), service=args.service, min_level=level, text=args.grep
+    )
+    if args.json:
+        _print_json([model.log_dict(log) for log in logs])
+    elif not logs:
+        print(f"no log records in {path} match")
+    else:
+        signals.print_logs(logs, sys.stdout)
+    return 0
+
+
 def _run(args: argparse.Namespace, connection: sqlite3.Connection, path: str, filters: query.Filters) -> int:
+    if args.metrics or args.logs:
+        return _signals(args, connection, path)
     reference = args.trace or ("last" if args.html else None)
     if reference is None:
         summaries = query.list_traces(connection, filters)

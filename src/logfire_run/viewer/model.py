@@ -68,7 +68,7 @@ class StoredLog:
     pid: int | None = None
 
 
-_LOG_COLUMNS = (
+LOG_COLUMNS = (
     "trace_id, span_id, time_ns, level_no, level, logger, message, exception, attributes, service, pid"
 )
 
@@ -78,14 +78,14 @@ def load_logs(connection: sqlite3.Connection, trace_id: str) -> list[StoredLog]:
     if not has_logs(connection):
         return []
     rows = connection.execute(
-        f"SELECT {_LOG_COLUMNS} FROM logs WHERE trace_key = ? AND trace_id = ? ORDER BY time_ns, id",
+        f"SELECT {LOG_COLUMNS} FROM logs WHERE trace_key = ? AND trace_id = ? ORDER BY time_ns, id",
         (trace_key(int(trace_id, 16)), trace_id),
     ).fetchall()
-    return [log_from_row(row) for row in rows]
+    return [stored_log(row) for row in rows]
 
 
-def log_from_row(row: tuple[Any, ...]) -> StoredLog:
-    """A `logs` row (the columns of `_LOG_COLUMNS`, in order) as a StoredLog."""
+def stored_log(row: tuple[Any, ...]) -> StoredLog:
+    """A row of `LOG_COLUMNS` (as selected here) as a StoredLog."""
     return StoredLog(
         trace_id=row[0],
         span_id=row[1],

@@ -28,12 +28,13 @@ from typing import Any
 from logfire_run.store_format import has_logs, trace_key
 from logfire_run.store_index import INDEX_SCHEMA, backfill
 from logfire_run.viewer.model import (
+    LOG_COLUMNS,
     StoredLog,
     StoredSpan,
     TraceSummary,
     TreeRow,
-    log_from_row,
     span_from_row,
+    stored_log,
     tree,
 )
 
@@ -44,9 +45,6 @@ SLOWEST_POOL = 5_000
 _SPAN_COLUMNS = (
     "trace_id, span_id, parent_id, name, kind, service, start_ns, end_ns, status, status_message,"
     " attributes, events, links, scope, pid"
-)
-_LOG_COLUMNS = (
-    "trace_id, span_id, time_ns, level_no, level, logger, message, exception, attributes, service, pid"
 )
 _PART_COLUMNS = (
     "trace_key, trace_id, start_ns, end_ns, longest_ns, spans, errors, root_name, root_service,"
@@ -500,10 +498,10 @@ def load_logs(connection: sqlite3.Connection, trace_id: str) -> list[StoredLog]:
     logs: list[StoredLog] = []
     for first, last in _ranges(ranges):
         rows = connection.execute(
-            f"SELECT {_LOG_COLUMNS} FROM logs WHERE id BETWEEN ? AND ? AND trace_key = ? AND trace_id = ?",
+            f"SELECT {LOG_COLUMNS} FROM logs WHERE id BETWEEN ? AND ? AND trace_key = ? AND trace_id = ?",
             (first, last, key, trace_id),
         )
-        logs.extend(log_from_row(row) for row in rows)
+        logs.extend(stored_log(row) for row in rows)
     logs.sort(key=lambda log: log.time_ns)
     return logs
 
@@ -541,9 +539,9 @@ def list_logs(
         values.extend((q.lower(), q.lower()))
     where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
     rows = connection.execute(
-        f"SELECT {_LOG_COLUMNS} FROM logs{where} ORDER BY id DESC LIMIT ?", (*values, limit)
+        f"SELECT {LOG_COLUMNS} FROM logs{where} ORDER BY id DESC LIMIT ?", (*values, limit)
     ).fetchall()
-    return [log_from_row(row) for row in rows]
+    return [stored_log(row) for row in rows]
 
 
 def services(connection: sqlite3.Connection, limit: int = 2_000) -> list[str]:

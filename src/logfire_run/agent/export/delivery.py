@@ -88,7 +88,7 @@ def _signal_of(record: logging.LogRecord) -> str:
     return "logs" if "_log_exporter" in record.name else "spans"
 
 
-_NOUNS = {"spans": "spans", "logs": "log records", "metrics": "metric points"}
+_NOUNS = {"spans": "spans", "logs": "log records", "metrics": "metric collections"}
 
 
 class _ExportProblemHandler(logging.Handler):
@@ -175,7 +175,9 @@ class Drops:
 
 def _count(number: int, noun: str) -> str:
     if number == 1:
-        noun = {"spans": "span", "log records": "log record", "metric points": "metric point"}.get(noun, noun)
+        noun = {"spans": "span", "log records": "log record", "metric collections": "metric collection"}.get(
+            noun, noun
+        )
     return f"{number:,} {noun}"
 
 

@@ -20,6 +20,12 @@ one received from another process, is not captured again. The agent's own record
 and any record made on one of the agent's threads (the exporters', whose HTTP client logs too) are
 never captured.
 
+Records made outside any span are captured too (with 0 ids). Those made before capture starts (the
+SDK is not up yet: a service's first lines) are kept, at most `EARLY_RECORDS`, and handed to the sink
+when it starts. A record whose text was just emitted on the same thread through OpenTelemetry's
+logs API (`log_bridge`: structlog's instrumentor, which may hand the event on to `logging`) is not
+captured a second time.
+
 Where it stops: handlers' own filters and levels do not decide capture (a record is captured once,
 before any handler, whatever each handler does with it); a Logger subclass that overrides
 `callHandlers` without calling it is not captured; a factory the app installs without calling the
@@ -102,11 +108,29 @@ def _set_logging_format(logging_module: Any) -> None:
 
 def start_capture(sink: Sink | None, current_span: Callable[[], Any], service_name: str) -> None:
     """Hand records to `sink` from now on (the SDK is up; None: ids only); `current_span()` gives
-    the span a record is made in."""
-    global _sink, _current_span
+    the span a record is made in. The records kept before this (`_early`) go to it first."""
+    global _sink, _current_span, _early
     set_service_name(service_name)
     _current_span = current_span
+    early, _early = _early, None
+    if sink is not None:
+        for record in early or ():
+            if record.process in (None, os.getpid()):  # not a forked parent's, which it exports itself
+                sink(record, 0, 0, 0)
     _sink = sink
+
+
+#: Records made before capture starts (before the SDK is up: a service's first lines, logged before it
+#: imports the library that starts tracing), kept for the sink; at most `EARLY_RECORDS` of them.
+#: None once capture has started. They are outside any span: no span exists before the SDK.
+EARLY_RECORDS = 256
+_early: list[Any] | None = []
+
+
+def _keep_early(record: Any) -> None:
+    early = _early
+    if early is not None and len(early) < EARLY_RECORDS:
+        early.append(record)
 
 
 def stop_capture() -> None:
@@ -190,7 +214,7 @@ def _make_call_handlers(wrapped: Callable[..., Any]) -> Callable[..., Any]:
 
     def callHandlers(self: Any, record: Any) -> Any:
         sink, threshold = _sink, _threshold
-        if sink is not None and threshold is not None:
+        if threshold is not None and (sink is not None or _early is not None):
             try:
                 level = record.levelno
                 if (
@@ -201,7 +225,11 @@ def _make_call_handlers(wrapped: Callable[..., Any]) -> Callable[..., Any]:
                     and record.thread in (None, module.get_ident())
                     and record.process in (None, getpid())
                     and not _excluded(record)
+                    and not (_emitted and _emitted_just_now(record))
                 ):
+                    if sink is None:
+                        _keep_early(record)
+                        return wrapped(self, record)
                     current = _current_span
                     span = current() if current is not None else None
                     if span is None:
@@ -214,7 +242,47 @@ def _make_call_handlers(wrapped: Callable[..., Any]) -> Callable[..., Any]:
                 _report_once(error)
         return wrapped(self, record)
 
+    global _CALL_HANDLERS_CODE
+    _CALL_HANDLERS_CODE = callHandlers.__code__
     return callHandlers
+
+
+_CALL_HANDLERS_CODE: object = None
+
+
+# Records emitted through OpenTelemetry's logs API (`log_bridge`) are captured there. structlog's
+# instrumentor emits one for an event and structlog may then hand the same event to `logging`: the
+# text emitted last on each thread is noted, and a `logging` record that carries it is not captured
+# again. `_emitted` stays empty, and costs one test per record, until something emits that way.
+_emitted: dict[int, str] = {}
+
+
+def note_emitted(message: str) -> None:
+    """An OpenTelemetry log record with `message` was just captured on this thread (`log_bridge`)."""
+    _emitted[threading.get_ident()] = message
+
+
+def _emitted_just_now(record: Any) -> bool:
+    text = _emitted.pop(threading.get_ident(), None)
+    if text is None:
+        return False
+    message = record.msg
+    # structlog hands on the event's text (`render_to_log_kwargs`), the whole event dict
+    # (`ProcessorFormatter.wrap_for_formatter`), or a rendered line holding the text.
+    return isinstance(message, dict) or (isinstance(message, str) and bool(text) and text in message)
+
+
+def in_call_handlers() -> bool:
+    """Whether this thread is inside `Logger.callHandlers` as wrapped here: a handler is handling
+    a `logging` record, which was captured (or not) already."""
+    frame = sys._getframe(1)
+    depth = 0
+    while frame is not None and depth < 64:
+        if frame.f_code is _CALL_HANDLERS_CODE:
+            return True
+        frame = frame.f_back  # type: ignore[assignment]
+        depth += 1
+    return False
 
 
 _reported = False

@@ -6,7 +6,7 @@ exception) and one append to a bounded queue; everything else happens in the pip
 ("logfire-run logs"), which writes batches to each log exporter:
 
 - `store`, when spans go to the local store: the store's `logs` table, tied to trace and span id
-  (records made outside any span are not stored: the store holds traces);
+  (empty ids for a record made outside any span);
 - `otlp`, when spans go over OTLP (or `OTEL_LOGS_EXPORTER` says otlp): OpenTelemetry's own OTLP log
   exporter, with the endpoint rules of `destination.resolve("logs")` and the spans' resource;
 - `console`, when `OTEL_LOGS_EXPORTER=console`: OpenTelemetry's console log exporter, on stderr.
@@ -39,8 +39,9 @@ from logfire_run.store_format import site_attributes
 
 #: One captured record, as the pipeline keeps it until it is exported: (time_ns, levelno, levelname,
 #: logger, message, exception, trace_id, span_id, flags, site), where site is (path, line, function,
-#: thread name): what `site_attributes` turns into attributes, off the app's thread.
-Captured = tuple[int, int, str, str, str, "str | None", int, int, int, "tuple[str, int, str, str]"]
+#: thread name): what `site_attributes` turns into attributes, off the app's thread (a record emitted
+#: through OpenTelemetry's logs API has ((key, value), ...) there instead: `log_bridge`).
+Captured = tuple[int, int, str, str, str, "str | None", int, int, int, "tuple[Any, ...]"]
 
 
 LOG_EXPORTER_NAMES = ("otlp", "console", "none")
@@ -152,13 +153,7 @@ class LogPipeline:
         if self._closed or not self.names:
             return
         if len(self._queue) >= self.max_queue:
-            self.dropped += 1
-            if self.dropped == 1:
-                report.problem(
-                    "logs:queue-full",
-                    f"the log record queue is full ({self.max_queue} records, OTEL_BLRP_MAX_QUEUE_SIZE): "
-                    "records are dropped until the exporters catch up; the app runs on",
-                )
+            self._drop()
             return
         exception = (
             exception_text(record) if (record.exc_info or record.stack_info or record.exc_text) else None
@@ -177,6 +172,29 @@ class LogPipeline:
                 (record.pathname, record.lineno, record.funcName, record.threadName),
             )
         )
+        self._queued()
+
+    def enqueue(self, captured: Captured) -> None:
+        """Keep one record already in the pipeline's form (one emitted through OpenTelemetry's logs API)."""
+        if self._closed or not self.names:
+            return
+        if len(self._queue) >= self.max_queue:
+            self._drop()
+            return
+        self._queue.append(captured)
+        self._queued()
+
+    def _drop(self) -> None:
+        self.dropped += 1
+        if self.dropped == 1:
+            report.problem(
+                "logs:queue-full",
+                f"the log record queue is full ({self.max_queue} records, OTEL_BLRP_MAX_QUEUE_SIZE): "
+                "records are dropped until the exporters catch up; the app runs on",
+            )
+
+    def _queued(self) -> None:
+        # No thread is started here, in the middle of the app's life: `start`, with the SDK, does.
         if len(self._queue) >= self.batch_size:
             self._wake.set()
 
@@ -287,7 +305,7 @@ def restart_after_fork() -> None:
 
 
 class StoreLogExporter(LogExporter):
-    """Writes captured records made inside a span into the store's `logs` table."""
+    """Writes captured records into the store's `logs` table."""
 
     name = "store"
     local = True
@@ -477,22 +495,11 @@ def otlp_log_exporter(config: Config, resource: Callable[[], Any]) -> OpenTeleme
 
 def otlp_log_destination(config: Config, environ: Any = None) -> destination.OtlpDestination:
     """Where OTLP logs go: the logs variables, else the general ones, else the spans' protocol."""
-    environ = os.environ if environ is None else environ
-    own, general = destination.variables("logs", "PROTOCOL")
-    protocol = None
-    if not (environ.get(own, "").strip() or environ.get(general, "").strip()):
-        protocol = (config.resolved_otlp_protocol(), config.sources.get("otlp_protocol", "default"))
-    found, errors = destination.resolve("logs", environ, protocol)
-    # Said on stderr when the logs variables were set: otherwise the error is one of the general and
-    # traces variables, which spans report (a traces-only client certificate leaves logs with half a
-    # pair: they go without one).
-    own_variables = any(name.startswith("OTEL_EXPORTER_OTLP_LOGS_") for name in environ)
-    for error in errors:
-        if own_variables:
-            report.problem(f"logs:config:{error}", f"{error}; using the default")
-        else:
-            report.debug(f"OTLP logs: {error}; using the default")
-    return found
+    return destination.signal_destination(
+        "logs",
+        os.environ if environ is None else environ,
+        (config.resolved_otlp_protocol(), config.sources.get("otlp_protocol", "default")),
+    )
 
 
 def build_otlp_log_exporter(config: Config) -> Any:

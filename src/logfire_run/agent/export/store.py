@@ -56,14 +56,17 @@ from logfire_run.files import UnsafeFileError
 from logfire_run.store_format import (
     DEFAULT_MAX_AGE_SECONDS,
     DEFAULT_MAX_LOGS,
+    DEFAULT_MAX_METRIC_POINTS,
     DEFAULT_MAX_SPANS,
     Row,
     insert_batch,
     insert_logs,
+    insert_metrics,
     lock_taken,
     open_store,
     prune,
     prune_logs,
+    prune_metrics,
     site_attributes,
     trace_key,
     with_retries,
@@ -223,20 +226,21 @@ def _service_name(resource: Resource) -> str:
 
 
 def log_rows(batch: Sequence[Any], pid: int, service: str) -> list[Row]:
-    """Captured log records (`agent.logs.Captured`) made inside a span, as rows of the `logs` table.
+    """Captured log records (`agent.logs.Captured`) as rows of the `logs` table; a record made outside
+    any span has empty ids (and trace key 0).
 
     Records come in runs from one span and one call site: the ids' text and the encoded attributes
     are worked out once per span and once per site in a batch."""
-    spans: dict[tuple[int, int], tuple[int, str, str]] = {}
+    spans: dict[tuple[int, int], tuple[int, str, str]] = {(0, 0): (0, "", "")}
     sites: dict[Any, str] = {}
     rows: list[Row] = []
     append = rows.append
     for when, levelno, levelname, logger, message, exception, trace_id, span_id, _flags, site in batch:
-        if not trace_id:
-            continue  # made outside any span: the store holds traces
         ids = spans.get((trace_id, span_id))
         if ids is None:
-            ids = spans[(trace_id, span_id)] = (trace_key(trace_id), f"{trace_id:032x}", f"{span_id:016x}")
+            ids = spans[(trace_id, span_id)] = (
+                (trace_key(trace_id), f"{trace_id:032x}", f"{span_id:016x}") if trace_id else (0, "", "")
+            )
         attributes = sites.get(site)
         if attributes is None:
             attributes = sites[site] = _encode(site_attributes(site))
@@ -359,6 +363,12 @@ class StoreExporter(SpanExporter):
         rows = log_rows(batch, self._pid, service)
         return not rows or self._write(rows, insert_logs, "log records")
 
+    def export_metrics(self, rows: list[Row]) -> bool:
+        """Write metric points (rows of `METRIC_COLUMNS`) in one transaction; False when they are dropped."""
+        if self._shutdown or self._unusable:
+            return False
+        return not rows or self._write(rows, insert_metrics, "metric points")
+
     def _write(
         self, rows: list[Row], insert: Callable[[sqlite3.Connection, list[Row]], None], what: str
     ) -> bool:
@@ -404,7 +414,11 @@ class StoreExporter(SpanExporter):
         except sqlite3.OperationalError as error:
             if not lock_taken(error):
                 raise
-            _cleaned_if_needed(lambda clean: spool.write(self.path, **{_TABLE[insert]: clean}), rows)
+            table = _TABLE.get(insert)
+            if table is None:
+                # Metric points have no spool: at exit, with the lock taken, they are dropped (counted).
+                return False
+            _cleaned_if_needed(lambda clean: spool.write(self.path, **{table: clean}), rows)
             return True
         # The lock was free: the spools other processes left meanwhile go in now, within the budget.
         self._merge_spools(connection, deadline=delivery.exit_deadline())
@@ -423,6 +437,7 @@ class StoreExporter(SpanExporter):
         self._since_prune = 0
         self._merge_spools(connection)
         try:
+            in_sqlite(prune_metrics, connection, DEFAULT_MAX_METRIC_POINTS, self.max_age_seconds)
             in_sqlite(prune_logs, connection, DEFAULT_MAX_LOGS, self.max_age_seconds)
             in_sqlite(prune, connection, self.max_spans, self.max_age_seconds)
         except Exception as error:

@@ -1,4 +1,4 @@
-"""Exit flushes: every way a process ends sends its spans and log records first, within one budget.
+"""Exit flushes: every way a process ends sends its spans, log records and metrics first, within one budget.
 
 One exit budget per process (`exit_budget`, 2 s by default) whatever the backend does, shared by every
 way out: interpreter exit (our own atexit handler: OpenTelemetry's waits for every batch, each with the
@@ -213,8 +213,11 @@ def _flush_until_sent(tracing: TracingSdk, seconds: float) -> None:
     import time
 
     deadline = time.monotonic() + seconds
+    first = True
     while True:
-        tracing.force_flush(max(1, int((deadline - time.monotonic()) * 1000)))
+        # Metrics are collected once: the last collection of the process.
+        tracing.force_flush(max(1, int((deadline - time.monotonic()) * 1000)), metrics=first)
+        first = False
         if not (tracing.unsent() or tracing.unsent_logs()) or time.monotonic() >= deadline:
             return
         time.sleep(0.01)

@@ -7,21 +7,23 @@ part of the agent that holds such a thing is reset here, in this order, and nowh
 before the fork, in the forking thread:
   1. SIGTERM is blocked (from the SDK's start on), so that the threads the SDK's own at-fork hooks
      restart in the child are born with it blocked (see `signals`);
-  2. the span exporters and the log pipelines hold the fork only while their exporting thread is
-     inside an import, and the store while this process is inside an SQLite call, a bounded time;
-     never for the network, nor for another process's lock: a request on the wire does not delay a
-     fork (`export.exporters`, `export.logs`: see `ForkGuard`; `export.store`: `in_sqlite`);
+  2. the span exporters, the log pipelines and the metric readers hold the fork only while their
+     exporting thread is inside an import, and the store while this process is inside an SQLite
+     call, a bounded time; never for the network, nor for another process's lock: a request on the
+     wire does not delay a fork (`export.exporters`, `export.logs`, `export.metrics`: see
+     `ForkGuard`; `export.store`: `in_sqlite`);
 in the child:
   1. `report` forgets what the parent said once: the child says its own problems once;
   2. the policy's warn-once starts again: the child is a process of its own;
-  3. the SDK: the resource's `process.pid`, the drop counts (`TracingSdk.after_fork_in_child`); the
-     exporters' state and their connections (a new HTTP session, a new gRPC channel:
-     `renew_connections`), the store writers' locks and connections, the log pipelines' queues,
-     and connections, the pending-span writers' connections (each `export` module's
-     `after_fork_in_child`, for every instance of the process);
+  3. the SDK: the resource's `process.pid` and `service.instance.id`, the drop counts
+     (`TracingSdk.after_fork_in_child`); the exporters' state and their connections (a new HTTP
+     session, a new gRPC channel: `renew_connections`), the store writers' locks and connections,
+     the log pipelines' queues and connections, the pending-span writers' connections, the metrics
+     (the parent's accumulated points dropped, each reader's lock, its exporter built afresh) (each
+     `export` module's `after_fork_in_child`, for every instance of the process);
   4. what the instrumentors registered with `in_child()` (pool workers set themselves up again);
-  5. the threads: the log pipelines' and the pending-span writers' (each `export` module's
-     `restart_after_fork`), the exit flusher, the SIGTERM watch of the parent
+  5. the threads: the log pipelines', the pending-span writers' and the metrics collector's (each
+     `export` module's `restart_after_fork`), the exit flusher, the SIGTERM watch of the parent
      (`exits.after_fork_in_child`);
   6. SIGTERM is unblocked, last: a SIGTERM that came meanwhile is delivered now.
 in the parent: the store's SQLite calls resume, SIGTERM is unblocked.
@@ -58,6 +60,7 @@ _EXPORT_MODULES = (
     "logfire_run.agent.export.logs",
     "logfire_run.agent.export.store",
     "logfire_run.agent.export.pending",
+    "logfire_run.agent.export.metrics",
 )
 
 _installed = False

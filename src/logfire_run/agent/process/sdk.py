@@ -38,6 +38,7 @@ from logfire_run.agent.propagation.policy import (
 if TYPE_CHECKING:
     from logfire_run.agent.export.delivery import Drops
     from logfire_run.agent.export.logs import LogPipeline
+    from logfire_run.agent.export.metrics import Metrics
 
 
 class RefusedParentLinkProcessor(SpanProcessor):
@@ -73,6 +74,10 @@ class TracingSdk:
         self.owns_provider = False
         #: The pipeline of captured `logging` records (`agent.logs`), once the logging instrumentor runs.
         self.logs: LogPipeline | None = None
+        #: The meter provider, its readers and their thread (`export.metrics`), with our tracer provider.
+        self.metrics: Metrics | None = None
+        #: This process's `service.instance.id`, unless OTEL_RESOURCE_ATTRIBUTES gives one (None then).
+        self.instance_id: str | None = None if _instance_id_given() else _new_instance_id()
 
     def install(self) -> None:
         propagate = sys.modules.get("opentelemetry.propagate")
@@ -97,21 +102,50 @@ class TracingSdk:
         trace.set_tracer_provider(provider)
         self.provider = provider
         self.owns_provider = True
+        self._install_metrics_and_logs(provider.resource)
+
+    def _install_metrics_and_logs(self, resource: Resource) -> None:
+        """The meter provider (its thread starts here, with the SDK) and the global logger provider,
+        which share the spans' resource: one service, one identity per process, for every signal."""
+        from logfire_run.agent.export.log_bridge import install_logger_provider
+        from logfire_run.agent.export.metrics import start_metrics
+
+        try:
+            self.metrics = start_metrics(self.config, resource)
+        except Exception as error:
+            report.problem(
+                "metrics", f"metrics could not be set up ({type(error).__name__}: {error}); no metrics"
+            )
+        try:
+            install_logger_provider(resource, self.logs_or_start, lambda: self.config.log_level)
+        except Exception as error:
+            report.debug(f"no global logger provider ({type(error).__name__}: {error})")
+
+    def logs_or_start(self) -> LogPipeline | None:
+        """The log pipeline, built now if the logging instrumentor has not run (`--disable logging`)."""
+        return self.logs if self.logs is not None else self.start_logs()
 
     def _resource(self) -> Resource:
+        identity = {"service.instance.id": self.instance_id} if self.instance_id else {}
         return Resource.create(
             {
                 SERVICE_NAME: self.config.resolved_service_name(),
                 "process.pid": os.getpid(),
+                **identity,
                 **distribution_attributes(),
             }
         )
 
     def after_fork_in_child(self) -> None:
-        """A forked child: its own `process.pid` on its spans, its own drop counts (`process.fork`)."""
+        """A forked child's spans, logs and metrics carry its own `process.pid` and
+        `service.instance.id`, and it counts its own drops (`process.fork`): each worker's metrics are a
+        series of their own."""
         self.exporting.after_fork_in_child()
         if self.owns_provider and self.provider is not None:
-            _replace_resource_attributes(self.provider.resource, {"process.pid": os.getpid()})
+            identity: dict[str, object] = {"process.pid": os.getpid()}
+            if self.instance_id is not None:
+                self.instance_id = identity["service.instance.id"] = _new_instance_id()
+            _replace_resource_attributes(self.provider.resource, identity)  # type: ignore[arg-type]
 
     def apply(self, changes: Collection[str]) -> None:
         """Apply changed settings, by what they apply to (`Setting.applies`): exporters, resource."""
@@ -148,11 +182,14 @@ class TracingSdk:
         report.debug(f"log exporters: {', '.join(names) or 'none'}")
         return self.logs
 
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
+    def force_flush(self, timeout_millis: int = 30000, *, metrics: bool = True) -> bool:
+        """Export the ended spans and the captured records, and (with `metrics`) collect once."""
         flush = getattr(current_provider(), "force_flush", None)
         flushed = bool(flush(timeout_millis)) if callable(flush) else True
         if self.logs is not None:
             flushed = self.logs.force_flush(timeout_millis) and flushed
+        if metrics and self.metrics is not None:
+            flushed = self.metrics.force_flush(timeout_millis) and flushed
         return flushed
 
     def unsent(self) -> int:
@@ -181,7 +218,12 @@ class TracingSdk:
                 lost = self.logs.retrying or self.logs.local
                 logs.at_exit = self.logs.queued() + (self.logs.in_flight if lost else 0)
                 logs.on_the_wire = 0 if lost else self.logs.in_flight
-        return {"spans": spans, "logs": logs}
+        metrics = Drops()
+        if self.metrics is not None:
+            metrics.refused = self.metrics.refused()
+            if exiting:
+                metrics.at_exit = self.metrics.unsent()
+        return {"spans": spans, "logs": logs, "metrics": metrics}
 
     def shutdown(self) -> None:
         stop = getattr(current_provider(), "shutdown", None)
@@ -189,6 +231,8 @@ class TracingSdk:
             stop()
         if self.logs is not None:
             self.logs.shutdown()
+        if self.metrics is not None:
+            self.metrics.shutdown()
 
 
 def distribution_attributes() -> dict[str, str]:
@@ -204,6 +248,21 @@ def distribution_attributes() -> dict[str, str]:
     except Exception:  # opentelemetry-instrumentation is a dependency; a broken install only loses this
         pass
     return attributes
+
+
+def _new_instance_id() -> str:
+    import uuid
+
+    return str(uuid.uuid4())
+
+
+def _instance_id_given() -> bool:
+    """Whether OTEL_RESOURCE_ATTRIBUTES sets `service.instance.id` (the user's own identity is kept)."""
+    for pair in os.environ.get("OTEL_RESOURCE_ATTRIBUTES", "").split(","):
+        key, sep, value = pair.partition("=")
+        if sep and key.strip() == "service.instance.id" and value.strip():
+            return True
+    return False
 
 
 def current_provider() -> object | None:
