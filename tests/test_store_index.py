@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from logfire_run.store_format import SCHEMA_VERSION
+
 from conftest import LAUNCHER, VIEWER, agent_env, child_env, run_launcher, run_process
 
 APP = """
@@ -68,7 +70,7 @@ def test_each_batch_indexes_its_traces(tmp_path: Path) -> None:
     assert {row[0] for row in ids} == {server[0]} and len(ids) == 2
     ranges = connection.execute("SELECT trace_key, first_row, last_row FROM log_ranges").fetchall()
     assert len(ranges) == 1
-    assert connection.execute("PRAGMA user_version").fetchone()[0] == 3
+    assert connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     connection.close()
 
 
@@ -100,7 +102,7 @@ def test_an_older_store_is_read_as_it_is_and_indexed_by_the_next_writer(tmp_path
     # The next writer upgrades it, and indexes the spans that were there.
     write_app(tmp_path, store)
     connection = sqlite3.connect(store)
-    assert connection.execute("PRAGMA user_version").fetchone()[0] == 3
+    assert connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     assert connection.execute("SELECT sum(spans) FROM trace_parts").fetchone()[0] == 6
     assert connection.execute("SELECT count(*) FROM log_ranges").fetchone()[0] == 2
     connection.close()

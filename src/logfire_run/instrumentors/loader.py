@@ -411,13 +411,25 @@ def starts_sdk(record: EntryPointRecord, module_name: str) -> bool:
     return True
 
 
-#: The entry-point values found when the hooks were registered (`starts_sdk` reads them).
+#: The entry-point values found when the hooks were registered (`starts_sdk` reads them) ...
 _installed: frozenset[str] = frozenset()
+#: ... and their names (`is_installed`).
+_installed_names: frozenset[str] | None = None
 
 
 def note_installed(records: list[EntryPointRecord]) -> None:
-    global _installed
+    global _installed, _installed_names
     _installed = frozenset(record.value for record in records)
+    _installed_names = frozenset(record.name for record in records)
+
+
+def is_installed(name: str) -> bool:
+    """Whether an instrumentor entry point called `name` is installed: what this process found when it
+    registered its hooks (no second scan, no second cache file), else a discovery now."""
+    names = _installed_names
+    if names is None:
+        names = frozenset(record.name for record in discover())
+    return name in names
 
 
 def _hook_for(record: EntryPointRecord) -> importhooks.Hook:

@@ -110,7 +110,7 @@ def _system_metrics_enabled() -> bool:
             return False
     except (ImportError, ValueError):
         return False
-    if not any(record.name == _SYSTEM_METRICS for record in loader.discover()):
+    if not loader.is_installed(_SYSTEM_METRICS):
         return False
     # Its import is the target that runs system_metrics, if nothing imported it yet.
     importlib.import_module("psutil")
