@@ -370,6 +370,74 @@ def test_the_logs_page_lists_records_with_filters_and_trace_links(shop: dict[str
         assert shop["ids"]["GET /items/{item_id}"] in page.url
 
 
+# The endpoints, from the HTTP server duration metrics the app's processes stored
+
+ORDERS = """
+from flask import Flask
+
+app = Flask(__name__)
+
+
+@app.route("/order/<int:number>")
+def order(number):
+    if number % 5 == 4:
+        return "out of stock", 503
+    return "ok"
+
+
+@app.route("/health")
+def health():
+    return "up"
+
+
+client = app.test_client()
+for number in range(10):
+    client.get(f"/order/{number}")
+for _ in range(3):
+    client.get("/health")
+print("served")
+"""
+
+
+def test_the_endpoints_page_shows_requests_errors_and_latency_per_route(tmp_path: Path, page: Any) -> None:
+    store = tmp_path / "traces.db"
+    (tmp_path / "orders.py").write_text(ORDERS)
+    result = run_launcher(["python", "orders.py"], agent_env(None, LOGFIRE_STORE=str(store)), cwd=tmp_path)
+    assert result.stdout == "served\n"
+    with served(store) as (url, _process):
+        load(page, f"{url}endpoints")
+        rows = {
+            row.locator(".route").inner_text(): row for row in page.locator("#endpoints tr.endpoint").all()
+        }
+        assert set(rows) == {"GET /order/<int:number>", "GET /health"}
+
+        def counts(row: Any) -> list[str]:
+            return [row.locator(cell).inner_text() for cell in (".count", ".errors", ".rate")]
+
+        order = rows["GET /order/<int:number>"]
+        assert counts(order) == ["10", "2", "20%"]
+        assert order.locator(".svc").inner_text() == "orders"
+        for cell in (".p50", ".p95", ".p99"):
+            assert re.fullmatch(r"\d+ µs|\d+\.\d ms|\d+\.\d\d s", order.locator(cell).inner_text())
+        health = rows["GET /health"]
+        assert counts(health) == ["3", "0", "0%"]
+        # Filters in the URL: another service, a window and a service, a bad window.
+        load(page, f"{url}endpoints?service=billing")
+        assert page.locator("#endpoints tr.endpoint").count() == 0
+        assert "No HTTP server requests" in page.locator(".note").inner_text()
+        load(page, f"{url}endpoints?since=1d&service=orders")
+        assert page.locator("#endpoints tr.endpoint").count() == 2
+        page.goto(f"{url}endpoints?since=soon")
+        expect(page.locator(".error-box")).to_contain_text("invalid time window", timeout=WAIT_MS)
+        # A route opens the trace list filtered to that route: ten requests, nothing else.
+        load(page, f"{url}endpoints")
+        page.click("#endpoints a.route-link >> text=GET /order/<int:number>")
+        page.wait_for_url(re.compile(r"route="), timeout=WAIT_MS)
+        page.wait_for_selector("#traces tr.trace", timeout=WAIT_MS)
+        assert sorted(set(listed(page))) == ["GET /order/<int:number>"]
+        assert len(listed(page)) == 10
+
+
 # Hostile data
 
 
@@ -419,8 +487,8 @@ def test_hostile_data_is_shown_as_inert_text(tmp_path: Path, page: Any) -> None:
 
 def test_a_request_naming_another_host_gets_nothing(shop: dict[str, Any], browser: Any) -> None:
     trace_id = shop["ids"]["call billing"]
-    paths = ["/", "/logs", f"/trace/{trace_id}", "/api/traces", f"/api/trace/{trace_id}", "/api/logs"]
-    paths += ["/api/events", "/static/app.js", "/static/app.css", "/nothing"]
+    paths = ["/", "/logs", "/endpoints", f"/trace/{trace_id}", "/api/traces", f"/api/trace/{trace_id}"]
+    paths += ["/api/logs", "/api/endpoints", "/api/events", "/static/app.js", "/static/app.css", "/nothing"]
     with served(shop["store"]) as (url, _process):
         address = url.split("//")[1].rstrip("/")
         port = address.split(":")[1]

@@ -1,6 +1,6 @@
 """`logfire-run-view --serve`: the live UI, served from the store by the standard library's HTTP server.
 
-Pages (`/`, `/trace/<id>`, `/logs`) are one static shell and one script shipped in the package
+Pages (`/`, `/trace/<id>`, `/logs`, `/endpoints`) are one static shell and one script shipped in the package
 (`viewer/static/`: no CDN, works offline); the script reads JSON (`/api/...`) and puts every string
 in the page as text. `/api/events` is an event stream that says when the store changed (another
 process committed: SQLite's `data_version`), and the page reads the list or the trace again.
@@ -38,9 +38,11 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from logfire_run.store_format import NotAStoreError, open_store
-from logfire_run.viewer import model, query
+from logfire_run.viewer import model, query, signals
 
 DEFAULT_PORT = 7175
+#: The Endpoints page's window when its URL names none (what `--metrics` uses too).
+ENDPOINTS_WINDOW = "1h"
 #: How often an event stream looks for a change in the store.
 POLL_SECONDS = 0.5
 _TRACE_PATH = re.compile(r"^/(?:api/)?trace/([0-9a-f]{32})$")
@@ -49,7 +51,7 @@ _STATIC = {
     "/static/app.css": ("app.css", "text/css; charset=utf-8"),
     "/static/favicon.svg": ("favicon.svg", "image/svg+xml"),
 }
-_PAGES = ("/", "/logs")
+_PAGES = ("/", "/logs", "/endpoints")
 _POLICY = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
     "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
@@ -218,6 +220,8 @@ class Handler(BaseHTTPRequestHandler):
                 self._trace(match.group(1))
         elif path == "/api/logs":
             self._logs(params)
+        elif path == "/api/endpoints":
+            self._endpoints(params)
         elif path == "/api/events":
             self._events()
         else:
@@ -308,6 +312,24 @@ class Handler(BaseHTTPRequestHandler):
                 limit=200,
             )
         self._json({"logs": [model.log_dict(log) for log in logs], "now_ns": time.time_ns()})
+
+    def _endpoints(self, params: dict[str, str]) -> None:
+        """Requests, errors and duration percentiles per service and route, over `since` (default 1h)."""
+        window_text = params.get("since") or ENDPOINTS_WINDOW
+        try:
+            window = signals.parse_window(window_text)
+        except ValueError as error:
+            raise query.FilterError(str(error)) from None
+        with self.server.store.connection() as connection:
+            service = params.get("service") or None
+            rows = [] if connection is None else signals.request_metrics(connection, window, service)
+        self._json(
+            {
+                "endpoints": [signals.route_dict(row) for row in rows],
+                "since": window_text,
+                "now_ns": time.time_ns(),
+            }
+        )
 
     def _events(self) -> None:
         """`change` whenever another process commits to the store (and once at the start)."""

@@ -1,4 +1,4 @@
-// logfire-run-view --serve: the trace list, one trace, the log records. Reads /api/* as JSON and
+// logfire-run-view --serve: the trace list, one trace, the log records, the endpoints. Reads /api/* as JSON and
 // puts every string from the store in the page as text (textContent), never as markup; control,
 // bidirectional and invisible characters are shown as escapes (\x1b, \u202e).
 (function () {
@@ -512,12 +512,75 @@
     refresh();
   }
 
+  // The endpoints: requests, errors and latency per service and route, from the stored metrics
+
+  // "GET /items/{id}" -> "/items/{id}": what the trace list's route filter matches (null: no route,
+  // as for a 404, whose requests are measured under their method alone).
+  function routeOnly(route) {
+    var match = /^[A-Z]+ (.+)$/.exec(route);
+    return match ? match[1] : (/^[A-Z]+$/.test(route) || route === "(no route)" ? null : route);
+  }
+  function milliseconds(value) { return value === null || value === undefined ? "-" : duration(value * 1e6); }
+
+  function endpointsPage() {
+    document.title = "endpoints - logfire-run";
+    var params = new URLSearchParams(location.search);
+    filterForm("/endpoints", function (form) {
+      choice(form, "window", "since", params.get("since"), [
+        ["", "last hour"], ["5m", "last 5 minutes"], ["15m", "last 15 minutes"], ["6h", "last 6 hours"],
+        ["1d", "last day"], ["7d", "last 7 days"]
+      ]);
+      field(form, "service", "service", params.get("service"), "any");
+    });
+    var note = el("div", "note");
+    main.appendChild(note);
+    var body = listTable("endpoints", ["service", "route", "requests", "errors", "error rate", "p50", "p95", "p99"]);
+    refresh = function () {
+      return getJson("/api/endpoints?" + new URLSearchParams(location.search).toString()).then(function (data) {
+        body.textContent = "";
+        data.endpoints.forEach(function (endpoint) {
+          var row = el("tr", "endpoint");
+          var service = el("td");
+          service.appendChild(chip(endpoint.service));
+          row.appendChild(service);
+          var traces = new URLSearchParams();
+          if (endpoint.service) traces.set("service", endpoint.service);
+          var path = routeOnly(endpoint.route);
+          if (path) traces.set("route", path);
+          traces.set("since", data.since);
+          var route = el("td", "mono route");
+          route.appendChild(link("/?" + traces.toString(), "route-link", endpoint.route));
+          row.appendChild(route);
+          row.appendChild(el("td", "num count", String(endpoint.count)));
+          row.appendChild(el("td", "num errors" + (endpoint.errors ? " bad" : ""), String(endpoint.errors)));
+          var rate = endpoint.count ? (100 * endpoint.errors / endpoint.count) : 0;
+          row.appendChild(el("td", "num rate" + (endpoint.errors ? " bad" : ""), (rate < 10 && rate > 0 ? rate.toFixed(1) : Math.round(rate)) + "%"));
+          row.appendChild(el("td", "num p50", milliseconds(endpoint.p50)));
+          row.appendChild(el("td", "num p95", milliseconds(endpoint.p95)));
+          row.appendChild(el("td", "num p99", milliseconds(endpoint.p99)));
+          body.appendChild(row);
+        });
+        note.textContent = visible(data.endpoints.length
+          ? data.endpoints.length + " endpoint" + (data.endpoints.length > 1 ? "s" : "") + " over the last " + data.since +
+            " (HTTP server duration metrics; percentiles estimated from their buckets)"
+          : "No HTTP server requests measured over the last " + data.since + ".");
+        var old = main.querySelector(".error-box");
+        if (old) old.remove();
+        document.body.setAttribute("data-loaded", String(Date.now()));
+      }).catch(function (error) { showError(main, error); });
+    };
+    refresh();
+  }
+
   // Which page
 
   var path = location.pathname;
   var traceMatch = /^\/trace\/([0-9a-f]{32})$/.exec(path);
   if (traceMatch) {
     tracePage(traceMatch[1]);
+  } else if (path === "/endpoints") {
+    document.getElementById("nav-endpoints").className = "current";
+    endpointsPage();
   } else if (path === "/logs") {
     document.getElementById("nav-logs").className = "current";
     logsPage();
