@@ -198,3 +198,54 @@ def test_the_exit_count_is_exact_with_a_slow_collector(tmp_path: Path) -> None:
     assert "sent at exit got no answer within the exit budget (2 s, at exit): the backend may have them" in (
         result.stderr
     )
+
+
+# OpenTelemetry's own warnings, outside the exporters
+
+DETACHING_APP = """
+import contextvars, logging, sys
+import logfire_run
+from opentelemetry import trace
+
+if sys.argv[1:] == ["configured"]:
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+
+
+def steps():
+    with logfire_run.span("inside a generator"):
+        yield 1
+        yield 2
+
+
+for _ in range(3):
+    generator = steps()
+    next(generator)
+    contextvars.copy_context().run(generator.close)  # ends the span in another context
+print("done")
+"""
+
+
+def test_opentelemetry_warnings_are_one_line_each_unless_the_app_shows_them(tmp_path: Path) -> None:
+    # Closing a generator that holds a span in another context makes OpenTelemetry log "Failed to
+    # detach context" with its traceback, through Python's last resort onto the app's stderr: three
+    # tracebacks the app never printed without the agent. They are one line, once.
+    write_app(tmp_path, DETACHING_APP)
+    result = run_launcher(["python", "app.py"], agent_env(), cwd=tmp_path, expect_stderr=None)
+    assert (result.returncode, result.stdout) == (0, "done\n")
+    assert re.fullmatch(
+        r"logfire-run: OpenTelemetry \(opentelemetry\.context\): Failed to detach context \(ValueError: "
+        r"<Token [^\n]*> was created in a different Context\) \(said once per process; LOGFIRE_DEBUG=1 "
+        r"shows every occurrence\)\n",
+        result.stderr,
+    ), result.stderr
+    # An app that configured logging gets OpenTelemetry's records through its own handlers, as it
+    # would without the agent, and nothing from the agent.
+    configured = run_launcher(
+        ["python", "app.py", "configured"], agent_env(), cwd=tmp_path, expect_stderr=None
+    )
+    assert configured.stdout == "done\n"
+    assert configured.stderr.count("ERROR opentelemetry.context: Failed to detach context\nTraceback") == 3
+    assert "logfire-run" not in configured.stderr
+    # Under LOGFIRE_DEBUG each occurrence is shown with its traceback.
+    debug = run_launcher(["python", "app.py"], agent_env(LOGFIRE_DEBUG="1"), cwd=tmp_path, expect_stderr=None)
+    assert debug.stderr.count("opentelemetry.context: Failed to detach context\nTraceback") == 3

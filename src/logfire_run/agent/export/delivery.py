@@ -150,13 +150,66 @@ EXPORT_LOGGERS = (
 )
 
 
+class _OpenTelemetryLastResort(logging.Handler):
+    """OpenTelemetry's other warnings and errors ("Failed to detach context", an attribute of an
+    invalid type, a tracer provider the app set too late), where the app's logging shows them nowhere.
+
+    Without a handler of the app's on their way up, Python's last-resort handler would print each one,
+    traceback included, on the app's stderr: output the app never had without the agent. They become
+    one `logfire-run:` line per message (its traceback under LOGFIRE_DEBUG). An app that configured
+    logging (a handler on the root logger, or on the way) receives them as before, and this handler
+    says nothing; an app that set `logging.lastResort = None` hears nothing of them, as before.
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            if logging.lastResort is None or self._shown_elsewhere(record):
+                return
+            try:
+                message = record.getMessage()
+            except Exception:
+                message = str(record.msg)
+            error = record.exc_info[1] if record.exc_info else None
+            if error is not None:
+                message += f" ({type(error).__name__}: {error})"
+            line = " ".join(message.split())
+            if len(line) > 300:
+                line = line[:297] + "..."
+            report.problem(
+                f"opentelemetry:{record.name}:{record.msg}",
+                f"OpenTelemetry ({record.name}): {line} (said once per process; LOGFIRE_DEBUG=1 shows "
+                "every occurrence)",
+            )
+            if report.debug_enabled:
+                formatted = logging.Formatter().format(record)
+                report.debug(f"{record.name}: {formatted}")
+        except Exception:  # never an error of ours on the app's stderr, or in its logging
+            pass
+
+    def _shown_elsewhere(self, record: logging.LogRecord) -> bool:
+        """Whether a handler other than this one is on the record's way up (what `logging` counts
+        before it falls back to its last resort): the exporters' own, or any of the app's."""
+        logger: logging.Logger | None = logging.getLogger(record.name)
+        while logger is not None:
+            if any(handler is not self for handler in logger.handlers):
+                return True
+            if not logger.propagate:
+                return False
+            logger = logger.parent
+        return False
+
+
 def route_export_logs() -> None:
-    """Send the exporters' log records through `report` (once per process), not to the app's log."""
+    """Send the exporters' log records through `report` (once per process), not to the app's log;
+    OpenTelemetry's other warnings too, when nothing of the app's would show them."""
     handler = _ExportProblemHandler(logging.DEBUG)
     for name in EXPORT_LOGGERS:
         logger = logging.getLogger(name)
         if not any(isinstance(existing, _ExportProblemHandler) for existing in logger.handlers):
             logger.addHandler(handler)
+    root = logging.getLogger("opentelemetry")
+    if not any(isinstance(existing, _OpenTelemetryLastResort) for existing in root.handlers):
+        root.addHandler(_OpenTelemetryLastResort(logging.WARNING))
 
 
 @dataclass

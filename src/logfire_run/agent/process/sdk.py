@@ -6,8 +6,9 @@ decides when, and owns the one `TracingSdk` of the process.
 
 If the app installed a TracerProvider of its own before this runs, the app's provider is kept and the
 agent adds nothing to it: the app's exporters get the spans, once. If the app sets one afterwards,
-OpenTelemetry refuses it (its own "Overriding of current TracerProvider is not allowed" warning) and
-the app's spans are exported once, by the agent's exporters. See docs/configuration.md.
+OpenTelemetry refuses it (its "Overriding of current TracerProvider is not allowed" warning, one
+`logfire-run:` line unless the app's logging shows it: `export.delivery`) and the app's spans are
+exported once, by the agent's exporters. See docs/configuration.md.
 """
 
 from __future__ import annotations
