@@ -18,9 +18,11 @@ from conftest import ROOT, agent_env, run_launcher, write_app
 
 SPANS_THEN_EXIT = """
 import logfire_run
+from opentelemetry import metrics
 for index in range(1000):
     with logfire_run.span(f"span {index}"):
         pass
+metrics.get_meter("app").create_counter("jobs.done").add(3)   # exported at exit: the last collection
 print("app ran")
 """
 
@@ -61,6 +63,10 @@ def test_a_process_exiting_while_another_holds_the_lock_loses_nothing(tmp_path: 
         names = {name for (name,) in connection.execute("SELECT name FROM spans")}
         assert connection.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
     assert names == {"the store exists", *(f"span {index}" for index in range(1000))}
+    # The app's last metric collection met the lock at exit too, and went the same way.
+    with sqlite3.connect(store) as connection:
+        jobs = connection.execute("SELECT value FROM metrics WHERE name = 'jobs.done'").fetchall()
+    assert jobs == [(3,)]
 
 
 #: The app of bench/store/many_writers.py: forked children that start together, make spans, and

@@ -4,9 +4,10 @@ The store has one write lock for every process. At exit a process has its exit b
 and no more: fifty processes ending at once (a pool, the workers of a server stopping) each waited
 for the others' transactions, and the last ones spent their budget in that queue (33,096 of 50,000
 spans kept, under load). At exit, the store exporter tries the lock once; when another process holds
-it, the batch goes into a spool of this process's own instead: a file beside the store
-(`traces.db.spool-PID-RANDOM`) holding the rows as `marshal` data, which takes no lock anyone else
-holds and costs a fraction of an INSERT (at exit, under load, every millisecond of CPU counts).
+it, the batch (spans, log records or metric points) goes into a spool of this process's own instead:
+a file beside the store (`traces.db.spool-PID-RANDOM`) holding the rows as `marshal` data, which
+takes no lock anyone else holds and costs a fraction of an INSERT (at exit, under load, every
+millisecond of CPU counts).
 
 A spool is written whole under a temporary name and renamed into place, so a spool is always
 complete. Any process that writes to the store later moves the spools into it (`merge`): when it
@@ -38,10 +39,13 @@ from logfire_run.files import UnsafeFileError, check_own_file, create_private_fi
 from logfire_run.store_format import (
     COLUMNS,
     LOG_COLUMNS,
+    METRIC_COLUMNS,
     Row,
     has_logs,
+    has_metrics,
     insert_batch,
     insert_logs,
+    insert_metrics,
     lock_taken,
     with_retries,
 )
@@ -49,7 +53,8 @@ from logfire_run.store_format import (
 __all__ = ["MERGE_EVERY_SECONDS", "due", "merge", "write"]
 
 _MARK = ".spool-"
-_FORMAT = 1
+#: 2: spans, log records and metric points; 1 (read still): spans and log records.
+_FORMAT = 2
 _TEMPORARY, _CLAIMED = ".tmp", ".merging"
 #: A claimed or temporary spool untouched for this long belongs to a process that died.
 _ABANDONED_SECONDS = 60.0
@@ -57,12 +62,16 @@ _ABANDONED_SECONDS = 60.0
 MERGE_EVERY_SECONDS = 1.0
 
 
-def write(store: str, spans: Sequence[Row] = (), logs: Sequence[Row] = ()) -> str:
-    """Write rows of the store's `spans` and `logs` tables into a new spool beside `store`; its path."""
+def write(
+    store: str, spans: Sequence[Row] = (), logs: Sequence[Row] = (), metrics: Sequence[Row] = ()
+) -> str:
+    """Write rows of the store's `spans`, `logs` and `metrics` tables into a new spool beside `store`;
+    its path."""
     final = f"{store}{_MARK}{os.getpid()}-{os.urandom(6).hex()}"
     temporary = final + _TEMPORARY
     # O_EXCL | O_NOFOLLOW, 0600: never through a link; complete once renamed.
-    create_private_file(temporary, marshal.dumps((_FORMAT, COLUMNS, LOG_COLUMNS, list(spans), list(logs))))
+    content = (_FORMAT, COLUMNS, LOG_COLUMNS, METRIC_COLUMNS, list(spans), list(logs), list(metrics))
+    create_private_file(temporary, marshal.dumps(content))
     try:
         os.rename(temporary, final)
     except BaseException:
@@ -154,14 +163,26 @@ def merge(
 
 
 def _move(connection: sqlite3.Connection, spool: str, *, wait: bool, call: Callable[..., object]) -> int:
-    form, columns, log_columns, spans, logs = marshal.loads(read_own_file(spool))
-    if form != _FORMAT or tuple(columns) != COLUMNS or tuple(log_columns) != LOG_COLUMNS:
+    content = marshal.loads(read_own_file(spool))
+    if content[0] == 1 and len(content) == 5:  # written before spools held metric points
+        form, columns, log_columns, spans, logs = content
+        metric_columns, metrics = METRIC_COLUMNS, []
+    else:
+        form, columns, log_columns, metric_columns, spans, logs, metrics = content
+    if (
+        form not in (1, _FORMAT)
+        or tuple(columns) != COLUMNS
+        or tuple(log_columns) != LOG_COLUMNS
+        or tuple(metric_columns) != METRIC_COLUMNS
+    ):
         raise ValueError(f"{spool} was written by another version of logfire-run")
     run: Callable[[Callable[[], object]], object] = with_retries if wait else _once
     if spans:
         run(partial(call, insert_batch, connection, spans))
     if logs and has_logs(connection):
         run(partial(call, insert_logs, connection, logs))
+    if metrics and has_metrics(connection):
+        run(partial(call, insert_metrics, connection, metrics))
     return len(spans)
 
 

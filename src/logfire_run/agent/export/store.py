@@ -414,10 +414,7 @@ class StoreExporter(SpanExporter):
         except sqlite3.OperationalError as error:
             if not lock_taken(error):
                 raise
-            table = _TABLE.get(insert)
-            if table is None:
-                # Metric points have no spool: at exit, with the lock taken, they are dropped (counted).
-                return False
+            table = _TABLE[insert]
             _cleaned_if_needed(lambda clean: spool.write(self.path, **{table: clean}), rows)
             return True
         # The lock was free: the spools other processes left meanwhile go in now, within the budget.
@@ -458,6 +455,7 @@ class StoreExporter(SpanExporter):
 _TABLE: dict[Callable[[sqlite3.Connection, list[Row]], None], str] = {
     insert_batch: "spans",
     insert_logs: "logs",
+    insert_metrics: "metrics",
 }
 
 
