@@ -531,19 +531,36 @@ def after_fork_in_parent() -> None:
         _sqlite_calls.release()
 
 
+#: How long a process at exit waits between two tries of the store's lock, while spools wait to go in.
+_SPOOL_RETRY_SECONDS = 0.02
+
+
 def merge_spools_at_exit() -> None:
-    """At exit, move the spools other processes left into the store, if its lock is free and the exit
-    budget allows (`exits` calls it after the flush): the last process of a group that exited together
-    (a pool's parent, a server's master) leaves none behind."""
+    """At exit, move the spools other processes left into the store, within the exit budget (`exits`
+    calls it after the flush): the last process of a group that exited together (a pool's parent, a
+    server's master, processes started side by side) leaves none behind.
+
+    While spools of the user's own wait and another process holds the lock, it tries again every
+    20 ms until they are gone (that process took them, or this one did) or the budget is spent: of
+    processes ending together, the last to let go of the lock would otherwise leave the spools written
+    meanwhile for the next run. A process that finds no spool waits for nothing.
+    """
     deadline = delivery.exit_deadline()
     for exporter in list(_store_exporters):
         connection = exporter._connection
-        if connection is None or exporter._pid != os.getpid() or not exporter._lock.acquire(blocking=False):
+        if connection is None or exporter._pid != os.getpid():
             continue
-        try:
-            exporter._merge_spools(connection, deadline=deadline)
-        finally:
-            exporter._lock.release()
+        while True:
+            if exporter._lock.acquire(blocking=False):
+                try:
+                    exporter._merge_spools(connection, deadline=deadline)
+                finally:
+                    exporter._lock.release()
+            if deadline is None or time.monotonic() + _SPOOL_RETRY_SECONDS >= deadline:
+                break
+            if not spool.due(exporter.path, own_only=True):
+                break
+            time.sleep(_SPOOL_RETRY_SECONDS)
 
 
 def after_fork_in_child() -> None:
