@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -552,6 +553,36 @@ def test_info_check_says_in_plain_words_why_not(protocol: str) -> None:
     assert_clean_stderr(result.stderr)
     assert "did not accept the test span" in result.stdout or "could not send" in result.stdout
     assert "nothing is listening there" in result.stdout, result.stdout
+
+
+def _listening_on_a_port_holding(digits: str) -> socket.socket:
+    """A socket that listens on 127.0.0.1 and never answers, on a port whose number holds `digits`."""
+    for port in range(10_000, 65_000):
+        if digits in str(port):
+            listener = socket.socket()
+            try:
+                listener.bind(("127.0.0.1", port))
+            except OSError:
+                listener.close()
+                continue
+            listener.listen(8)
+            return listener
+    pytest.skip(f"no free port holding {digits}")
+
+
+def test_a_port_that_reads_like_a_status_code_is_not_taken_for_one() -> None:
+    # A collector that never answers on 127.0.0.1:14047: "no answer within the timeout", not advice
+    # about a 404 that the port number seemed to hold.
+    with _listening_on_a_port_holding("404") as silent:
+        env = destination_env(
+            OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{silent.getsockname()[1]}",
+            OTEL_EXPORTER_OTLP_PROTOCOL="grpc",  # its error names DEADLINE_EXCEEDED
+            OTEL_EXPORTER_OTLP_TIMEOUT="1000",
+        )
+        result = run_launcher(["--info", "--check"], env)
+    assert result.returncode == 1
+    assert "no answer within the timeout" in result.stdout, result.stdout
+    assert "at that path" not in result.stdout, result.stdout
 
 
 @pytest.mark.slow  # the check takes 7 s to give up on the certificate

@@ -325,6 +325,7 @@ _EXPLANATIONS = (
     ("unimplemented", "the server there does not speak OTLP over gRPC (an HTTP port? use http/protobuf)"),
     ("timed out", "no answer within the timeout"),
     ("deadline", "no answer within the timeout"),
+    ("due to timeout", "no answer within the timeout, or every retry failed"),
 )
 
 
@@ -334,12 +335,22 @@ _EXPLANATIONS = (
 _SIGNAL_REFUSED = ("404", "405", "not found", "method not allowed", "unimplemented")
 
 
+def _mentions(lowered: str, needle: str) -> bool:
+    """Whether `needle` is in the message; a status code only as a number of its own, never inside a
+    port or another number (`127.0.0.1:44047` holds no 404)."""
+    if not needle.isdigit():
+        return needle in lowered
+    import re
+
+    return re.search(rf"(?<![\d:.]){needle}(?![\d])", lowered) is not None
+
+
 def explain(message: str, signal: str = "spans") -> str:
     """An exporter's error with what it usually means in front, when it is a usual one; for a signal
     other than spans, refusals that mean "this backend does not take it" say so."""
     text = message.strip()
     lowered = message.lower()
-    if signal != "spans" and any(needle in lowered for needle in _SIGNAL_REFUSED):
+    if signal != "spans" and any(_mentions(lowered, needle) for needle in _SIGNAL_REFUSED):
         variable = {"logs": "OTEL_LOGS_EXPORTER", "metrics": "OTEL_METRICS_EXPORTER"}.get(signal, "")
         meaning = (
             f"the backend there does not take OTLP {signal} (it may take traces only; "
@@ -348,6 +359,6 @@ def explain(message: str, signal: str = "spans") -> str:
         )
         return f"{meaning} [{text}]"
     for needle, meaning in _EXPLANATIONS:
-        if needle in lowered:
+        if _mentions(lowered, needle):
             return f"{meaning} [{text}]"
     return text
