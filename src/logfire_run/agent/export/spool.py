@@ -110,17 +110,9 @@ def _spools(store: str) -> list[str]:
     return sorted(found)
 
 
-def due(store: str, *, own_only: bool = False) -> bool:
-    """Whether spools wait beside `store` (with `own_only`, spools this user may merge: not another
-    user's, nor a link)."""
-    found = _spools(store)
-    if not own_only:
-        return bool(found)
-    for path in found:
-        with contextlib.suppress(UnsafeFileError, OSError):
-            if check_own_file(path):  # False: gone meanwhile
-                return True
-    return False
+def due(store: str) -> bool:
+    """Whether spools wait beside `store`."""
+    return bool(_spools(store))
 
 
 def merge(

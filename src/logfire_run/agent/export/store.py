@@ -275,6 +275,8 @@ class StoreExporter(SpanExporter):
         self._shutdown = False
         #: (device, inode) of the store file this process's connection writes to.
         self._identity: tuple[int, int] | None = None
+        #: The spools this process wrote at exit (`merge_spools_at_exit` sees them moved in).
+        self._spooled: list[str] = []
         _store_exporters.add(self)
 
     def after_fork_in_child(self) -> None:
@@ -287,6 +289,7 @@ class StoreExporter(SpanExporter):
         self._connection = None
         self._pid = os.getpid()
         self._since_prune = 0
+        self._spooled = []
 
     def _connect(self) -> sqlite3.Connection | None:
         if self._connection is not None:
@@ -415,7 +418,11 @@ class StoreExporter(SpanExporter):
             if not lock_taken(error):
                 raise
             table = _TABLE[insert]
-            _cleaned_if_needed(lambda clean: spool.write(self.path, **{table: clean}), rows)
+
+            def to_spool(clean: list[Row]) -> None:
+                self._spooled.append(spool.write(self.path, **{table: clean}))
+
+            _cleaned_if_needed(to_spool, rows)
             return True
         # The lock was free: the spools other processes left meanwhile go in now, within the budget.
         self._merge_spools(connection, deadline=delivery.exit_deadline())
@@ -531,8 +538,10 @@ def after_fork_in_parent() -> None:
         _sqlite_calls.release()
 
 
-#: How long a process at exit waits between two tries of the store's lock, while spools wait to go in.
+#: How long a process at exit first waits between two tries of the store's lock, while a spool of
+#: its own waits to go in (doubled at each try, up to `_SPOOL_RETRY_MAX_SECONDS`).
 _SPOOL_RETRY_SECONDS = 0.02
+_SPOOL_RETRY_MAX_SECONDS = 0.2
 
 
 def merge_spools_at_exit() -> None:
@@ -540,12 +549,14 @@ def merge_spools_at_exit() -> None:
     calls it after the flush): the last process of a group that exited together (a pool's parent, a
     server's master, processes started side by side) leaves none behind.
 
-    While spools of the user's own wait and another process holds the lock, it tries again every
-    20 ms until they are gone (that process took them, or this one did) or the budget is spent: of
-    processes ending together, the last to let go of the lock would otherwise leave the spools written
-    meanwhile for the next run. A process that finds no spool waits for nothing.
+    A process that wrote a spool at exit (it found the lock taken) stays until that spool has gone in,
+    within its exit budget: it tries the lock again after 20 ms, then 40, ... 200 ms, and stops as soon
+    as another process has taken its spools. Without that, of processes ending together, the last one
+    to let go of the lock left the spools written meanwhile for the next run. A process that wrote no
+    spool tries the lock once.
     """
     deadline = delivery.exit_deadline()
+    pause = _SPOOL_RETRY_SECONDS
     for exporter in list(_store_exporters):
         connection = exporter._connection
         if connection is None or exporter._pid != os.getpid():
@@ -556,11 +567,12 @@ def merge_spools_at_exit() -> None:
                     exporter._merge_spools(connection, deadline=deadline)
                 finally:
                     exporter._lock.release()
-            if deadline is None or time.monotonic() + _SPOOL_RETRY_SECONDS >= deadline:
+            # A spool that another process has claimed (renamed) or moved in no longer exists.
+            exporter._spooled = [path for path in exporter._spooled if os.path.exists(path)]
+            if not exporter._spooled or deadline is None or time.monotonic() + pause >= deadline:
                 break
-            if not spool.due(exporter.path, own_only=True):
-                break
-            time.sleep(_SPOOL_RETRY_SECONDS)
+            time.sleep(pause)
+            pause = min(pause * 2, _SPOOL_RETRY_MAX_SECONDS)
 
 
 def after_fork_in_child() -> None:
