@@ -93,3 +93,31 @@ def test_fifty_processes_exiting_at_once_keep_every_span(tmp_path: Path) -> None
     assert result.returncode == 0
     assert _count(store) == 1 + 50 * 1000
     assert not [path.name for path in tmp_path.iterdir() if ".spool-" in path.name]
+
+
+@pytest.mark.slow  # the app spends its exit budget waiting for the held lock
+def test_a_spool_written_before_spools_held_metric_points_is_still_moved_in(tmp_path: Path) -> None:
+    # Spools of the previous format (spans and log records only) left by an older logfire-run beside
+    # a store are moved in by this version's next writer, like its own.
+    import marshal
+
+    store = tmp_path / "traces.db"
+    write_app(tmp_path, "import logfire_run\nlogfire_run.info('the store exists')\n", name="first.py")
+    run_launcher(["python", "first.py"], _env(store), cwd=tmp_path)
+    holder = sqlite3.connect(store, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        write_app(tmp_path, SPANS_THEN_EXIT)
+        run_launcher(["python", "app.py"], _env(store), cwd=tmp_path)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    spools = [path for path in tmp_path.iterdir() if ".spool-" in path.name]
+    assert spools
+    for path in spools:  # as the older version wrote them: (1, columns, log columns, spans, logs)
+        form, columns, log_columns, _metric_columns, spans, logs, _metrics = marshal.loads(path.read_bytes())
+        assert form == 2
+        path.write_bytes(marshal.dumps((1, columns, log_columns, spans, logs)))
+    run_launcher(["python", "first.py"], _env(store), cwd=tmp_path)
+    assert _count(store) == 1 + 1000 + 1
+    assert not [path.name for path in tmp_path.iterdir() if ".spool-" in path.name]
