@@ -38,27 +38,35 @@ def _env(store: Path) -> dict[str, str]:
     return agent_env(None, LOGFIRE_STORE=str(store), OTEL_BSP_SCHEDULE_DELAY="5000")
 
 
-def test_a_process_exiting_while_another_holds_the_lock_loses_nothing(tmp_path: Path) -> None:
-    store = tmp_path / "traces.db"
+def _spools(folder: Path) -> list[Path]:
+    return [path for path in folder.iterdir() if ".spool-" in path.name]
+
+
+def _run_while_another_holds_the_lock(tmp_path: Path, store: Path) -> None:
+    """A first process makes the store; then the app runs while another writer holds the store's write
+    lock for as long as the app runs, and longer than its exit budget: the app's first batch waits
+    for it, then the app exits, its batches in spools."""
     write_app(tmp_path, "import logfire_run\nlogfire_run.info('the store exists')\n", name="first.py")
     run_launcher(["python", "first.py"], _env(store), cwd=tmp_path)
-    # Another writer holds the store's write lock for as long as the app runs, and longer than its
-    # exit budget: the app's first batch waits for it, then the app exits.
     holder = sqlite3.connect(store, isolation_level=None)
     holder.execute("BEGIN IMMEDIATE")
     try:
         write_app(tmp_path, SPANS_THEN_EXIT)
         result = run_launcher(["python", "app.py"], _env(store), cwd=tmp_path)
         assert result.stdout == "app ran\n"  # and nothing on stderr: nothing was dropped
-        spools = [path.name for path in tmp_path.iterdir() if ".spool-" in path.name]
-        assert spools, "the batches went nowhere"
+        assert _spools(tmp_path), "the batches went nowhere"
     finally:
         holder.execute("ROLLBACK")
         holder.close()
+
+
+def test_a_process_exiting_while_another_holds_the_lock_loses_nothing(tmp_path: Path) -> None:
+    store = tmp_path / "traces.db"
+    _run_while_another_holds_the_lock(tmp_path, store)
     # The next process that writes moves them in.
     run_launcher(["python", "first.py"], _env(store), cwd=tmp_path)
     assert _count(store) == 1 + 1000 + 1
-    assert not [path.name for path in tmp_path.iterdir() if ".spool-" in path.name]
+    assert not _spools(tmp_path)
     with sqlite3.connect(store) as connection:
         names = {name for (name,) in connection.execute("SELECT name FROM spans")}
         assert connection.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
@@ -92,7 +100,7 @@ def test_fifty_processes_exiting_at_once_keep_every_span(tmp_path: Path) -> None
     )
     assert result.returncode == 0
     assert _count(store) == 1 + 50 * 1000
-    assert not [path.name for path in tmp_path.iterdir() if ".spool-" in path.name]
+    assert not _spools(tmp_path)
 
 
 @pytest.mark.slow  # the app spends its exit budget waiting for the held lock
@@ -102,22 +110,11 @@ def test_a_spool_written_before_spools_held_metric_points_is_still_moved_in(tmp_
     import marshal
 
     store = tmp_path / "traces.db"
-    write_app(tmp_path, "import logfire_run\nlogfire_run.info('the store exists')\n", name="first.py")
-    run_launcher(["python", "first.py"], _env(store), cwd=tmp_path)
-    holder = sqlite3.connect(store, isolation_level=None)
-    holder.execute("BEGIN IMMEDIATE")
-    try:
-        write_app(tmp_path, SPANS_THEN_EXIT)
-        run_launcher(["python", "app.py"], _env(store), cwd=tmp_path)
-    finally:
-        holder.execute("ROLLBACK")
-        holder.close()
-    spools = [path for path in tmp_path.iterdir() if ".spool-" in path.name]
-    assert spools
-    for path in spools:  # as the older version wrote them: (1, columns, log columns, spans, logs)
+    _run_while_another_holds_the_lock(tmp_path, store)
+    for path in _spools(tmp_path):  # as the older version wrote them: (1, columns, log columns, spans, logs)
         form, columns, log_columns, _metric_columns, spans, logs, _metrics = marshal.loads(path.read_bytes())
         assert form == 2
         path.write_bytes(marshal.dumps((1, columns, log_columns, spans, logs)))
     run_launcher(["python", "first.py"], _env(store), cwd=tmp_path)
     assert _count(store) == 1 + 1000 + 1
-    assert not [path.name for path in tmp_path.iterdir() if ".spool-" in path.name]
+    assert not _spools(tmp_path)
